@@ -1,0 +1,41 @@
+# churnops: `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install up test check bench lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies and churnops
+	@echo "installed: $(BIN)/churnops"
+
+up: $(STAMP) ## Run the main job: tracking server, data, first model, prediction API
+	$(BIN)/churnops up
+
+test: $(STAMP) ## Run the whole test suite (starts its own servers)
+	$(BIN)/python -m pytest
+
+check: $(STAMP) ## Lint and type-check (ruff + mypy)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP) ## Run the benchmarks in bench/
+	$(BIN)/python bench/serve.py
+
+lock: $(STAMP) ## Re-pin requirements.lock from the current .venv
+	( echo '# Pinned versions of every dependency (runtime and dev). Regenerate with `make lock`.'; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^churnops' ) > requirements.lock
+
+clean: ## Remove the venv and caches (keeps mlflow.db and artifacts)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

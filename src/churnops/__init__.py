@@ -1,0 +1,1 @@
+"""churnops: the life cycle of a customer-churn model on MLflow."""

@@ -1,0 +1,5 @@
+"""`python -m churnops` runs the CLI."""
+
+from churnops.cli import main
+
+main()

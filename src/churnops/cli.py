@@ -1,0 +1,382 @@
+"""The `churnops` command line: a thin layer over the library. Each command calls one library
+function and prints its result, as text or, with --json, as exactly one JSON document on stdout.
+Expected failures print one line on stderr and exit non-zero (2 when the tracking server is down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import click
+
+from churnops import data, lifecycle, registry, tracking_server
+from churnops.config import Settings, apply_mlflow_client_limits
+from churnops.errors import ChurnopsError, TrackingUnavailableError
+from churnops.gate import DEFAULT_GATE_F1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(data_dir: Path | None = None) -> Settings:
+    try:
+        settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
+    except ValueError as exc:
+        raise click.UsageError(f"invalid configuration: {exc}") from None
+    apply_mlflow_client_limits(settings)
+    return settings
+
+
+def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(document, default=str))
+    else:
+        click.echo(text)
+
+
+def command(func: F) -> F:
+    """Add --json, keep MLflow's stdout lines off stdout, turn ChurnopsError into exit codes."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        for noisy in ("mlflow", "httpx", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        meta = click.get_current_context().meta
+        meta["churnops.json"], meta["churnops.stdout"] = as_json, sys.stdout
+        try:
+            # NB: MLflow writes "View run ..." to stdout; with --json stdout must hold JSON alone.
+            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+                result = func(*args, **kwargs)
+        except ChurnopsError as exc:
+            if as_json:
+                click.echo(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        if result is not None:
+            document, text = result
+            _emit(as_json, document, text)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _announce(document: dict[str, Any], text: str) -> None:
+    """Print a long-running command's addresses on the real stdout, past the --json redirect."""
+    meta = click.get_current_context().meta
+    out = meta["churnops.stdout"]
+    out.write((json.dumps(document) if meta["churnops.json"] else text) + "\n")
+    out.flush()
+
+
+def _stop_on_sigterm() -> None:
+    # NB: turn SIGTERM into the same clean shutdown path as Ctrl-C.
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="churnops")
+def main() -> None:
+    """churnops: train, gate, promote, roll back and serve a churn model on MLflow.
+
+    Every command talks to the tracking server at MLFLOW_TRACKING_URI
+    (default http://127.0.0.1:5000). Start one with `churnops server`, or run
+    everything at once with `churnops up`.
+    """
+
+
+@main.command()
+@command
+def status() -> tuple[dict[str, Any], str]:
+    """Show the tracking URI, whether it answers, and every version of the model."""
+    settings = _settings()
+    try:
+        st = lifecycle.status(settings)
+    except TrackingUnavailableError:
+        click.echo(f"tracking URI: {settings.tracking_uri} (not answering)", err=True)
+        raise
+    lines = [
+        f"tracking URI: {st.tracking_uri} (answering)",
+        f"{st.model_name}@{st.alias}: "
+        + (f"v{st.production_version}" if st.production_version else "not set"),
+    ]
+    if not st.versions:
+        lines.append("no versions yet: run `churnops train`")
+    else:
+        lines.append(f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  aliases")
+        for v in st.versions:
+            f1 = f"{v.f1:.4f}" if v.f1 is not None else "-"
+            lines.append(
+                f"{v.version:>7}  {v.created:%Y-%m-%d %H:%M:%S}  {f1:>6}  "
+                f"{'pass' if v.gate_passed else 'FAIL':<4}  {','.join(v.aliases)}"
+            )
+    document = {
+        "tracking_uri": st.tracking_uri,
+        "reachable": True,
+        "model_name": st.model_name,
+        "alias": st.alias,
+        "production_version": st.production_version,
+        "versions": [
+            {
+                "version": v.version,
+                "created": v.created.isoformat(),
+                "f1": v.f1,
+                "gate_passed": v.gate_passed,
+                "aliases": list(v.aliases),
+                "run_id": v.run_id,
+            }
+            for v in st.versions
+        ],
+    }
+    return document, "\n".join(lines)
+
+
+@main.command()
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(path_type=Path),
+    help="Training CSV; without it, the built-in synthetic data set.",
+)
+@click.option("--target", default=data.TARGET, show_default=True, help="Target column of --data.")
+@click.option(
+    "--version",
+    "version_label",
+    default="v1",
+    show_default=True,
+    help="Free-form label of this training, logged as the run's `version` param.",
+)
+@click.option("--seed", default=42, show_default=True, help="Seed of the split and the model.")
+@click.option(
+    "--gate-f1",
+    default=DEFAULT_GATE_F1,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Held-out F1 a version needs to pass the gate.",
+)
+@command
+def train(
+    data_file: Path | None, target: str, version_label: str, seed: int, gate_f1: float
+) -> tuple[dict[str, Any], str]:
+    """Train a churn model, log the run and register a new version of the model.
+
+    Exits 0 once the version is registered, whether or not it passed the gate.
+    """
+    settings = _settings()
+    report = lifecycle.train(
+        settings,
+        data_file=data_file,
+        version_label=version_label,
+        seed=seed,
+        gate_f1=gate_f1,
+        target=target,
+    )
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in report.metrics.items())
+    text = (
+        f"run {report.run_id}\n"
+        f"registered {settings.model_name} version {report.version}\n"
+        f"metrics: {metrics}\n"
+        f"gate: {'PASS' if report.verdict.passed else 'FAIL'} ({report.verdict.reason})"
+    )
+    document = {
+        "run_id": report.run_id,
+        "version": report.version,
+        "metrics": report.metrics,
+        "gate_passed": report.verdict.passed,
+        "gate_reason": report.verdict.reason,
+    }
+    return document, text
+
+
+def _move_output(move: lifecycle.AliasMove) -> tuple[dict[str, Any], str]:
+    return {"from_version": move.from_version, "to_version": move.to_version}, move.describe()
+
+
+@main.command()
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    help="Version to promote (default: the latest).",
+)
+@click.option("--force", is_flag=True, help="Promote even if the version failed the gate.")
+@command
+def promote(version: int | None, force: bool) -> tuple[dict[str, Any], str]:
+    """Point the production alias at a version that passed the quality gate."""
+    return _move_output(lifecycle.promote(_settings(), version, force))
+
+
+@main.command()
+@click.argument("version", type=click.IntRange(min=1), required=False)
+@click.option("--force", is_flag=True, help="Roll back even to a version that failed the gate.")
+@command
+def rollback(version: int | None, force: bool) -> tuple[dict[str, Any], str]:
+    """Move the production alias back: to VERSION, or to the nearest earlier version that passed."""
+    return _move_output(lifecycle.rollback(_settings(), version, force))
+
+
+def _split_tracking_uri(uri: str) -> tuple[str, int] | None:
+    parsed = urlparse(uri)
+    if parsed.scheme != "http" or parsed.hostname not in ("127.0.0.1", "localhost"):
+        return None
+    return "127.0.0.1", parsed.port or 80
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="uvicorn workers of the tracking server.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Project data folder (default: CHURNOPS_DATA_DIR or the current directory).",
+)
+@command
+def server(host: str, port: int, workers: int, data_dir: Path | None) -> None:
+    """Run the MLflow tracking server (SQLite + proxied artifact store) until Ctrl-C."""
+    settings = _settings(data_dir)
+    _stop_on_sigterm()
+    proc = tracking_server.start(settings, host=host, port=port, workers=workers)
+    ui = f"http://{host}:{port}"
+    _announce(
+        {"tracking_uri": ui, "ui": ui},
+        f"MLflow UI and tracking server: {ui}\nbackend: {settings.backend_db}\n"
+        f"artifacts: {settings.artifacts_dir}\nCtrl-C to stop.",
+    )
+    try:
+        proc.process.wait()
+    except KeyboardInterrupt:
+        click.echo("stopping the tracking server", err=True)
+    finally:
+        proc.stop()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.05),
+    help="Seconds between alias polls (default: CHURNOPS_POLL_INTERVAL or 1).",
+)
+@command
+def serve(host: str, port: int, poll_interval: float | None) -> None:
+    """Serve models:/churn_model@production over HTTP, following every alias move live."""
+    from churnops.serving import run_api
+
+    settings = _settings()
+    if poll_interval is not None:
+        settings = settings.model_copy(update={"poll_interval": poll_interval})
+    api = f"http://{host}:{port}"
+    _announce(
+        {"api": api, "docs": f"{api}/docs"},
+        f"churnops API: {api}  (docs: {api}/docs), serving {settings.model_uri}",
+    )
+    run_api(settings, host, port)
+
+
+@main.command()
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port of the prediction API.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Project data folder (default: CHURNOPS_DATA_DIR or the current directory).",
+)
+@command
+def up(port: int, data_dir: Path | None) -> None:
+    """The main job: tracking server, data, a first production model, then the API.
+
+    Starts the tracking server if none answers at the tracking URI, generates the default data if
+    missing, trains and promotes a first version if none is in production, then serves the API.
+    Ctrl-C stops everything it started.
+    """
+    from churnops.serving import run_api
+
+    settings = _settings(data_dir)
+    _stop_on_sigterm()
+    started: tracking_server.ServerProcess | None = None
+    try:
+        try:
+            registry.ping(settings)
+        except TrackingUnavailableError:
+            address = _split_tracking_uri(settings.tracking_uri)
+            if address is None:
+                raise
+            click.echo(f"starting the tracking server at {settings.tracking_uri}", err=True)
+            started = tracking_server.start(settings, host=address[0], port=address[1])
+        data_file = settings.default_data_file
+        if not data_file.exists():
+            data.write_generated(data_file)
+            click.echo(f"generated {data_file}", err=True)
+        if registry.alias_version(settings) is None:
+            report = lifecycle.train(
+                settings, data_file=data_file, version_label="v1", seed=42, gate_f1=DEFAULT_GATE_F1
+            )
+            click.echo(f"trained version {report.version}: f1={report.metrics['f1']:.4f}", err=True)
+            click.echo(lifecycle.promote(settings, report.version).describe(), err=True)
+        api = f"http://127.0.0.1:{port}"
+        addresses = {"ui": settings.tracking_uri, "api": api, "docs": f"{api}/docs"}
+        _announce(
+            addresses, f"MLflow UI: {settings.tracking_uri}\nAPI docs:  {api}/docs\nCtrl-C to stop."
+        )
+        run_api(settings, "127.0.0.1", port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if started is not None:
+            click.echo("stopping the tracking server", err=True)
+            started.stop()
+
+
+@main.group(name="data")
+def data_group() -> None:
+    """Built-in synthetic churn data."""
+
+
+@data_group.command()
+@click.option(
+    "--rows", default=5000, show_default=True, type=click.IntRange(min=data.MIN_LABELLED_ROWS)
+)
+@click.option("--seed", default=42, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV to write (default: <data dir>/data/churn.csv).",
+)
+@command
+def generate(rows: int, seed: int, out: Path | None) -> tuple[dict[str, Any], str]:
+    """Generate the seeded synthetic churn data set (course schema, ~25% churners)."""
+    path = out or _settings().default_data_file
+    frame = data.write_generated(path, rows=rows, seed=seed)
+    rate = float(frame[data.TARGET].mean())
+    return (
+        {"path": str(path), "rows": len(frame), "positive_rate": rate},
+        f"wrote {len(frame)} rows to {path} (churn rate {rate:.1%})",
+    )

@@ -1,0 +1,92 @@
+"""Typed settings, read once from the environment by an entry point and passed down.
+
+Every environment variable churnops reads is named here, with its type and default. Importing this
+module has no side effects: nothing is created and no MLflow state is touched until an entry point
+calls :func:`apply_mlflow_client_limits` or a library function uses the paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+
+
+class Settings(BaseSettings):
+    """churnops settings; each field's environment variable is given in its alias."""
+
+    model_config = SettingsConfigDict(env_prefix="CHURNOPS_", extra="ignore", populate_by_name=True)
+
+    tracking_uri: str = Field(
+        default=DEFAULT_TRACKING_URI,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "tracking_uri"),
+        description="Where the MLflow tracking server answers (MLFLOW_TRACKING_URI).",
+    )
+    data_dir: Path = Field(
+        default=Path("."),
+        description="Project data folder holding mlflow.db, mlflow/artifacts and data/ "
+        "(CHURNOPS_DATA_DIR).",
+    )
+    model_name: str = Field(default="churn_model", description="Registered model name.")
+    alias: str = Field(default="production", description="The alias the API serves.")
+    experiment: str = Field(default="churn", description="MLflow experiment for training runs.")
+    poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between alias polls in the API (CHURNOPS_POLL_INTERVAL).",
+    )
+    http_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds before one MLflow HTTP request gives up."
+    )
+    http_retries: int = Field(
+        default=1, ge=0, description="Retries of a failed MLflow HTTP request (MLflow's own is 7)."
+    )
+    max_batch_rows: int = Field(
+        default=10_000,
+        gt=0,
+        description="Largest batch /predict/batch accepts (CHURNOPS_MAX_BATCH_ROWS).",
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri_is_not_empty(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            raise ValueError(
+                "MLFLOW_TRACKING_URI is empty; unset it or set e.g. http://127.0.0.1:5000"
+            )
+        return value
+
+    @property
+    def backend_db(self) -> Path:
+        """SQLite file of the embedded tracking server."""
+        return self.data_dir / "mlflow.db"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Artifact store the embedded tracking server proxies."""
+        return self.data_dir / "mlflow" / "artifacts"
+
+    @property
+    def default_data_file(self) -> Path:
+        """Where `churnops up` keeps the generated training data."""
+        return self.data_dir / "data" / "churn.csv"
+
+    @property
+    def model_uri(self) -> str:
+        """The alias URI the API serves."""
+        return f"models:/{self.model_name}@{self.alias}"
+
+
+def apply_mlflow_client_limits(settings: Settings) -> None:
+    """Bound MLflow's HTTP retries and timeouts so a dead server fails fast instead of hanging.
+
+    NB: MLflow reads these variables at request time, so an entry point sets them once here.
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(settings.http_timeout))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")

@@ -1,0 +1,144 @@
+"""Churn data: the built-in synthetic generator and the loader that turns a CSV into features + 0/1
+target, refusing unusable tables with a message that names the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnops.errors import DataError
+
+TARGET = "churn"
+NUMERIC_FEATURES = ("tenure_months", "num_complaints", "avg_session_minutes")
+CATEGORICAL_FEATURES = ("plan_type", "region")
+PLAN_TYPES = ("basic", "standard", "premium")
+REGIONS = ("NA", "EU", "AF", "AS")
+MIN_LABELLED_ROWS = 50
+
+# NB: label spellings seen in real churn tables; anything else needs an explicit mapping.
+_POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "t", "churn", "churned"})
+_NEGATIVE_LABELS = frozenset({"0", "0.0", "false", "no", "n", "f", "retained", "stayed"})
+
+# Coefficients of the synthetic logistic model; the intercept puts the positive rate near 25%.
+_INTERCEPT = -2.2
+_PLAN_EFFECT = {"basic": 0.7, "standard": 0.0, "premium": -0.8}
+_REGION_EFFECT = {"NA": 0.0, "EU": -0.15, "AF": 0.25, "AS": 0.1}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features and a 0/1 target, with the columns split by kind."""
+
+    features: pd.DataFrame
+    target: pd.Series
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    source: str
+
+    @property
+    def positive_rate(self) -> float:
+        """Share of rows labelled as churned."""
+        return float(self.target.mean())
+
+
+def generate(rows: int = 5000, seed: int = 42) -> pd.DataFrame:
+    """Draw a synthetic churn table in the course's schema from a seeded logistic model."""
+    if rows < MIN_LABELLED_ROWS:
+        raise DataError(f"--rows must be at least {MIN_LABELLED_ROWS} (got {rows})")
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(1, 73, size=rows)
+    complaints = np.minimum(rng.poisson(0.9, size=rows), 10)
+    session = np.clip(rng.normal(32.0, 11.0, size=rows), 1.0, None).round(1)
+    plan = rng.choice(PLAN_TYPES, size=rows, p=[0.5, 0.3, 0.2])
+    region = rng.choice(REGIONS, size=rows, p=[0.35, 0.3, 0.15, 0.2])
+    logit = (
+        _INTERCEPT
+        - 0.1 * (tenure - 36)
+        + 1.6 * (complaints - 0.9)
+        - 0.07 * (session - 32.0)
+        + np.vectorize(_PLAN_EFFECT.__getitem__)(plan)
+        + np.vectorize(_REGION_EFFECT.__getitem__)(region)
+        + rng.normal(0.0, 0.3, size=rows)
+    )
+    churn = rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))
+    return pd.DataFrame(
+        {
+            "tenure_months": tenure,
+            "num_complaints": complaints,
+            "avg_session_minutes": session,
+            "plan_type": plan,
+            "region": region,
+            TARGET: churn.astype(int),
+        }
+    )
+
+
+def write_generated(path: Path, rows: int = 5000, seed: int = 42) -> pd.DataFrame:
+    """Generate the built-in data set and write it to ``path`` atomically."""
+    frame = generate(rows=rows, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    frame.to_csv(partial, index=False)
+    partial.replace(path)
+    return frame
+
+
+def normalise_target(labels: pd.Series, column: str) -> pd.Series:
+    """Map label spellings (yes/no, true/false, 1/0, ...) to 0/1, keeping missing labels as NA."""
+    text = labels.astype("string").str.strip().str.lower()
+    text = text.mask(text.isin(["", "nan", "na", "none", "?"]))
+    mapped = pd.Series(pd.NA, index=labels.index, dtype="Int64")
+    mapped[text.isin(_POSITIVE_LABELS).fillna(False)] = 1
+    mapped[text.isin(_NEGATIVE_LABELS).fillna(False)] = 0
+    unknown = sorted(set(text.dropna()) - _POSITIVE_LABELS - _NEGATIVE_LABELS)
+    if unknown:
+        shown = ", ".join(repr(v) for v in unknown[:5])
+        raise DataError(
+            f"target column {column!r} has values that are not a churn label: {shown}; "
+            "use labels such as yes/no, true/false or 1/0"
+        )
+    return mapped
+
+
+def from_frame(frame: pd.DataFrame, target: str = TARGET, source: str = "<frame>") -> Dataset:
+    """Split a table into features and a 0/1 target, refusing data that cannot train a model."""
+    if target not in frame.columns:
+        columns = ", ".join(map(str, frame.columns)) or "none"
+        raise DataError(f"{source}: target column {target!r} not found; the columns are: {columns}")
+    labels = normalise_target(frame[target], target)
+    labelled = labels.notna()
+    features = frame.loc[labelled].drop(columns=[target]).reset_index(drop=True)
+    y = labels[labelled].astype(int).reset_index(drop=True)
+    if features.shape[1] == 0:
+        raise DataError(f"{source}: no feature columns besides the target {target!r}")
+    if len(y) < MIN_LABELLED_ROWS:
+        raise DataError(
+            f"{source}: only {len(y)} labelled rows; at least {MIN_LABELLED_ROWS} are needed"
+        )
+    if y.nunique() < 2:
+        raise DataError(
+            f"{source}: target {target!r} has a single class ({int(y.iloc[0])}); "
+            "a churn model needs both churned and retained customers"
+        )
+    numeric = tuple(c for c in features.columns if pd.api.types.is_numeric_dtype(features[c]))
+    categorical = tuple(c for c in features.columns if c not in numeric)
+    for column in categorical:
+        # NB: plain objects with NaN for missing, which the pipeline's imputer understands.
+        values = features[column]
+        features[column] = values.astype(str).where(values.notna(), np.nan).astype(object)
+    return Dataset(features, y, numeric, categorical, source)
+
+
+def load_csv(path: Path, target: str = TARGET) -> Dataset:
+    """Read a churn CSV and validate it for training."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"data file {path} does not exist") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from None
+    return from_frame(frame, target=target, source=str(path))

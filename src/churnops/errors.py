@@ -1,0 +1,83 @@
+"""The churnops exception tree: every expected failure is one of these, with a message that says
+what to do next. The CLI prints the message on one line and exits with ``exit_code``; the API maps
+``http_status`` onto its responses.
+
+    ChurnopsError                 exit 1
+    ├── DataError                 exit 1  bad or unusable input data
+    ├── VersionNotFoundError      exit 1  a model version that does not exist     (HTTP 404)
+    ├── GateRefusedError          exit 1  promotion refused by the quality gate   (HTTP 409)
+    ├── NoRollbackTargetError     exit 1  nothing earlier to roll back to          (HTTP 409)
+    ├── NoProductionModelError    exit 1  the alias is not set yet                 (HTTP 503)
+    ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
+    ├── PortInUseError            exit 1  a server cannot bind its port
+    ├── ServerStartError          exit 1  a server process died or did not answer in time
+    └── TrackingUnavailableError  exit 2  the tracking server does not answer      (HTTP 503)
+"""
+
+from __future__ import annotations
+
+
+class ChurnopsError(Exception):
+    """Base of every expected churnops failure."""
+
+    exit_code = 1
+    http_status = 400
+
+
+class DataError(ChurnopsError):
+    """Input data cannot be used for training or scoring."""
+
+
+class VersionNotFoundError(ChurnopsError):
+    """The requested model version does not exist in the registry."""
+
+    http_status = 404
+
+
+class GateRefusedError(ChurnopsError):
+    """The quality gate refuses to let a version into production."""
+
+    http_status = 409
+
+
+class NoRollbackTargetError(ChurnopsError):
+    """There is no eligible version to roll back to."""
+
+    http_status = 409
+
+
+class NoProductionModelError(ChurnopsError):
+    """The serving alias points at no version yet."""
+
+    http_status = 503
+
+
+class BatchTooLargeError(ChurnopsError):
+    """A batch has more rows than the server accepts."""
+
+    http_status = 413
+
+
+class PortInUseError(ChurnopsError):
+    """A server cannot bind its address because something else holds it."""
+
+
+class ServerStartError(ChurnopsError):
+    """A server process exited early or did not answer within its start-up deadline."""
+
+
+class TrackingUnavailableError(ChurnopsError):
+    """The MLflow tracking server does not answer."""
+
+    exit_code = 2
+    http_status = 503
+
+    def __init__(self, tracking_uri: str, detail: str = "") -> None:
+        self.tracking_uri = tracking_uri
+        hint = (
+            f"MLflow tracking server at {tracking_uri} does not answer"
+            + (f" ({detail})" if detail else "")
+            + "; start it with `churnops server` (or `make up`), or point MLFLOW_TRACKING_URI at a "
+            "running one"
+        )
+        super().__init__(hint)

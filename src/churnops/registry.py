@@ -1,0 +1,293 @@
+"""The one module that talks to MLflow: logs training runs, registers versions with their gate
+verdict, reads and moves the serving alias, and loads a version for serving.
+
+The registry is the single source of truth: a version's metrics and gate verdict live in its tags,
+and which version serves lives in the alias. Nothing is cached on local disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from requests.exceptions import RequestException
+
+from churnops.config import Settings
+from churnops.errors import TrackingUnavailableError, VersionNotFoundError
+from churnops.training import TrainingResult
+
+log = logging.getLogger(__name__)
+
+METRIC_TAGS = ("accuracy", "precision", "recall", "f1", "roc_auc", "baseline_f1")
+GATE_PASSED_TAG = "gate_passed"
+MODEL_ARTIFACT = "model"
+EXPORT_DIR = "export"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the registry knows of one version of the model."""
+
+    version: int
+    created: datetime
+    run_id: str | None
+    gate_passed: bool
+    metrics: dict[str, float]
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+
+    @property
+    def f1(self) -> float | None:
+        """Held-out F1, or None for a version registered outside churnops."""
+        return self.metrics.get("f1")
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    """The run and model version one training produced."""
+
+    run_id: str
+    version: int
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A version loaded for serving, with its input example for the smoke test."""
+
+    version: int
+    run_id: str | None
+    model: Any
+    input_example: pd.DataFrame | None
+    metrics: dict[str, float]
+
+
+def ping(settings: Settings, timeout: float = 3.0) -> None:
+    """Raise TrackingUnavailableError unless the tracking server answers its health check."""
+    uri = settings.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return  # NB: a database or file URI is opened in-process; there is no server to ask.
+    try:
+        response = httpx.get(f"{uri}/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise TrackingUnavailableError(uri, type(exc).__name__) from None
+    if response.status_code != 200:
+        raise TrackingUnavailableError(uri, f"/health answered {response.status_code}")
+
+
+@contextlib.contextmanager
+def _mlflow_errors(settings: Settings) -> Iterator[None]:
+    """Turn MLflow's connection failures into TrackingUnavailableError."""
+    try:
+        yield
+    except RequestException as exc:
+        raise TrackingUnavailableError(settings.tracking_uri, type(exc).__name__) from None
+    except MlflowException as exc:
+        text = str(exc)
+        if "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text:
+            raise TrackingUnavailableError(settings.tracking_uri, "connection failed") from None
+        raise
+
+
+def _client(settings: Settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _use_tracking_uri(settings: Settings) -> None:
+    # NB: MLflow's fluent API (runs, log_model, model URIs) reads a process-wide URI.
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+
+
+def _version_info(mv: Any, aliases: tuple[str, ...] | None = None) -> VersionInfo:
+    tags = dict(mv.tags or {})
+    metrics = {}
+    for name in METRIC_TAGS:
+        with contextlib.suppress(KeyError, ValueError):
+            metrics[name] = float(tags[name])
+    return VersionInfo(
+        version=int(mv.version),
+        created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
+        run_id=mv.run_id or None,
+        gate_passed=tags.get(GATE_PASSED_TAG) == "true",
+        metrics=metrics,
+        aliases=tuple(sorted(mv.aliases or ())) if aliases is None else aliases,
+        tags=tags,
+    )
+
+
+def _pip_requirements() -> list[str]:
+    """What the logged model needs at load time, pinned to this environment.
+
+    NB: given explicitly, because MLflow's inference spawns a subprocess that costs ~7 s per run.
+    """
+    from importlib.metadata import version
+
+    packages = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+    return [f"{name}=={version(name)}" for name in packages]
+
+
+def _skops_trusted_types(model: Any) -> list[str]:
+    """The non-default types a skops file of ``model`` needs, so logging and loading accept it."""
+    import skops.io
+
+    return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def log_training(
+    settings: Settings,
+    result: TrainingResult,
+    *,
+    version_label: str,
+    seed: int,
+    data_source: str,
+) -> RegisteredRun:
+    """Log one training as a run in the experiment and register it as a new version.
+
+    The gate verdict and metrics go onto the version as tags at creation time, so no version is
+    ever visible without its verdict. A failure inside the run marks the run FAILED.
+    """
+    import mlflow
+    import mlflow.sklearn
+    import skops.io
+    from mlflow.models import infer_signature
+
+    _use_tracking_uri(settings)
+    trusted = _skops_trusted_types(result.model)
+    example = result.input_example
+    with warnings.catch_warnings():
+        # NB: MLflow warns that integer columns cannot hold missing values; the API validates them.
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(example, result.model.predict(example))
+    with _mlflow_errors(settings):
+        mlflow.set_experiment(settings.experiment)
+        with mlflow.start_run(run_name=version_label) as run:
+            mlflow.log_params(
+                {
+                    "version": version_label,
+                    "seed": seed,
+                    "gate_f1": result.verdict.gate_f1,
+                    "data": data_source,
+                    "train_rows": result.train_rows,
+                    "test_rows": result.test_rows,
+                    **result.params,
+                }
+            )
+            mlflow.log_metrics(result.metrics)
+            mlflow.set_tags(
+                {
+                    GATE_PASSED_TAG: str(result.verdict.passed).lower(),
+                    "gate_reason": result.verdict.reason,
+                }
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                export = Path(tmp) / f"{settings.model_name}.skops"
+                skops.io.dump(result.model, export)
+                mlflow.log_artifact(str(export), artifact_path=EXPORT_DIR)
+            info = mlflow.sklearn.log_model(
+                result.model,
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=example,
+                skops_trusted_types=trusted,
+                pip_requirements=_pip_requirements(),
+            )
+            tags = {name: repr(result.metrics[name]) for name in METRIC_TAGS}
+            tags |= {
+                GATE_PASSED_TAG: str(result.verdict.passed).lower(),
+                "gate_f1": repr(result.verdict.gate_f1),
+                "gate_reason": result.verdict.reason,
+                "version_label": version_label,
+            }
+            mv = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
+    return RegisteredRun(run_id=run.info.run_id, version=int(mv.version))
+
+
+def list_versions(settings: Settings) -> list[VersionInfo]:
+    """Every version of the model, oldest first; empty when the model is not registered yet."""
+    client = _client(settings)
+    with _mlflow_errors(settings):
+        found = client.search_model_versions(f"name = '{settings.model_name}'", max_results=10_000)
+        if not found:
+            return []
+        # NB: search results carry no aliases; the registered model holds them all.
+        by_version: dict[int, list[str]] = {}
+        for alias, version in client.get_registered_model(settings.model_name).aliases.items():
+            by_version.setdefault(int(version), []).append(alias)
+    return sorted(
+        (_version_info(mv, tuple(sorted(by_version.get(int(mv.version), [])))) for mv in found),
+        key=lambda v: v.version,
+    )
+
+
+def get_version(settings: Settings, version: int) -> VersionInfo:
+    """One version, or VersionNotFoundError naming the versions that exist."""
+    with _mlflow_errors(settings):
+        try:
+            return _version_info(
+                _client(settings).get_model_version(settings.model_name, str(version))
+            )
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+    existing = [v.version for v in list_versions(settings)]
+    known = ", ".join(map(str, existing)) if existing else "none yet (run `churnops train`)"
+    raise VersionNotFoundError(
+        f"{settings.model_name} has no version {version}; existing versions: {known}"
+    )
+
+
+def alias_version(settings: Settings) -> int | None:
+    """The version the serving alias points at, or None when it is not set."""
+    with _mlflow_errors(settings):
+        try:
+            mv = _client(settings).get_model_version_by_alias(settings.model_name, settings.alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+    return int(mv.version)
+
+
+def set_alias(settings: Settings, version: int) -> None:
+    """Point the serving alias at ``version``."""
+    with _mlflow_errors(settings):
+        _client(settings).set_registered_model_alias(
+            settings.model_name, settings.alias, str(version)
+        )
+
+
+def load_version(settings: Settings, version: int) -> LoadedModel:
+    """Download one version through the tracking server and load its scikit-learn pipeline."""
+    import mlflow.artifacts
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    _use_tracking_uri(settings)
+    info = get_version(settings, version)
+    with _mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
+        )
+        model = mlflow.sklearn.load_model(local)
+        raw_example = Model.load(local).load_input_example(local)
+    example = None if raw_example is None else pd.DataFrame(raw_example)
+    return LoadedModel(
+        version=version,
+        run_id=info.run_id,
+        model=model,
+        input_example=example,
+        metrics=info.metrics,
+    )

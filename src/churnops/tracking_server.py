@@ -1,0 +1,140 @@
+"""The embedded MLflow tracking server: SQLite backend plus a dedicated artifact store that the
+server proxies, so clients on other machines need no shared disk. Starts `mlflow server` as a child
+process group, waits until the registry answers, and stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from churnops.config import Settings
+from churnops.errors import PortInUseError, ServerStartError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+# NB: a registry request, not just /health, proves the store behind the server is usable.
+READY_PATH = "/api/2.0/mlflow/registered-models/search?max_results=1"
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Raise PortInUseError when ``host:port`` cannot be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortInUseError(
+                f"{host}:{port} is already in use ({exc.strerror}); stop what holds it or pass "
+                "--port with a free port"
+            ) from None
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child server: this venv's bin/ first, since MLflow execs its tools."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """A running child server and the address it answers on."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left after ``timeout``."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+
+def wait_until_answers(
+    proc: subprocess.Popen[bytes], url: str, path: str, timeout: float, what: str
+) -> None:
+    """Poll ``url + path`` until it answers 200, the process dies, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(f"{what} exited with code {proc.returncode} before answering")
+        try:
+            if httpx.get(url + path, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise ServerStartError(f"{what} did not answer at {url} within {timeout:.0f} s")
+
+
+def server_command(settings: Settings, host: str, port: int, workers: int) -> list[str]:
+    """The `mlflow server` command line for the embedded backend."""
+    db = settings.backend_db.resolve()
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(settings.artifacts_dir.resolve()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
+def start(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 1,
+    timeout: float = START_TIMEOUT,
+    quiet: bool = False,
+) -> ServerProcess:
+    """Start the embedded tracking server and return once its registry answers."""
+    ensure_port_free(host, port)
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    # NB: the job runner and its consumers serve GenAI jobs a model registry never needs.
+    env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    output = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(
+        server_command(settings, host, port, workers),
+        env=env,
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+    )
+    server = ServerProcess(proc, f"http://{host}:{port}")
+    try:
+        wait_until_answers(proc, server.url, READY_PATH, timeout, "mlflow server")
+    except BaseException:
+        server.stop()
+        raise
+    log.info("mlflow server answers at %s", server.url)
+    return server

@@ -1,0 +1,138 @@
+"""Follows the serving alias: a background thread polls the registry, loads a newly aliased version
+off the request path, smoke-tests it on its input example, and swaps it in atomically.
+
+Requests read ``watcher.current`` once and use that snapshot to the end, so a response never mixes
+versions and never waits for a load. When the registry is unreachable or a load fails, the current
+model keeps serving and the failure is recorded for /model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from churnops import registry
+from churnops.config import Settings
+from churnops.errors import ChurnopsError, TrackingUnavailableError
+from churnops.predict import predict
+from churnops.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 60.0
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model answering requests right now; replaced whole, never mutated."""
+
+    version: int
+    run_id: str | None
+    model: Any
+    metrics: dict[str, float]
+    loaded_at: datetime
+
+
+def smoke_test(loaded: LoadedModel) -> None:
+    """Predict on the version's input example; raise ChurnopsError unless the answers are sane."""
+    if loaded.input_example is None or loaded.input_example.empty:
+        raise ChurnopsError(f"version {loaded.version} has no input example to smoke-test")
+    result = predict(loaded.model, loaded.input_example)
+    probability = result.probability
+    if len(probability) != len(loaded.input_example) or not np.all(np.isfinite(probability)):
+        raise ChurnopsError(f"version {loaded.version} returned invalid probabilities")
+
+
+class ModelWatcher:
+    """Polls the alias and keeps ``current`` on the version it points at."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        resolve: Callable[[Settings], int | None] = registry.alias_version,
+        load: Callable[[Settings, int], LoadedModel] = registry.load_version,
+    ) -> None:
+        self._settings = settings
+        self._resolve = resolve
+        self._load = load
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self.current: ServedModel | None = None
+        self.wanted_version: int | None = None
+        self.registry_reachable: bool | None = None
+        self.last_error: str | None = None
+        self.last_poll: datetime | None = None
+
+    def poll_once(self) -> None:
+        """Resolve the alias once and swap in its version if it differs from the one serving."""
+        try:
+            wanted = self._resolve(self._settings)
+        except TrackingUnavailableError as exc:
+            self.registry_reachable = False
+            self.last_error = str(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a poll must never kill the watcher
+            self.registry_reachable = False
+            self.last_error = f"alias lookup failed: {exc}"
+            log.warning("alias lookup failed: %s", exc)
+            return
+        self.registry_reachable = True
+        self.last_poll = datetime.now(UTC)
+        if wanted != self.wanted_version:
+            self._failures, self._retry_at = 0, 0.0
+        self.wanted_version = wanted
+        current = self.current
+        if wanted is None or (current is not None and current.version == wanted):
+            if wanted is not None:
+                self.last_error = None
+            return
+        if time.monotonic() < self._retry_at:
+            return
+        self._swap_to(wanted)
+
+    def _swap_to(self, version: int) -> None:
+        try:
+            loaded = self._load(self._settings, version)
+            smoke_test(loaded)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the current model serving
+            self._failures += 1
+            delay = min(self._settings.poll_interval * 2**self._failures, MAX_BACKOFF)
+            self._retry_at = time.monotonic() + delay
+            self.last_error = f"version {version} not swapped in: {exc}"
+            log.error("version %s not swapped in (retry in %.0f s): %s", version, delay, exc)
+            return
+        previous = self.current.version if self.current else None
+        self.current = ServedModel(
+            version=loaded.version,
+            run_id=loaded.run_id,
+            model=loaded.model,
+            metrics=loaded.metrics,
+            loaded_at=datetime.now(UTC),
+        )
+        self._failures, self.last_error = 0, None
+        log.info("now serving version %s (was %s)", version, previous)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self._settings.poll_interval)
+
+    def start(self) -> None:
+        """Begin polling in a daemon thread; the first poll happens at once."""
+        self._thread = threading.Thread(target=self._run, name="churnops-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and wait for the thread to finish its current step."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
