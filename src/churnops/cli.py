@@ -20,7 +20,7 @@ import click
 
 from churnops import data, lifecycle, registry, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
-from churnops.errors import ChurnopsError, TrackingUnavailableError
+from churnops.errors import ChurnopsError, ServerStartError, TrackingUnavailableError
 from churnops.gate import DEFAULT_GATE_F1
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -257,19 +257,23 @@ def server(host: str, port: int, workers: int, data_dir: Path | None) -> None:
     """Run the MLflow tracking server (SQLite + proxied artifact store) until Ctrl-C."""
     settings = _settings(data_dir)
     _stop_on_sigterm()
-    proc = tracking_server.start(settings, host=host, port=port, workers=workers)
-    ui = f"http://{host}:{port}"
-    _announce(
-        {"tracking_uri": ui, "ui": ui},
-        f"MLflow UI and tracking server: {ui}\nbackend: {settings.backend_db}\n"
-        f"artifacts: {settings.artifacts_dir}\nCtrl-C to stop.",
-    )
+    proc: tracking_server.ServerProcess | None = None
     try:
-        proc.process.wait()
+        proc = tracking_server.start(settings, host=host, port=port, workers=workers)
+        ui = f"http://{host}:{port}"
+        _announce(
+            {"tracking_uri": ui, "ui": ui},
+            f"MLflow UI and tracking server: {ui}\nbackend: {settings.backend_db}\n"
+            f"artifacts: {settings.artifacts_dir}\nCtrl-C to stop.",
+        )
+        code = proc.process.wait()
+        if code != 0:
+            raise ServerStartError(f"mlflow server exited with code {code}")
     except KeyboardInterrupt:
         click.echo("stopping the tracking server", err=True)
     finally:
-        proc.stop()
+        if proc is not None:
+            proc.stop()
 
 
 @main.command()

@@ -31,6 +31,8 @@ READY_PATH = "/api/2.0/mlflow/registered-models/search?max_results=1"
 def ensure_port_free(host: str, port: int) -> None:
     """Raise PortInUseError when ``host:port`` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # NB: as uvicorn does, so closed connections in TIME_WAIT do not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -122,12 +124,12 @@ def start(
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     # NB: the job runner and its consumers serve GenAI jobs a model registry never needs.
     env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    output = subprocess.DEVNULL if quiet else None
+    # NB: the server's own output goes to stderr, so stdout stays clean for --json documents.
     proc = subprocess.Popen(
         server_command(settings, host, port, workers),
         env=env,
-        stdout=output,
-        stderr=output,
+        stdout=subprocess.DEVNULL if quiet else 2,
+        stderr=subprocess.DEVNULL if quiet else 2,
         start_new_session=True,
     )
     server = ServerProcess(proc, f"http://{host}:{port}")

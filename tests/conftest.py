@@ -1,0 +1,152 @@
+"""Fixtures that start real servers on free loopback ports: one MLflow tracking server for the
+session, and churnops API processes per test module. Each test gets its own registered-model name,
+so tests share the server without sharing state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from churnops import tracking_server
+from churnops.cli import main
+from churnops.config import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll ``condition`` until it is truthy or ``timeout`` passes; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def tracking_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` (SQLite + proxied artifacts) for the whole session."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("tracking"))
+    server = tracking_server.start(settings, port=free_port(), quiet=True)
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def model_name() -> str:
+    """A registered-model name no other test uses."""
+    return f"churn_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def env(
+    tracking_url: str, model_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Environment pointing churnops at the session server and this test's model."""
+    values = {
+        "MLFLOW_TRACKING_URI": tracking_url,
+        "CHURNOPS_MODEL_NAME": model_name,
+        "CHURNOPS_DATA_DIR": str(tmp_path),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    """Settings as the CLI would read them in this test's environment."""
+    return Settings()
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Callable[..., Result]:
+    """Invoke the real CLI in-process against the session's tracking server."""
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def run_churnops(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run `python -m churnops ARGS` as a separate process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "churnops", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class ApiProcess:
+    """A running `churnops serve` and an HTTP client bound to it."""
+
+    process: subprocess.Popen[str]
+    url: str
+    client: httpx.Client
+    log: Path
+
+
+def start_api(env: dict[str, str], log: Path, *args: str) -> ApiProcess:
+    """Start `churnops serve` on a free port and wait until /health answers."""
+    port = free_port()
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "churnops", "serve", "--port", str(port), *args],
+        env={**os.environ, **env},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, timeout=10)
+
+    def healthy() -> bool:
+        assert process.poll() is None, f"churnops serve exited: {log.read_text()}"
+        try:
+            return client.get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=60, interval=0.2)
+    return ApiProcess(process, url, client, log)
+
+
+def stop_api(api: ApiProcess) -> None:
+    """Stop the API process and close its client."""
+    api.client.close()
+    api.process.terminate()
+    try:
+        api.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        api.process.kill()
+        api.process.wait()
