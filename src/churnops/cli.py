@@ -280,22 +280,47 @@ def server(host: str, port: int, workers: int, data_dir: Path | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes (default: CHURNOPS_WORKERS, or one per core up to 4).",
+)
+@click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.05),
     help="Seconds between alias polls (default: CHURNOPS_POLL_INTERVAL or 1).",
 )
+@click.option(
+    "--prediction-log/--no-prediction-log",
+    default=None,
+    help="Write every prediction as a JSON line to <data dir>/logs/ (default: on).",
+)
 @command
-def serve(host: str, port: int, poll_interval: float | None) -> None:
-    """Serve models:/churn_model@production over HTTP, following every alias move live."""
+def serve(
+    host: str,
+    port: int,
+    workers: int | None,
+    poll_interval: float | None,
+    prediction_log: bool | None,
+) -> None:
+    """Serve models:/churn_model@production over HTTP, following every alias move live.
+
+    Loads each newly aliased version in the background, smoke-tests it, then swaps it in; requests
+    never wait for a load. Routes: /predict, /predict/batch, /model, /ready, /health, /metrics,
+    /docs.
+    """
     from churnops.serving import run_api
 
-    settings = _settings()
-    if poll_interval is not None:
-        settings = settings.model_copy(update={"poll_interval": poll_interval})
+    overrides = {
+        "workers": workers,
+        "poll_interval": poll_interval,
+        "prediction_log": prediction_log,
+    }
+    settings = _settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     api = f"http://{host}:{port}"
     _announce(
         {"api": api, "docs": f"{api}/docs"},
-        f"churnops API: {api}  (docs: {api}/docs), serving {settings.model_uri}",
+        f"churnops API: {api}  (docs: {api}/docs), serving {settings.model_uri} "
+        f"with {settings.workers} worker(s)",
     )
     run_api(settings, host, port)
 

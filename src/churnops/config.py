@@ -50,6 +50,23 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest batch /predict/batch accepts (CHURNOPS_MAX_BATCH_ROWS).",
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0, description="Largest request body the API reads (413 above)."
+    )
+    workers: int = Field(
+        default_factory=lambda: max(1, min(os.cpu_count() or 1, 4)),
+        gt=0,
+        description="API worker processes (CHURNOPS_WORKERS); default: one per core, at most 4.",
+    )
+    prediction_log: bool = Field(
+        default=True, description="Write the prediction log (CHURNOPS_PREDICTION_LOG)."
+    )
+    prediction_log_path: Path | None = Field(
+        default=None,
+        description="Prediction log file (default: <data dir>/logs/predictions.jsonl).",
+    )
+    prediction_log_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    prediction_log_backups: int = Field(default=5, ge=0)
 
     @field_validator("tracking_uri")
     @classmethod
@@ -75,6 +92,19 @@ class Settings(BaseSettings):
     def default_data_file(self) -> Path:
         """Where `churnops up` keeps the generated training data."""
         return self.data_dir / "data" / "churn.csv"
+
+    @property
+    def prediction_log_file(self) -> Path:
+        """Where the API appends its JSON-lines prediction log."""
+        return self.prediction_log_path or self.data_dir / "logs" / "predictions.jsonl"
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the environment variables that reproduce them in a child process."""
+        env = {"MLFLOW_TRACKING_URI": self.tracking_uri}
+        for name, value in self.model_dump(exclude={"tracking_uri"}).items():
+            if value is not None:
+                env[f"CHURNOPS_{name.upper()}"] = str(value)
+        return env
 
     @property
     def model_uri(self) -> str:

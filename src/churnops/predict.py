@@ -1,11 +1,14 @@
-"""Inference as a pure function: a fitted pipeline and a frame in, labels and churn probabilities
+"""Inference as pure functions over an engine: a fitted model in, labels and churn probabilities
 out. Kept apart from the web layer so it is testable and reusable by batch scoring.
+
+Two engines share one interface: ``SklearnEngine`` (the logged pipeline, always available) and
+``compiled.OnnxEngine`` (the verified ONNX export, much cheaper per call).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,6 +22,18 @@ class Predictions:
     probability: np.ndarray
 
 
+class Engine(Protocol):
+    """Something that scores rows given as columns or as a DataFrame."""
+
+    kind: str
+
+    def predict_columns(self, columns: dict[str, list[Any]]) -> Predictions:
+        """Score column lists keyed by feature name."""
+
+    def predict_frame(self, frame: pd.DataFrame) -> Predictions:
+        """Score a DataFrame holding (at least) the model's columns."""
+
+
 def predict(model: Any, frame: pd.DataFrame) -> Predictions:
     """Score ``frame`` with one predict_proba call; labels follow the classifier's argmax."""
     proba = np.asarray(model.predict_proba(frame))
@@ -26,3 +41,20 @@ def predict(model: Any, frame: pd.DataFrame) -> Predictions:
     positive = classes.index(1) if 1 in classes else len(classes) - 1
     label = np.asarray(model.classes_)[proba.argmax(axis=1)].astype(int)
     return Predictions(label=label, probability=proba[:, positive].astype(float))
+
+
+class SklearnEngine:
+    """Scores rows with the logged scikit-learn pipeline."""
+
+    kind = "sklearn"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict_columns(self, columns: dict[str, list[Any]]) -> Predictions:
+        """Score column lists keyed by feature name."""
+        return predict(self.model, pd.DataFrame(columns))
+
+    def predict_frame(self, frame: pd.DataFrame) -> Predictions:
+        """Score a DataFrame holding (at least) the model's columns."""
+        return predict(self.model, frame)

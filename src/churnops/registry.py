@@ -23,8 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from requests.exceptions import RequestException
 
+from churnops.compiled import OnnxEngine
 from churnops.config import Settings
 from churnops.errors import TrackingUnavailableError, VersionNotFoundError
+from churnops.predict import Engine, SklearnEngine
 from churnops.training import TrainingResult
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ METRIC_TAGS = ("accuracy", "precision", "recall", "f1", "roc_auc", "baseline_f1"
 GATE_PASSED_TAG = "gate_passed"
 MODEL_ARTIFACT = "model"
 EXPORT_DIR = "export"
+ONNX_ARTIFACT = "onnx/model.onnx"
+INFERENCE_TAG = "inference"
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class LoadedModel:
 
     version: int
     run_id: str | None
-    model: Any
+    engine: Engine
     input_example: pd.DataFrame | None
     metrics: dict[str, float]
 
@@ -196,6 +200,12 @@ def log_training(
                 export = Path(tmp) / f"{settings.model_name}.skops"
                 skops.io.dump(result.model, export)
                 mlflow.log_artifact(str(export), artifact_path=EXPORT_DIR)
+                if result.export.onnx is not None:
+                    onnx_file = Path(tmp) / Path(ONNX_ARTIFACT).name
+                    onnx_file.write_bytes(result.export.onnx)
+                    mlflow.log_artifact(
+                        str(onnx_file), artifact_path=str(Path(ONNX_ARTIFACT).parent)
+                    )
             info = mlflow.sklearn.log_model(
                 result.model,
                 name=MODEL_ARTIFACT,
@@ -210,6 +220,8 @@ def log_training(
                 "gate_f1": repr(result.verdict.gate_f1),
                 "gate_reason": result.verdict.reason,
                 "version_label": version_label,
+                INFERENCE_TAG: "onnx" if result.export.onnx is not None else "sklearn",
+                "onnx_check": result.export.reason,
             }
             mv = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
     return RegisteredRun(run_id=run.info.run_id, version=int(mv.version))
@@ -269,10 +281,27 @@ def set_alias(settings: Settings, version: int) -> None:
         )
 
 
-def load_version(settings: Settings, version: int) -> LoadedModel:
-    """Download one version through the tracking server and load its scikit-learn pipeline."""
+def _load_engine(settings: Settings, info: VersionInfo, local: str) -> Engine:
+    """The verified ONNX export when the version has one, else the scikit-learn pipeline."""
     import mlflow.artifacts
     import mlflow.sklearn
+
+    if info.tags.get(INFERENCE_TAG) == "onnx" and info.run_id:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=info.run_id, artifact_path=ONNX_ARTIFACT, dst_path=local
+            )
+            return OnnxEngine(Path(path).read_bytes())
+        except Exception as exc:  # noqa: BLE001 - the pipeline is the documented fallback
+            log.warning(
+                "version %s: ONNX export unusable (%s); serving scikit-learn", info.version, exc
+            )
+    return SklearnEngine(mlflow.sklearn.load_model(local))
+
+
+def load_version(settings: Settings, version: int) -> LoadedModel:
+    """Download one version through the tracking server and build its inference engine."""
+    import mlflow.artifacts
     from mlflow.models import Model
 
     _use_tracking_uri(settings)
@@ -281,13 +310,13 @@ def load_version(settings: Settings, version: int) -> LoadedModel:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
         )
-        model = mlflow.sklearn.load_model(local)
         raw_example = Model.load(local).load_input_example(local)
+        engine = _load_engine(settings, info, local)
     example = None if raw_example is None else pd.DataFrame(raw_example)
     return LoadedModel(
         version=version,
         run_id=info.run_id,
-        model=model,
+        engine=engine,
         input_example=example,
         metrics=info.metrics,
     )

@@ -77,9 +77,11 @@ class ModelResponse(BaseModel):
     run_id: str | None
     loaded_at: datetime | None
     metrics: dict[str, float]
+    inference: str | None = Field(description="onnx (the verified export) or sklearn.")
     alias_version: int | None = Field(description="Where the alias pointed at the last poll.")
     registry_reachable: bool | None
-    last_error: str | None
+    last_error: str | None = Field(description="Why the last poll or swap failed, if it did.")
+    worker_pid: int = Field(description="The worker process that answered.")
 
 
 class ErrorResponse(BaseModel):

@@ -1,21 +1,34 @@
 """The prediction API: a FastAPI app factory serving `models:/<name>@<alias>` through a ModelWatcher
 that follows the alias live. The only module that knows HTTP for serving.
+
+Each request takes one snapshot of the serving model and uses it to the end, so a response never
+mixes versions. With several workers, each process runs its own watcher and converges on the alias
+within one poll interval; /model answers for the worker that served the request.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
-import pandas as pd
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from churnops.config import Settings
+from churnops.config import Settings, apply_mlflow_client_limits
 from churnops.errors import BatchTooLargeError, ChurnopsError, NoProductionModelError
-from churnops.predict import predict
+from churnops.observability import (
+    MULTIPROC_ENV,
+    PredictionLog,
+    ServingMetrics,
+    configure_json_logging,
+)
 from churnops.schemas import (
     BatchPredictionRequest,
     BatchPredictionResponse,
@@ -32,10 +45,88 @@ log = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = "X-Model-Version"
 REQUEST_ID_HEADER = "X-Request-ID"
+FEATURES = tuple(CustomerFeatures.model_fields)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _frame(customers: list[CustomerFeatures]) -> pd.DataFrame:
-    return pd.DataFrame([c.model_dump() for c in customers])
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware: refuses oversized bodies with 413 and records request metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        limit = self.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, int(declared))
+            self._observe(scope, 413, start)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+            return message
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, recording_send)
+        except _BodyTooLarge:
+            status = 413
+            await self._refuse(send, received)
+        finally:
+            self._observe(scope, status, start)
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        body = (
+            f'{{"detail":"request body of {size} bytes exceeds the limit of '
+            f'{self.max_body_bytes} bytes; send fewer customers per request"}}'
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _observe(self, scope: Scope, status: int, start: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.metrics.observe_request(path, scope["method"], status, time.perf_counter() - start)
+
+
+def _columns(customers: list[CustomerFeatures]) -> dict[str, list[Any]]:
+    return {name: [getattr(c, name) for c in customers] for name in FEATURES}
 
 
 def _request_id(request: Request) -> str:
@@ -43,16 +134,38 @@ def _request_id(request: Request) -> str:
 
 
 def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastAPI:
-    """Build the API; its lifespan starts and stops the alias watcher."""
-    watcher = watcher or ModelWatcher(settings)
+    """Build the API; its lifespan starts and stops the alias watcher and the prediction log."""
+    metrics = ServingMetrics()
+
+    def swapped(served: ServedModel) -> None:
+        metrics.swaps.inc()
+        metrics.model_version.set(served.version)
+
+    watcher = watcher or ModelWatcher(
+        settings,
+        on_swap=swapped,
+        on_failed_swap=metrics.failed_swaps.inc,
+        on_poll=lambda reachable: metrics.registry_up.set(1 if reachable else 0),
+    )
+    prediction_log: PredictionLog | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        nonlocal prediction_log
+        if settings.prediction_log:
+            prediction_log = PredictionLog(
+                settings.prediction_log_file,
+                settings.prediction_log_max_bytes,
+                settings.prediction_log_backups,
+                per_process=settings.workers > 1,
+            )
         watcher.start()
         try:
             yield
         finally:
             watcher.stop()
+            if prediction_log is not None:
+                prediction_log.close()
 
     app = FastAPI(
         title="churnops prediction API",
@@ -62,6 +175,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         responses={503: {"model": ErrorResponse}},
     )
     app.state.watcher = watcher
+    app.add_middleware(GuardMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(ChurnopsError)
     async def _churnops_error(_: Request, exc: ChurnopsError) -> JSONResponse:
@@ -77,6 +191,24 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             )
         return served
 
+    def score(
+        customers: list[CustomerFeatures], request: Request, response: Response
+    ) -> tuple[ServedModel, Any, str]:
+        served = serving()
+        result = served.engine.predict_columns(_columns(customers))
+        request_id = _request_id(request)
+        response.headers[MODEL_VERSION_HEADER] = str(served.version)
+        metrics.observe_predictions(result.label)
+        if prediction_log is not None:
+            prediction_log.write(
+                request_id,
+                served.version,
+                [c.model_dump() for c in customers],
+                result.probability,
+                result.label,
+            )
+        return served, result, request_id
+
     @app.get("/health", summary="Liveness: the process answers (never touches MLflow)")
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -86,7 +218,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         served = serving()
         return {"status": "ready", "model_version": served.version}
 
-    @app.get("/model", response_model=ModelResponse, summary="The model serving right now")
+    @app.get("/model", response_model=ModelResponse, summary="The model this worker serves")
     def model() -> ModelResponse:
         served = watcher.current
         return ModelResponse(
@@ -96,23 +228,27 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             run_id=served.run_id if served else None,
             loaded_at=served.loaded_at if served else None,
             metrics=served.metrics if served else {},
+            inference=served.engine.kind if served else None,
             alias_version=watcher.wanted_version,
             registry_reachable=watcher.registry_reachable,
             last_error=watcher.last_error,
+            worker_pid=os.getpid(),
         )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/predict", response_model=PredictionResponse, summary="Score one customer")
     def predict_one(
         body: PredictionRequest, request: Request, response: Response
     ) -> PredictionResponse:
-        served = serving()
-        result = predict(served.model, _frame([body]))
-        response.headers[MODEL_VERSION_HEADER] = str(served.version)
+        served, result, request_id = score([body], request, response)
         return PredictionResponse(
             prediction=int(result.label[0]),
             probability=float(result.probability[0]),
             model_version=served.version,
-            request_id=_request_id(request),
+            request_id=request_id,
         )
 
     @app.post(
@@ -129,28 +265,50 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
                 f"batch has {len(body.customers)} customers; the limit is "
                 f"{settings.max_batch_rows} (CHURNOPS_MAX_BATCH_ROWS): split it"
             )
-        served = serving()
-        result = predict(served.model, _frame(body.customers))
-        response.headers[MODEL_VERSION_HEADER] = str(served.version)
+        served, result, request_id = score(body.customers, request, response)
         return BatchPredictionResponse(
             predictions=[
                 Prediction(prediction=int(label), probability=float(p))
-                for label, p in zip(result.label, result.probability, strict=True)
+                for label, p in zip(result.label.tolist(), result.probability.tolist(), strict=True)
             ],
             model_version=served.version,
-            request_id=_request_id(request),
+            request_id=request_id,
         )
 
     return app
 
 
+def app_from_environment() -> FastAPI:
+    """Factory each uvicorn worker process calls: settings from the environment, JSON logs."""
+    settings = Settings()
+    apply_mlflow_client_limits(settings)
+    configure_json_logging()
+    return create_app(settings)
+
+
 def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the API with uvicorn until SIGINT/SIGTERM, finishing in-flight requests first."""
+    """Serve the API with uvicorn until SIGINT/SIGTERM, finishing in-flight requests first.
+
+    Workers are separate processes that read their settings from the environment, so the
+    caller's settings are exported there first.
+    """
     import uvicorn
 
     from churnops.tracking_server import ensure_port_free
 
     ensure_port_free(host, port)
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10
-    )
+    os.environ.update(settings.as_environment())
+    with tempfile.TemporaryDirectory(prefix="churnops-metrics-") as metrics_dir:
+        if settings.workers > 1:
+            # NB: every worker writes its metrics here and /metrics sums them.
+            os.environ[MULTIPROC_ENV] = metrics_dir
+        uvicorn.run(
+            "churnops.serving:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )

@@ -18,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from churnops import compiled
 from churnops.data import Dataset
 from churnops.gate import DEFAULT_GATE_F1, GateVerdict, decide
 
@@ -36,6 +37,7 @@ class TrainingResult:
     input_example: pd.DataFrame
     train_rows: int
     test_rows: int
+    export: compiled.Export
 
 
 def build_pipeline(dataset: Dataset, seed: int) -> Pipeline:
@@ -47,14 +49,10 @@ def build_pipeline(dataset: Dataset, seed: int) -> Pipeline:
                 make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
                 list(dataset.numeric),
             ),
-            # NB: unknown categories at serving time become all-zero columns instead of errors.
-            (
-                "categorical",
-                make_pipeline(
-                    SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
-                ),
-                list(dataset.categorical),
-            ),
+            # NB: unknown categories at serving time become all-zero columns instead of errors, and
+            # a missing category is a category of its own, which also keeps the pipeline
+            # convertible to ONNX (skl2onnx cannot convert an imputer over strings with NaN).
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), list(dataset.categorical)),
         ]
     )
     # Balanced class weights trade some precision for recall, which raises F1 at ~25% positives.
@@ -109,4 +107,5 @@ def train(dataset: Dataset, seed: int = 42, gate_f1: float = DEFAULT_GATE_F1) ->
         input_example=X_train.head(INPUT_EXAMPLE_ROWS).reset_index(drop=True),
         train_rows=len(X_train),
         test_rows=len(X_test),
+        export=compiled.export(model, dataset.numeric, dataset.categorical, X_test),
     )

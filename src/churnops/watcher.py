@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 
 from churnops import registry
 from churnops.config import Settings
 from churnops.errors import ChurnopsError, TrackingUnavailableError
-from churnops.predict import predict
+from churnops.predict import Engine
 from churnops.registry import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ class ServedModel:
 
     version: int
     run_id: str | None
-    model: Any
+    engine: Engine
     metrics: dict[str, float]
     loaded_at: datetime
 
@@ -44,7 +43,7 @@ def smoke_test(loaded: LoadedModel) -> None:
     """Predict on the version's input example; raise ChurnopsError unless the answers are sane."""
     if loaded.input_example is None or loaded.input_example.empty:
         raise ChurnopsError(f"version {loaded.version} has no input example to smoke-test")
-    result = predict(loaded.model, loaded.input_example)
+    result = loaded.engine.predict_frame(loaded.input_example)
     probability = result.probability
     if len(probability) != len(loaded.input_example) or not np.all(np.isfinite(probability)):
         raise ChurnopsError(f"version {loaded.version} returned invalid probabilities")
@@ -58,10 +57,16 @@ class ModelWatcher:
         settings: Settings,
         resolve: Callable[[Settings], int | None] = registry.alias_version,
         load: Callable[[Settings, int], LoadedModel] = registry.load_version,
+        on_swap: Callable[[ServedModel], object] = lambda _: None,
+        on_failed_swap: Callable[[], object] = lambda: None,
+        on_poll: Callable[[bool], object] = lambda _: None,
     ) -> None:
         self._settings = settings
         self._resolve = resolve
         self._load = load
+        self._on_swap = on_swap
+        self._on_failed_swap = on_failed_swap
+        self._on_poll = on_poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
@@ -77,15 +82,13 @@ class ModelWatcher:
         try:
             wanted = self._resolve(self._settings)
         except TrackingUnavailableError as exc:
-            self.registry_reachable = False
-            self.last_error = str(exc)
+            self._unreachable(str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a poll must never kill the watcher
-            self.registry_reachable = False
-            self.last_error = f"alias lookup failed: {exc}"
-            log.warning("alias lookup failed: %s", exc)
+            self._unreachable(f"alias lookup failed: {exc}")
             return
         self.registry_reachable = True
+        self._on_poll(True)
         self.last_poll = datetime.now(UTC)
         if wanted != self.wanted_version:
             self._failures, self._retry_at = 0, 0.0
@@ -99,6 +102,17 @@ class ModelWatcher:
             return
         self._swap_to(wanted)
 
+    def _unreachable(self, reason: str) -> None:
+        if self.registry_reachable is not False:
+            log.warning(
+                "registry unreachable, still serving version %s: %s",
+                self.current.version if self.current else None,
+                reason,
+            )
+        self.registry_reachable = False
+        self.last_error = reason
+        self._on_poll(False)
+
     def _swap_to(self, version: int) -> None:
         try:
             loaded = self._load(self._settings, version)
@@ -109,17 +123,19 @@ class ModelWatcher:
             self._retry_at = time.monotonic() + delay
             self.last_error = f"version {version} not swapped in: {exc}"
             log.error("version %s not swapped in (retry in %.0f s): %s", version, delay, exc)
+            self._on_failed_swap()
             return
         previous = self.current.version if self.current else None
         self.current = ServedModel(
             version=loaded.version,
             run_id=loaded.run_id,
-            model=loaded.model,
+            engine=loaded.engine,
             metrics=loaded.metrics,
             loaded_at=datetime.now(UTC),
         )
         self._failures, self.last_error = 0, None
-        log.info("now serving version %s (was %s)", version, previous)
+        self._on_swap(self.current)
+        log.info("now serving version %s (was %s) with %s", version, previous, loaded.engine.kind)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -1,0 +1,181 @@
+"""What the API tells its operators: Prometheus metrics (aggregated across worker processes when
+PROMETHEUS_MULTIPROC_DIR is set), structured JSON logs, and the prediction log (JSON lines with
+size-based rotation). Nothing here runs at import time; the app factory builds what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServingMetrics:
+    """The API's Prometheus collectors, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.requests = Counter(
+            "churnops_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "churnops_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "churnops_model_version",
+            "Model version this worker serves (0: none yet).",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.swaps = Counter(
+            "churnops_model_swaps", "Model versions swapped in.", registry=self.registry
+        )
+        self.failed_swaps = Counter(
+            "churnops_model_swap_failures",
+            "Versions that failed to load or smoke-test and were not swapped in.",
+            registry=self.registry,
+        )
+        self.registry_up = Gauge(
+            "churnops_registry_reachable",
+            "1 when the last alias poll reached the registry.",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.predictions = Counter(
+            "churnops_predictions",
+            "Rows scored, by predicted class.",
+            ["predicted_class"],
+            registry=self.registry,
+        )
+        self.model_version.set(0)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        labels = (route, method, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def observe_predictions(self, labels: Iterable[int]) -> None:
+        """Count scored rows by predicted class."""
+        positives = 0
+        total = 0
+        for label in labels:
+            positives += int(label)
+            total += 1
+        if positives:
+            self.predictions.labels("1").inc(positives)
+        if total - positives:
+            self.predictions.labels("0").inc(total - positives)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format, summed over every worker in multiprocess mode."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record: time, level, logger, message, and any extra fields."""
+
+    _standard = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as one JSON line."""
+        document: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._standard and not key.startswith("_"):
+                document[key] = value
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str)
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    """Route every log record to stderr as JSON lines (called by the serving entry point)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    for noisy in ("mlflow", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class PredictionLog:
+    """Appends one JSON line per scored row; rotates by size, keeping ``backups`` old files.
+
+    NB: each worker process writes a file of its own, since several processes rotating one file
+    would lose lines.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, per_process: bool) -> None:
+        if per_process:
+            path = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def write(
+        self,
+        request_id: str,
+        version: int,
+        rows: list[dict[str, Any]],
+        probabilities: Iterable[float],
+        labels: Iterable[int],
+    ) -> None:
+        """Record each row with its score under one request id."""
+        now = datetime.now(UTC).isoformat()
+        lines = [
+            json.dumps(
+                {
+                    "time": now,
+                    "request_id": request_id,
+                    "model_version": version,
+                    "inputs": row,
+                    "probability": float(p),
+                    "prediction": int(label),
+                }
+            )
+            for row, p, label in zip(rows, probabilities, labels, strict=True)
+        ]
+        record = logging.LogRecord(
+            "churnops.predictions", logging.INFO, "", 0, "\n".join(lines), None, None
+        )
+        self._handler.handle(record)
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._handler.close()
