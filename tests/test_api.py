@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from churnops import lifecycle
+from churnops import compiled, lifecycle
 from churnops.config import Settings
 from tests.conftest import ApiProcess, start_api, stop_api, wait_for
 
@@ -127,7 +127,8 @@ def test_batch_predictions_come_back_in_order_with_the_version_header(api: ApiPr
     assert len(body["predictions"]) == 2 and body["model_version"] == 1
     assert response.headers["X-Model-Version"] == "1"
     single = api.client.post("/predict", json=customers[1]).json()["probability"]
-    assert body["predictions"][1]["probability"] == pytest.approx(single)
+    # NB: float32 inference rounds differently by batch shape, well inside the ONNX tolerance.
+    assert body["predictions"][1]["probability"] == pytest.approx(single, abs=compiled.TOLERANCE)
 
 
 def test_a_batch_over_the_limit_is_a_413_that_says_how_to_fix_it(api: ApiProcess) -> None:

@@ -34,9 +34,11 @@ class Export:
 
 
 def _initial_types(numeric: tuple[str, ...], categorical: tuple[str, ...]) -> list[Any]:
-    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    return [(c, DoubleTensorType([None, 1])) for c in numeric] + [
+    # NB: float32, because onnxruntime implements the Imputer operator for float only; the
+    # held-out check below rejects exports whose float32 rounding moves a probability by > 1e-6.
+    return [(c, FloatTensorType([None, 1])) for c in numeric] + [
         (c, StringTensorType([None, 1])) for c in categorical
     ]
 
@@ -90,7 +92,8 @@ class OnnxEngine:
         """Score column lists keyed by feature name."""
         feed: dict[str, np.ndarray] = {}
         for name in self.numeric:
-            feed[name] = np.asarray(columns[name], dtype=np.float64).reshape(-1, 1)
+            values = [np.nan if v is None else v for v in columns[name]]
+            feed[name] = np.asarray(values, dtype=np.float32).reshape(-1, 1)
         for name in self.categorical:
             values = ["" if v is None else str(v) for v in columns[name]]
             feed[name] = np.asarray(values, dtype=object).reshape(-1, 1)

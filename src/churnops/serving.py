@@ -8,18 +8,24 @@ within one poll interval; /model answers for the worker that served the request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
+import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from churnops.config import Settings, apply_mlflow_client_limits
 from churnops.errors import BatchTooLargeError, ChurnopsError, NoProductionModelError
@@ -35,7 +41,6 @@ from churnops.schemas import (
     CustomerFeatures,
     ErrorResponse,
     ModelResponse,
-    Prediction,
     PredictionRequest,
     PredictionResponse,
 )
@@ -45,7 +50,9 @@ log = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = "X-Model-Version"
 REQUEST_ID_HEADER = "X-Request-ID"
-FEATURES = tuple(CustomerFeatures.model_fields)
+FEATURES = tuple(
+    k for k in CustomerFeatures.__annotations__ if k in CustomerFeatures.__required_keys__
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -126,7 +133,8 @@ class GuardMiddleware:
 
 
 def _columns(customers: list[CustomerFeatures]) -> dict[str, list[Any]]:
-    return {name: [getattr(c, name) for c in customers] for name in FEATURES}
+    rows = cast(list[Mapping[str, Any]], customers)
+    return {name: [row[name] for row in rows] for name in FEATURES}
 
 
 def _request_id(request: Request) -> str:
@@ -191,35 +199,55 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             )
         return served
 
-    def score(
-        customers: list[CustomerFeatures], request: Request, response: Response
-    ) -> tuple[ServedModel, Any, str]:
+    async def score(customers: list[CustomerFeatures], request: Request) -> Response:
+        """Score the rows with one engine snapshot and answer with JSON built by orjson."""
         served = serving()
-        result = served.engine.predict_columns(_columns(customers))
+        columns = _columns(customers)
+        if served.engine.kind == "onnx":
+            # NB: ~50 us per call: cheaper inline on the event loop than a hop to a thread.
+            result = served.engine.predict_columns(columns)
+        else:
+            result = await run_in_threadpool(served.engine.predict_columns, columns)
         request_id = _request_id(request)
-        response.headers[MODEL_VERSION_HEADER] = str(served.version)
-        metrics.observe_predictions(result.label)
+        labels, probabilities = result.label.tolist(), result.probability.tolist()
+        metrics.observe_predictions(labels)
         if prediction_log is not None:
-            prediction_log.write(
-                request_id,
-                served.version,
-                [c.model_dump() for c in customers],
-                result.probability,
-                result.label,
-            )
-        return served, result, request_id
+            prediction_log.write(request_id, served.version, customers, probabilities, labels)
+        if request.url.path.endswith("/batch"):
+            document: dict[str, Any] = {
+                "predictions": [
+                    {"prediction": label, "probability": p}
+                    for label, p in zip(labels, probabilities, strict=True)
+                ],
+                "model_version": served.version,
+                "request_id": request_id,
+            }
+        else:
+            document = {
+                "prediction": labels[0],
+                "probability": probabilities[0],
+                "model_version": served.version,
+                "request_id": request_id,
+            }
+        # NB: built directly rather than through response models: 1,000 Prediction objects cost
+        # ~4 ms to build and validate, the orjson document ~1.5 ms.
+        return Response(
+            orjson.dumps(document),
+            media_type="application/json",
+            headers={MODEL_VERSION_HEADER: str(served.version)},
+        )
 
     @app.get("/health", summary="Liveness: the process answers (never touches MLflow)")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/ready", summary="Readiness: 200 once a model is loaded, 503 before")
-    def ready() -> dict[str, object]:
+    async def ready() -> dict[str, object]:
         served = serving()
         return {"status": "ready", "model_version": served.version}
 
     @app.get("/model", response_model=ModelResponse, summary="The model this worker serves")
-    def model() -> ModelResponse:
+    async def model() -> ModelResponse:
         served = watcher.current
         return ModelResponse(
             name=settings.model_name,
@@ -240,16 +268,8 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/predict", response_model=PredictionResponse, summary="Score one customer")
-    def predict_one(
-        body: PredictionRequest, request: Request, response: Response
-    ) -> PredictionResponse:
-        served, result, request_id = score([body], request, response)
-        return PredictionResponse(
-            prediction=int(result.label[0]),
-            probability=float(result.probability[0]),
-            model_version=served.version,
-            request_id=request_id,
-        )
+    async def predict_one(body: PredictionRequest, request: Request) -> Response:
+        return await score([body], request)
 
     @app.post(
         "/predict/batch",
@@ -257,25 +277,31 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         responses={413: {"model": ErrorResponse}},
         summary="Score many customers at once",
     )
-    def predict_batch(
-        body: BatchPredictionRequest, request: Request, response: Response
-    ) -> BatchPredictionResponse:
+    async def predict_batch(body: BatchPredictionRequest, request: Request) -> Response:
         if len(body.customers) > settings.max_batch_rows:
             raise BatchTooLargeError(
                 f"batch has {len(body.customers)} customers; the limit is "
                 f"{settings.max_batch_rows} (CHURNOPS_MAX_BATCH_ROWS): split it"
             )
-        served, result, request_id = score(body.customers, request, response)
-        return BatchPredictionResponse(
-            predictions=[
-                Prediction(prediction=int(label), probability=float(p))
-                for label, p in zip(result.label.tolist(), result.probability.tolist(), strict=True)
-            ],
-            model_version=served.version,
-            request_id=request_id,
-        )
+        return await score(body.customers, request)
 
     return app
+
+
+class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with TCP_NODELAY always on.
+
+    NB: in multi-worker mode the workers inherit a listening socket whose ``proto`` is 0, so
+    asyncio skips TCP_NODELAY on accepted connections and every response waits ~40 ms for a
+    delayed ACK (Nagle). Measured here: 22 req/s at one connection instead of ~1,200.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
 
 
 def app_from_environment() -> FastAPI:
@@ -308,6 +334,10 @@ def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> No
             host=host,
             port=port,
             workers=settings.workers,
+            # NB: the stdlib loop, because under uvloop 1% of requests waited ~1 s at 64
+            # connections here (p99 1.1 s vs 0.07-0.15 s), at equal throughput.
+            loop="asyncio",
+            http="churnops.serving:NoDelayHttpToolsProtocol",
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,

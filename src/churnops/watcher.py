@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from churnops.registry import LoadedModel
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
+RECENT_VERSIONS = 3
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class ModelWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
+        # NB: the last few loaded versions stay in memory, so a rollback swaps back at once.
+        self._recent: OrderedDict[int, LoadedModel] = OrderedDict()
         self._retry_at = 0.0
         self.current: ServedModel | None = None
         self.wanted_version: int | None = None
@@ -115,7 +119,7 @@ class ModelWatcher:
 
     def _swap_to(self, version: int) -> None:
         try:
-            loaded = self._load(self._settings, version)
+            loaded = self._recent.pop(version, None) or self._load(self._settings, version)
             smoke_test(loaded)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the current model serving
             self._failures += 1
@@ -126,6 +130,9 @@ class ModelWatcher:
             self._on_failed_swap()
             return
         previous = self.current.version if self.current else None
+        self._recent[loaded.version] = loaded
+        while len(self._recent) > RECENT_VERSIONS:
+            self._recent.popitem(last=False)
         self.current = ServedModel(
             version=loaded.version,
             run_id=loaded.run_id,

@@ -1,0 +1,432 @@
+"""Serving benchmark: `churnops serve` against `mlflow models serve`, side by side, in one run.
+
+Starts a tracking server, trains two versions and promotes the first, starts both servers on the
+same version, load-tests both with wrk (1 and 64 connections with single-row bodies, 8 connections
+with 1,000-row bodies), then moves the alias 20 times under a 16-connection load and records how
+long every churnops worker takes to serve the new version. Prints a table with the churnops/anchor
+ratios and writes the figures as JSON.
+
+    .venv/bin/python bench/serve.py [--duration 10] [--moves 20] [--out bench/results/serve.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from churnops import data, lifecycle, registry, tracking_server
+from churnops.config import Settings, apply_mlflow_client_limits
+
+ROW = {
+    "tenure_months": 3,
+    "num_complaints": 4,
+    "avg_session_minutes": 12.5,
+    "plan_type": "basic",
+    "region": "EU",
+}
+FEATURES = list(ROW)
+
+
+@dataclass
+class WrkResult:
+    """One wrk run's figures."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found: installing it from Debian (apt-get install wrk)", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    return shutil.which("wrk") or "wrk"
+
+
+def lua_post(body: str, folder: Path, name: str) -> Path:
+    """A wrk script that POSTs ``body`` as JSON."""
+    path = folder / f"{name}.lua"
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    return path
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
+    total = re.search(r"(\d+) requests in", output)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    return WrkResult(
+        requests_per_s=float(rps.group(1)) if rps else 0.0,
+        p50_ms=_ms(latency["50"]) if "50" in latency else float("nan"),
+        p99_ms=_ms(latency["99"]) if "99" in latency else float("nan"),
+        requests=int(total.group(1)) if total else 0,
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=sum(map(int, errors.groups())) if errors else 0,
+    )
+
+
+def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: int) -> WrkResult:
+    threads = min(connections, 2)
+    done = subprocess.run(
+        [
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    )
+    return parse_wrk(done.stdout)
+
+
+def wait_http(
+    url: str, proc: subprocess.Popen, timeout: float, method: str = "GET", body: object = None
+) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            response = httpx.request(method, url, json=body, timeout=5)
+            if response.status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def tree_rss_mib(pid: int) -> dict[int, float]:
+    """RSS of ``pid`` and all its descendants, in MiB."""
+    found: dict[int, float] = {}
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        rss = re.search(r"VmRSS:\s+(\d+) kB", status)
+        found[current] = int(rss.group(1)) / 1024 if rss else 0.0
+        pending.extend(int(c) for c in children)
+    return found
+
+
+def worker_versions(client: httpx.Client) -> dict[str, float]:
+    """The version each live worker reports in /metrics (pid label -> version)."""
+    text = client.get("/metrics").text
+    found = re.findall(r'^churnops_model_version\{pid="(\d+)"\} ([\d.]+)$', text, re.MULTILINE)
+    if not found:
+        single = re.search(r"^churnops_model_version ([\d.]+)$", text, re.MULTILINE)
+        return {"main": float(single.group(1))} if single else {}
+    return {pid: float(v) for pid, v in found}
+
+
+def follow_time(api: str, target: int, workers: int, timeout: float = 30.0) -> float:
+    """Seconds until every worker reports ``target`` and fresh connections are answered by it."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with httpx.Client(base_url=api, timeout=5) as client:
+            versions = worker_versions(client)
+        live = [v for v in versions.values() if v > 0]
+        if len(live) >= workers and all(v == target for v in live):
+            headers = set()
+            for _ in range(4 * workers):
+                with httpx.Client(base_url=api, timeout=5) as fresh:
+                    headers.add(fresh.post("/predict", json=ROW).headers["X-Model-Version"])
+            if headers == {str(target)}:
+                return time.monotonic() - start
+        time.sleep(0.01)
+    return float("inf")
+
+
+def anchor_serves(anchor: str, frame: pd.DataFrame, settings: Settings, old: int, new: int) -> bool:
+    """Whether `mlflow models serve` answers like ``new`` (not ``old``) on 1,000 rows."""
+    answered = httpx.post(
+        f"{anchor}/invocations",
+        timeout=30,
+        json={"dataframe_split": frame.to_dict(orient="split") | {"index": None}},
+    ).json()["predictions"]
+    labels = {
+        v: registry.load_version(settings, v).engine.predict_frame(frame).label for v in (old, new)
+    }
+    assert not np.array_equal(labels[old], labels[new]), "the two versions agree on every row"
+    return bool(np.array_equal(np.asarray(answered, dtype=int), labels[new]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="Seconds per wrk run.")
+    parser.add_argument("--moves", type=int, default=20, help="Alias moves under load.")
+    parser.add_argument("--workers", type=int, default=None, help="churnops serve workers.")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    work = Path(tempfile.mkdtemp(prefix="churnops-bench-"))
+    port = free_port()
+    settings = Settings(tracking_uri=f"http://127.0.0.1:{port}", data_dir=work)
+    apply_mlflow_client_limits(settings)
+    env = {
+        **os.environ,
+        **settings.as_environment(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("CHURNOPS_WORKERS", None)
+    if args.workers:
+        env["CHURNOPS_WORKERS"] = str(args.workers)
+    procs: list[subprocess.Popen] = []
+    server = tracking_server.start(settings, port=port, quiet=True)
+    try:
+        v1 = lifecycle.train(settings, data_file=None, version_label="v1", seed=1, gate_f1=0.6)
+        v2 = lifecycle.train(settings, data_file=None, version_label="v2", seed=2, gate_f1=0.6)
+        lifecycle.promote(settings, v1.version)
+
+        api_port, mlflow_port = free_port(), free_port()
+        api, anchor = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{mlflow_port}"
+        log_dir = work / "logs"
+        log_dir.mkdir(exist_ok=True)
+        ours = subprocess.Popen(
+            [sys.executable, "-m", "churnops", "serve", "--port", str(api_port)],
+            env=env,
+            stdout=(log_dir / "churnops.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(ours)
+        theirs = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/{settings.model_name}@{settings.alias}",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+            ],
+            env=env,
+            stdout=(log_dir / "mlflow-serve.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(theirs)
+        wait_http(f"{api}/ready", ours, 120)
+        records = {"dataframe_records": [ROW]}
+        wait_http(f"{anchor}/invocations", theirs, 120, "POST", records)
+        workers = len(worker_versions(httpx.Client(base_url=api)))
+        ours_workers = int(env.get("CHURNOPS_WORKERS", min(os.cpu_count() or 1, 4)))
+
+        frame = data.generate(rows=1000, seed=11)[FEATURES]
+        batch_rows = frame.to_dict(orient="records")
+        scripts = {
+            "ours_one": lua_post(json.dumps(ROW), work, "ours_one"),
+            "anchor_one": lua_post(json.dumps(records), work, "anchor_one"),
+            "ours_batch": lua_post(json.dumps({"customers": batch_rows}), work, "ours_batch"),
+            "anchor_batch": lua_post(
+                json.dumps({"dataframe_split": frame.to_dict(orient="split") | {"index": None}}),
+                work,
+                "anchor_batch",
+            ),
+        }
+        ours_one, anchor_one = f"{api}/predict", f"{anchor}/invocations"
+        # Warm both up before measuring.
+        run_wrk(wrk, ours_one, scripts["ours_one"], 4, 2)
+        run_wrk(wrk, anchor_one, scripts["anchor_one"], 4, 2)
+        results: dict[str, dict[str, WrkResult]] = {}
+        for name, conns, ours_url, anchor_url, key in (
+            ("single row, 1 connection", 1, ours_one, anchor_one, "one"),
+            ("single row, 64 connections", 64, ours_one, anchor_one, "one"),
+            ("1,000-row batch, 8 connections", 8, f"{api}/predict/batch", anchor_one, "batch"),
+        ):
+            print(f"measuring {name} ...", file=sys.stderr)
+            results[name] = {
+                "churnops": run_wrk(wrk, ours_url, scripts[f"ours_{key}"], conns, args.duration),
+                "mlflow": run_wrk(wrk, anchor_url, scripts[f"anchor_{key}"], conns, args.duration),
+            }
+        rss = {"churnops": tree_rss_mib(ours.pid), "mlflow": tree_rss_mib(theirs.pid)}
+
+        print(f"moving the alias {args.moves} times under 16-connection load ...", file=sys.stderr)
+        load = subprocess.Popen(
+            [
+                wrk,
+                "-t2",
+                "-c16",
+                f"-d{args.moves * 10 + 60}s",
+                "--timeout",
+                "10s",
+                "--latency",
+                "-s",
+                str(scripts["ours_one"]),
+                ours_one,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1)
+        follow: list[float] = []
+        anchor_follows = None
+        for i in range(args.moves):
+            if i % 2 == 0:
+                lifecycle.promote(settings, v2.version)
+                target = v2.version
+            else:
+                lifecycle.rollback(settings, v1.version)
+                target = v1.version
+            follow.append(follow_time(api, target, max(workers, ours_workers)))
+            if i == 0:
+                anchor_follows = anchor_serves(anchor, frame, settings, v1.version, v2.version)
+        load.send_signal(signal.SIGINT)
+        under_load = parse_wrk(load.communicate(timeout=60)[0])
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        server.stop()
+
+    report_table(results, rss, follow, under_load, bool(anchor_follows), args, workers)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                },
+                "churnops_workers": workers,
+                "load": {k: {side: asdict(r) for side, r in v.items()} for k, v in results.items()},
+                "rss_mib": {
+                    side: {str(k): round(v, 1) for k, v in procs_.items()}
+                    for side, procs_ in rss.items()
+                },
+                "alias_moves": {
+                    "follow_seconds": follow,
+                    "worst": max(follow),
+                    "under_load": asdict(under_load),
+                    "mlflow_models_serve_follows": anchor_follows,
+                },
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report_table(
+    results: dict[str, dict[str, WrkResult]],
+    rss: dict[str, dict[int, float]],
+    follow: list[float],
+    under_load: WrkResult,
+    anchor_follows: bool,
+    args: argparse.Namespace,
+    workers: int,
+) -> None:
+    rows = []
+    for name, pair in results.items():
+        ours, theirs = pair["churnops"], pair["mlflow"]
+        rows_per_request = 1000 if "batch" in name else 1
+        rows.append(
+            (
+                f"{name}: rows/s" if rows_per_request > 1 else f"{name}: req/s",
+                ours.requests_per_s * rows_per_request,
+                theirs.requests_per_s * rows_per_request,
+                ours.requests_per_s / theirs.requests_per_s if theirs.requests_per_s else 0,
+            )
+        )
+        rows.append((f"{name}: p50 ms", ours.p50_ms, theirs.p50_ms, ours.p50_ms / theirs.p50_ms))
+        rows.append((f"{name}: p99 ms", ours.p99_ms, theirs.p99_ms, ours.p99_ms / theirs.p99_ms))
+        rows.append((f"{name}: non-2xx", ours.non_2xx, theirs.non_2xx, float("nan")))
+    ours_rss, theirs_rss = max(rss["churnops"].values()), max(rss["mlflow"].values())
+    rows.append(
+        ("RSS of the largest serving process, MiB", ours_rss, theirs_rss, ours_rss / theirs_rss)
+    )
+    print(
+        f"\nchurnops serve ({workers} workers) vs mlflow models serve, {args.duration} s per run\n"
+    )
+    print(f"| {'measure':<46} | {'churnops':>10} | {'mlflow':>10} | {'ratio':>7} |")
+    print(f"|{'-' * 48}|{'-' * 12}|{'-' * 12}|{'-' * 9}|")
+    for label, ours_v, theirs_v, ratio in rows:
+        print(f"| {label:<46} | {ours_v:>10.1f} | {theirs_v:>10.1f} | {ratio:>7.3f} |")
+    print(
+        f"\nRSS per process, MiB: churnops {sorted(round(v) for v in rss['churnops'].values())}; "
+        f"mlflow {sorted(round(v) for v in rss['mlflow'].values())}"
+    )
+    print(
+        f"\nalias moves: {len(follow)}; time from the command's return until every worker serves "
+        f"the new version: median {np.median(follow):.3f} s, worst {max(follow):.3f} s"
+    )
+    print(
+        f"under 16-connection load during the moves: {under_load.requests} requests, "
+        f"{under_load.non_2xx} non-2xx, {under_load.socket_errors} socket errors, "
+        f"p99 {under_load.p99_ms:.1f} ms"
+    )
+    print(
+        "mlflow models serve followed the first move (v1 -> v2) once churnops had: "
+        f"{'yes' if anchor_follows else 'no, it still serves the version it started with'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
