@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pandas as pd
@@ -27,7 +27,10 @@ from churnops.compiled import OnnxEngine
 from churnops.config import Settings
 from churnops.errors import TrackingUnavailableError, VersionNotFoundError
 from churnops.predict import Engine, SklearnEngine
-from churnops.training import TrainingResult
+
+if TYPE_CHECKING:
+    # NB: type-only, so the API's workers never import scikit-learn's training modules (~80 MiB).
+    from churnops.training import TrainingResult
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +264,17 @@ def get_version(settings: Settings, version: int) -> VersionInfo:
     )
 
 
+def latest_passing_version(settings: Settings) -> int | None:
+    """The highest version number whose gate passed, or None."""
+    with _mlflow_errors(settings):
+        found = _client(settings).search_model_versions(
+            f"name = '{settings.model_name}' and tags.{GATE_PASSED_TAG} = 'true'",
+            max_results=1,
+            order_by=["version_number DESC"],
+        )
+    return int(found[0].version) if found else None
+
+
 def alias_version(settings: Settings) -> int | None:
     """The version the serving alias points at, or None when it is not set."""
     with _mlflow_errors(settings):
@@ -284,7 +298,6 @@ def set_alias(settings: Settings, version: int) -> None:
 def _load_engine(settings: Settings, info: VersionInfo, local: str) -> Engine:
     """The verified ONNX export when the version has one, else the scikit-learn pipeline."""
     import mlflow.artifacts
-    import mlflow.sklearn
 
     if info.tags.get(INFERENCE_TAG) == "onnx" and info.run_id:
         try:
@@ -296,6 +309,8 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str) -> Engine:
             log.warning(
                 "version %s: ONNX export unusable (%s); serving scikit-learn", info.version, exc
             )
+    import mlflow.sklearn  # NB: imported only here; it pulls in scikit-learn and skops
+
     return SklearnEngine(mlflow.sklearn.load_model(local))
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
 RECENT_VERSIONS = 3
+PREFETCH_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ModelWatcher:
         on_swap: Callable[[ServedModel], object] = lambda _: None,
         on_failed_swap: Callable[[], object] = lambda: None,
         on_poll: Callable[[bool], object] = lambda _: None,
+        latest: Callable[[Settings], int | None] = registry.latest_passing_version,
     ) -> None:
         self._settings = settings
         self._resolve = resolve
@@ -69,6 +71,9 @@ class ModelWatcher:
         self._on_swap = on_swap
         self._on_failed_swap = on_failed_swap
         self._on_poll = on_poll
+        self._latest = latest
+        self._next_prefetch = 0.0
+        self._prefetch_failed: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
@@ -83,6 +88,7 @@ class ModelWatcher:
 
     def poll_once(self) -> None:
         """Resolve the alias once and swap in its version if it differs from the one serving."""
+        started = time.perf_counter()
         try:
             wanted = self._resolve(self._settings)
         except TrackingUnavailableError as exc:
@@ -101,10 +107,38 @@ class ModelWatcher:
         if wanted is None or (current is not None and current.version == wanted):
             if wanted is not None:
                 self.last_error = None
+                self._prefetch()
             return
         if time.monotonic() < self._retry_at:
             return
-        self._swap_to(wanted)
+        self._swap_to(wanted, poll_seconds=time.perf_counter() - started)
+
+    def _prefetch(self) -> None:
+        """Load the newest version that passed the gate ahead of its promotion, off the
+        request path, so that promoting it swaps at once instead of after a download."""
+        if time.monotonic() < self._next_prefetch:
+            return
+        self._next_prefetch = time.monotonic() + PREFETCH_INTERVAL
+        latest = None
+        try:
+            latest = self._latest(self._settings)
+            if latest is None or latest in self._recent or latest in self._prefetch_failed:
+                return
+            loaded = self._load(self._settings, latest)
+            smoke_test(loaded)
+        except Exception as exc:  # noqa: BLE001 - a failed prefetch only costs the head start
+            log.warning("prefetch failed: %s", exc)
+            if latest is not None and not isinstance(exc, TrackingUnavailableError):
+                self._prefetch_failed.add(latest)
+            return
+        self._remember(loaded)
+        log.info("prefetched version %s", latest)
+
+    def _remember(self, loaded: LoadedModel) -> None:
+        self._recent[loaded.version] = loaded
+        self._recent.move_to_end(loaded.version)
+        while len(self._recent) > RECENT_VERSIONS:
+            self._recent.popitem(last=False)
 
     def _unreachable(self, reason: str) -> None:
         if self.registry_reachable is not False:
@@ -117,9 +151,10 @@ class ModelWatcher:
         self.last_error = reason
         self._on_poll(False)
 
-    def _swap_to(self, version: int) -> None:
+    def _swap_to(self, version: int, poll_seconds: float = 0.0) -> None:
+        started = time.perf_counter()
         try:
-            loaded = self._recent.pop(version, None) or self._load(self._settings, version)
+            loaded = self._recent.get(version) or self._load(self._settings, version)
             smoke_test(loaded)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the current model serving
             self._failures += 1
@@ -130,9 +165,7 @@ class ModelWatcher:
             self._on_failed_swap()
             return
         previous = self.current.version if self.current else None
-        self._recent[loaded.version] = loaded
-        while len(self._recent) > RECENT_VERSIONS:
-            self._recent.popitem(last=False)
+        self._remember(loaded)
         self.current = ServedModel(
             version=loaded.version,
             run_id=loaded.run_id,
@@ -142,7 +175,16 @@ class ModelWatcher:
         )
         self._failures, self.last_error = 0, None
         self._on_swap(self.current)
-        log.info("now serving version %s (was %s) with %s", version, previous, loaded.engine.kind)
+        log.info(
+            "now serving version %s (was %s) with %s",
+            version,
+            previous,
+            loaded.engine.kind,
+            extra={
+                "poll_seconds": round(poll_seconds, 3),
+                "load_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():
