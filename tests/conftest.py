@@ -47,10 +47,15 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.1
 
 
 @pytest.fixture(scope="session")
-def tracking_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data folder (mlflow.db, mlflow/artifacts) of the session's tracking server."""
+    return tmp_path_factory.mktemp("tracking")
+
+
+@pytest.fixture(scope="session")
+def tracking_url(tracking_store: Path) -> Iterator[str]:
     """A real `mlflow server` (SQLite + proxied artifacts) for the whole session."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("tracking"))
-    server = tracking_server.start(settings, port=free_port(), quiet=True)
+    server = tracking_server.start(Settings(data_dir=tracking_store), port=free_port(), quiet=True)
     yield server.url
     server.stop()
 
@@ -120,6 +125,8 @@ def start_api(env: dict[str, str], log: Path, *args: str) -> ApiProcess:
     """Start `churnops serve` on a free port and wait until /health answers."""
     port = free_port()
     handle = log.open("w")
+    # NB: the API's own files (the prediction log) go beside its log, never into the checkout.
+    env = {"CHURNOPS_DATA_DIR": str(log.parent), **env}
     process = subprocess.Popen(
         [sys.executable, "-m", "churnops", "serve", "--port", str(port), *args],
         env={**os.environ, **env},

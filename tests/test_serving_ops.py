@@ -1,0 +1,210 @@
+"""Serving in operation: broken versions, several workers, metrics, limits and the prediction log,
+against a real tracking server and real `churnops serve` processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+from mlflow.tracking import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from churnops import lifecycle
+from churnops.config import Settings
+from tests.conftest import start_api, stop_api, wait_for
+from tests.test_api import CUSTOMER
+
+
+def _settings(tracking_url: str) -> tuple[Settings, dict[str, str]]:
+    name = f"churn_ops_{uuid.uuid4().hex[:8]}"
+    return (
+        Settings(tracking_uri=tracking_url, model_name=name),
+        {"MLFLOW_TRACKING_URI": tracking_url, "CHURNOPS_MODEL_NAME": name},
+    )
+
+
+def _train_and_promote(settings: Settings, seed: int = 1, promote: bool = True) -> int:
+    report = lifecycle.train(
+        settings, data_file=None, version_label=f"s{seed}", seed=seed, gate_f1=0.6
+    )
+    if promote:
+        lifecycle.promote(settings, report.version)
+    return report.version
+
+
+def _worker_versions(client: httpx.Client) -> dict[str, float]:
+    found = re.findall(
+        r'^churnops_model_version\{pid="(\d+)"\} ([\d.]+)$',
+        client.get("/metrics").text,
+        re.MULTILINE,
+    )
+    return {pid: float(version) for pid, version in found}
+
+
+def _break_artifacts(store: Path, settings: Settings, version: int) -> None:
+    """Delete a version's model files from the artifact store, as a failed disk or a bad copy
+    would."""
+    client = MlflowClient(settings.tracking_uri)
+    mv = client.get_model_version(settings.model_name, str(version))
+    model_id = mv.model_id or (mv.source or "").removeprefix("models:/")
+    doomed = [
+        p
+        for p in (store / "mlflow" / "artifacts").rglob("*")
+        if p.is_file()
+        and (mv.run_id in p.parts or model_id in p.parts)
+        and p.name in ("model.onnx", "model.skops", "MLmodel")
+    ]
+    assert doomed, "found none of the version's model files to delete"
+    for path in doomed:
+        path.unlink()
+
+
+def test_a_version_with_broken_artifacts_is_never_swapped_in_and_the_old_one_keeps_answering(
+    tracking_url: str, tracking_store: Path, tmp_path: Path
+) -> None:
+    settings, env = _settings(tracking_url)
+    _train_and_promote(settings, seed=1)
+    broken = _train_and_promote(settings, seed=2, promote=False)
+    _break_artifacts(tracking_store, settings, broken)
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1")
+    try:
+        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
+        lifecycle.promote(settings, broken)
+
+        def failure_reported() -> bool:
+            model = api.client.get("/model").json()
+            return model["alias_version"] == broken and bool(model["last_error"])
+
+        wait_for(failure_reported, timeout=15)
+        model = api.client.get("/model").json()
+        assert model["version"] == 1
+        assert f"version {broken} not swapped in" in model["last_error"]
+        response = api.client.post("/predict", json=CUSTOMER)
+        assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
+        metrics = api.client.get("/metrics").text
+        failures = re.search(r"^churnops_model_swap_failures_total ([\d.]+)$", metrics, re.M)
+        assert failures and float(failures.group(1)) >= 1
+        assert api.client.get("/ready").status_code == 200
+
+        healthy = _train_and_promote(settings, seed=3)
+        wait_for(lambda: api.client.get("/model").json()["version"] == healthy, timeout=15)
+        assert api.client.get("/model").json()["last_error"] is None
+    finally:
+        stop_api(api)
+
+
+def test_with_two_workers_both_converge_on_a_move_within_the_poll_bound(
+    tracking_url: str, tmp_path: Path
+) -> None:
+    settings, env = _settings(tracking_url)
+    first = _train_and_promote(settings, seed=1)
+    second = _train_and_promote(settings, seed=2, promote=False)
+    api = start_api(env, tmp_path / "serve.log", "--workers", "2")
+    try:
+
+        def both_serve(version: int) -> bool:
+            versions = _worker_versions(api.client)
+            return len(versions) == 2 and set(versions.values()) == {float(version)}
+
+        wait_for(lambda: both_serve(first), timeout=60)
+        lifecycle.promote(settings, second)
+        # One poll interval (1 s) plus a load, with margin for a loaded CI machine.
+        wait_for(lambda: both_serve(second), timeout=5)
+        seen = set()
+        for _ in range(12):
+            with httpx.Client(base_url=api.url, timeout=10) as fresh:
+                response = fresh.post("/predict", json=CUSTOMER)
+                assert response.json()["model_version"] == int(response.headers["X-Model-Version"])
+                seen.add(response.headers["X-Model-Version"])
+                seen.add(str(fresh.get("/model").json()["version"]))
+        assert seen == {str(second)}
+    finally:
+        stop_api(api)
+
+
+def test_metrics_parse_as_prometheus_text_with_requests_latency_versions_and_classes(
+    tracking_url: str, tmp_path: Path
+) -> None:
+    settings, env = _settings(tracking_url)
+    _train_and_promote(settings, seed=1)
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1")
+    try:
+        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
+        for _ in range(3):
+            assert api.client.post("/predict", json=CUSTOMER).status_code == 200
+        assert api.client.post("/predict", json={}).status_code == 422
+        response = api.client.get("/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(response.text)}
+        requests = {
+            (s.labels["route"], s.labels["status"]): s.value
+            for s in families["churnops_http_requests"].samples
+            if s.name.endswith("_total")
+        }
+        assert requests[("/predict", "200")] == 3
+        assert requests[("/predict", "422")] == 1
+        assert families["churnops_http_request_duration_seconds"].type == "histogram"
+        assert [s.value for s in families["churnops_model_version"].samples] == [1.0]
+        swaps = [
+            s.value for s in families["churnops_model_swaps"].samples if s.name.endswith("_total")
+        ]
+        assert swaps == [1.0]
+        classes = {
+            s.labels["predicted_class"]: s.value
+            for s in families["churnops_predictions"].samples
+            if s.name.endswith("_total")
+        }
+        assert sum(classes.values()) == 3
+    finally:
+        stop_api(api)
+
+
+def test_oversized_bodies_get_413_and_predictions_are_logged_as_json_lines(
+    tracking_url: str, tmp_path: Path
+) -> None:
+    settings, env = _settings(tracking_url)
+    _train_and_promote(settings, seed=1)
+    env |= {"CHURNOPS_MAX_BODY_BYTES": "2000", "CHURNOPS_DATA_DIR": str(tmp_path)}
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1")
+    try:
+        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
+        too_big = api.client.post("/predict/batch", json={"customers": [CUSTOMER] * 40})
+        assert too_big.status_code == 413
+        assert "exceeds the limit of 2000 bytes" in too_big.json()["detail"]
+        ok = api.client.post(
+            "/predict/batch", json={"customers": [CUSTOMER] * 3}, headers={"X-Request-ID": "req-42"}
+        )
+        assert ok.status_code == 200
+    finally:
+        stop_api(api)
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "logs" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(lines) == 3
+    assert {line["request_id"] for line in lines} == {"req-42"}
+    assert lines[0]["inputs"] == CUSTOMER and lines[0]["model_version"] == 1
+    assert set(lines[0]) == {
+        "time",
+        "request_id",
+        "model_version",
+        "inputs",
+        "probability",
+        "prediction",
+    }
+
+
+def test_no_prediction_log_writes_nothing(tracking_url: str, tmp_path: Path) -> None:
+    settings, env = _settings(tracking_url)
+    _train_and_promote(settings, seed=1)
+    env |= {"CHURNOPS_DATA_DIR": str(tmp_path)}
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1", "--no-prediction-log")
+    try:
+        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
+        assert api.client.post("/predict", json=CUSTOMER).status_code == 200
+    finally:
+        stop_api(api)
+    assert not (tmp_path / "logs").exists()
