@@ -16,7 +16,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -24,6 +24,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -132,6 +133,30 @@ class GuardMiddleware:
         self.metrics.observe_request(path, scope["method"], status, time.perf_counter() - start)
 
 
+class OrjsonRequest(Request):
+    """A request whose JSON body is parsed by orjson (~3x faster than the json module)."""
+
+    async def json(self) -> Any:
+        """The parsed body; orjson's decode error is a json.JSONDecodeError, so FastAPI still
+        answers malformed JSON with a 422."""
+        if not hasattr(self, "_json"):
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+class OrjsonRoute(APIRoute):
+    """Routes that hand their endpoints an OrjsonRequest."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """Wrap FastAPI's handler so body parsing goes through orjson."""
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(OrjsonRequest(request.scope, request.receive))
+
+        return route
+
+
 def _columns(customers: list[CustomerFeatures]) -> dict[str, list[Any]]:
     rows = cast(list[Mapping[str, Any]], customers)
     return {name: [row[name] for row in rows] for name in FEATURES}
@@ -183,6 +208,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         responses={503: {"model": ErrorResponse}},
     )
     app.state.watcher = watcher
+    app.router.route_class = OrjsonRoute
     app.add_middleware(GuardMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(ChurnopsError)
