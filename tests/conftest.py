@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner, Result
+from mlflow.tracking import MlflowClient
 
 from churnops import tracking_server
 from churnops.cli import main
@@ -98,6 +99,11 @@ def cli(env: dict[str, str]) -> Callable[..., Result]:
     return invoke
 
 
+def moved(document: dict[str, Any]) -> tuple[int | None, int]:
+    """(from_version, to_version) of a promote/rollback --json document."""
+    return document["from_version"], document["to_version"]
+
+
 def run_churnops(
     *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess:
@@ -157,3 +163,21 @@ def stop_api(api: ApiProcess) -> None:
     except subprocess.TimeoutExpired:
         api.process.kill()
         api.process.wait()
+
+
+def break_artifacts(store: Path, settings: Settings, version: int) -> None:
+    """Delete a version's model files from the artifact store, as a failed disk or a bad copy
+    would."""
+    client = MlflowClient(settings.tracking_uri)
+    mv = client.get_model_version(settings.model_name, str(version))
+    model_id = mv.model_id or (mv.source or "").removeprefix("models:/")
+    doomed = [
+        p
+        for p in (store / "mlflow" / "artifacts").rglob("*")
+        if p.is_file()
+        and (mv.run_id in p.parts or model_id in p.parts)
+        and p.name in ("model.onnx", "model.skops", "MLmodel")
+    ]
+    assert doomed, "found none of the version's model files to delete"
+    for path in doomed:
+        path.unlink()

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from churnops import data, registry
 from churnops.config import Settings
-from tests.conftest import free_port, run_churnops
+from tests.conftest import free_port, moved, run_churnops
 
 
 def _json(result: Result) -> dict:
@@ -76,16 +76,18 @@ def test_promote_refuses_a_gate_failing_version_and_leaves_the_alias(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     _json(cli("train", "--json"))
-    assert _json(cli("promote", "--json")) == {"from_version": None, "to_version": 1}
+    assert moved(_json(cli("promote", "--json"))) == (None, 1)
     _json(cli("train", "--gate-f1", "0.99", "--json"))
     refused = cli("promote")
     assert refused.exit_code == 1
-    assert "version 2 failed the quality gate" in refused.stderr
+    assert "version 2 failed the gate (held-out f1)" in refused.stderr
     assert "--force" in refused.stderr
     assert registry.alias_version(settings) == 1
-    forced = cli("promote", "--version", "2", "--force")
+    forced = cli("promote", "--version", "2", "--force", "--reason", "demo of an override")
     assert forced.exit_code == 0
-    assert forced.stdout.strip() == f"{settings.model_name}@production: v1 -> v2"
+    assert forced.stdout.strip().splitlines()[-1] == (
+        f"{settings.model_name}@production: v1 -> v2  (gate overridden: demo of an override)"
+    )
     assert registry.alias_version(settings) == 2
 
 
@@ -118,7 +120,7 @@ def test_rollback_without_an_earlier_eligible_version_exits_with_a_clear_error(
     result = cli("rollback", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["exit_code"] == 1
-    assert "no version before v2 passed the gate; production stays at v2" in result.stderr
+    assert "nothing earlier to roll back to" in result.stderr
     assert registry.alias_version(settings) == 2
 
 
@@ -128,7 +130,7 @@ def test_rollback_to_a_named_version_and_status_show_the_alias(
     for _ in range(3):
         _json(cli("train", "--json"))
     _json(cli("promote", "--json"))
-    assert _json(cli("rollback", "1", "--json")) == {"from_version": 3, "to_version": 1}
+    assert moved(_json(cli("rollback", "1", "--json"))) == (3, 1)
     status = _json(cli("status", "--json"))
     assert status["tracking_uri"] == settings.tracking_uri
     assert [(v["version"], v["gate_passed"], v["aliases"]) for v in status["versions"]] == [

@@ -97,3 +97,20 @@ def test_columns_are_split_into_numeric_and_categorical() -> None:
     dataset = data.from_frame(data.generate(100))
     assert dataset.numeric == data.NUMERIC_FEATURES
     assert dataset.categorical == data.CATEGORICAL_FEATURES
+
+
+def test_a_csv_keeps_the_region_code_na_and_reads_blank_or_question_marks_as_missing(
+    tmp_path: Path,
+) -> None:
+    frame = data.generate(200, seed=2)
+    frame["avg_session_minutes"] = frame["avg_session_minutes"].astype(object)
+    frame.loc[0, "avg_session_minutes"] = "?"
+    frame.loc[1, "avg_session_minutes"] = ""
+    frame.loc[2, "avg_session_minutes"] = "NA"
+    path = tmp_path / "messy.csv"
+    frame.to_csv(path, index=False)
+    dataset = data.load_csv(path)
+    assert "NA" in set(dataset.features["region"])
+    assert dataset.features["avg_session_minutes"].dtype.kind == "f"
+    assert dataset.features["avg_session_minutes"].head(3).isna().all()
+    assert "avg_session_minutes" in dataset.numeric

@@ -9,12 +9,11 @@ import uuid
 from pathlib import Path
 
 import httpx
-from mlflow.tracking import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnops import lifecycle
 from churnops.config import Settings
-from tests.conftest import start_api, stop_api, wait_for
+from tests.conftest import break_artifacts, start_api, stop_api, wait_for
 from tests.test_api import CUSTOMER
 
 
@@ -44,35 +43,17 @@ def _worker_versions(client: httpx.Client) -> dict[str, float]:
     return {pid: float(version) for pid, version in found}
 
 
-def _break_artifacts(store: Path, settings: Settings, version: int) -> None:
-    """Delete a version's model files from the artifact store, as a failed disk or a bad copy
-    would."""
-    client = MlflowClient(settings.tracking_uri)
-    mv = client.get_model_version(settings.model_name, str(version))
-    model_id = mv.model_id or (mv.source or "").removeprefix("models:/")
-    doomed = [
-        p
-        for p in (store / "mlflow" / "artifacts").rglob("*")
-        if p.is_file()
-        and (mv.run_id in p.parts or model_id in p.parts)
-        and p.name in ("model.onnx", "model.skops", "MLmodel")
-    ]
-    assert doomed, "found none of the version's model files to delete"
-    for path in doomed:
-        path.unlink()
-
-
 def test_a_version_with_broken_artifacts_is_never_swapped_in_and_the_old_one_keeps_answering(
     tracking_url: str, tracking_store: Path, tmp_path: Path
 ) -> None:
     settings, env = _settings(tracking_url)
     _train_and_promote(settings, seed=1)
     broken = _train_and_promote(settings, seed=2, promote=False)
-    _break_artifacts(tracking_store, settings, broken)
+    break_artifacts(tracking_store, settings, broken)
     api = start_api(env, tmp_path / "serve.log", "--workers", "1")
     try:
         wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
-        lifecycle.promote(settings, broken)
+        lifecycle.promote(settings, broken, force=True, reason="test: a broken artifact")
 
         def failure_reported() -> bool:
             model = api.client.get("/model").json()

@@ -20,8 +20,13 @@ import click
 
 from churnops import data, lifecycle, registry, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
-from churnops.errors import ChurnopsError, ServerStartError, TrackingUnavailableError
-from churnops.gate import DEFAULT_GATE_F1
+from churnops.errors import (
+    ChurnopsError,
+    GateRefusedError,
+    ServerStartError,
+    TrackingUnavailableError,
+)
+from churnops.gate import DEFAULT_GATE_F1, DEFAULT_TOLERANCE, GateReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,8 +67,14 @@ def command(func: F) -> F:
             with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
                 result = func(*args, **kwargs)
         except ChurnopsError as exc:
+            report = getattr(exc, "report", None)
             if as_json:
-                click.echo(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
+                document = {"error": str(exc), "exit_code": exc.exit_code}
+                if isinstance(report, GateReport):
+                    document["gate"] = report.to_dict()
+                click.echo(json.dumps(document))
+            elif isinstance(report, GateReport):
+                click.echo(report.render(), err=True)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         if result is not None:
@@ -203,8 +214,38 @@ def train(
     return document, text
 
 
-def _move_output(move: lifecycle.AliasMove) -> tuple[dict[str, Any], str]:
-    return {"from_version": move.from_version, "to_version": move.to_version}, move.describe()
+def _move_output(result: lifecycle.MoveResult) -> tuple[dict[str, Any], str]:
+    move, entry = result.move, result.entry
+    document = {
+        "from_version": move.from_version,
+        "to_version": move.to_version,
+        "action": entry.action,
+        "override": entry.override,
+        "gate": result.report.to_dict(),
+    }
+    text = result.report.render() + "\n" + move.describe()
+    if entry.override:
+        text += f"  (gate overridden: {entry.reason})"
+    return document, text
+
+
+def _mover_settings(actor: str | None) -> Settings:
+    settings = _settings()
+    return settings.model_copy(update={"actor": actor}) if actor else settings
+
+
+_force = click.option(
+    "--force",
+    is_flag=True,
+    help="Move even if a gate criterion fails (needs --reason); recorded as an "
+    "override in the ledger.",
+)
+_reason = click.option("--reason", default="", help="Why this move; recorded in the ledger.")
+_actor = click.option(
+    "--actor",
+    help="Who is moving the alias (default: CHURNOPS_ACTOR or the "
+    "OS user); recorded in the ledger.",
+)
 
 
 @main.command()
@@ -214,20 +255,89 @@ def _move_output(move: lifecycle.AliasMove) -> tuple[dict[str, Any], str]:
     type=click.IntRange(min=1),
     help="Version to promote (default: the latest).",
 )
-@click.option("--force", is_flag=True, help="Promote even if the version failed the gate.")
+@_force
+@_reason
+@_actor
+@click.option(
+    "--tolerance",
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="How much lower than the champion's F1 the candidate's may be.",
+)
 @command
-def promote(version: int | None, force: bool) -> tuple[dict[str, Any], str]:
-    """Point the production alias at a version that passed the quality gate."""
-    return _move_output(lifecycle.promote(_settings(), version, force))
+def promote(
+    version: int | None, force: bool, reason: str, actor: str | None, tolerance: float
+) -> tuple[dict[str, Any], str]:
+    """Point the production alias at a version, if it passes the promotion gate.
+
+    The gate checks the version's held-out F1 (>= its gate_f1 and above the trivial baseline),
+    champion vs challenger (not worse than the current production version by more than
+    --tolerance F1, both scored on the candidate's held-out split), signature compatibility
+    (accepts every input the current version accepts) and a smoke test (loads from the registry
+    and predicts on its input example). Every move is recorded in the ledger (`churnops history`).
+    """
+    return _move_output(
+        lifecycle.promote(_mover_settings(actor), version, force, reason, tolerance)
+    )
 
 
 @main.command()
 @click.argument("version", type=click.IntRange(min=1), required=False)
-@click.option("--force", is_flag=True, help="Roll back even to a version that failed the gate.")
+@_force
+@_reason
+@_actor
 @command
-def rollback(version: int | None, force: bool) -> tuple[dict[str, Any], str]:
-    """Move the production alias back: to VERSION, or to the nearest earlier version that passed."""
-    return _move_output(lifecycle.rollback(_settings(), version, force))
+def rollback(
+    version: int | None, force: bool, reason: str, actor: str | None
+) -> tuple[dict[str, Any], str]:
+    """Undo the last production change, or move production to VERSION.
+
+    Without VERSION, production returns to the version that held it before the current one was
+    put there, per the ledger; repeated rollbacks keep walking back and never return to the
+    version just left. Where the ledger has nothing earlier, the nearest lower-numbered version
+    that passed the gate is used. The target goes through the gate (without the champion
+    comparison).
+    """
+    return _move_output(lifecycle.rollback(_mover_settings(actor), version, force, reason))
+
+
+@main.command(name="gate")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option(
+    "--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(0.0, 1.0)
+)
+@command
+def gate_command(version: int, tolerance: float) -> tuple[dict[str, Any], str]:
+    """Print the promotion gate report for VERSION without promoting it (exit 1 if it fails)."""
+    settings = _settings()
+    registry.ping(settings)
+    report = lifecycle.gate_report(settings, version, registry.alias_version(settings), tolerance)
+    if not report.passed:
+        failed = ", ".join(c.name for c in report.failures)
+        raise GateRefusedError(f"version {version} would be refused ({failed})", report)
+    return report.to_dict(), report.render()
+
+
+@main.command()
+@command
+def history() -> tuple[Any, str]:
+    """Every move of the production alias, newest first: time, actor, action, versions, reason.
+
+    Moves made outside churnops (MLflow UI, raw client) are detected and recorded as `external`.
+    """
+    entries = lifecycle.history(_settings())
+    if not entries:
+        return [], "no alias moves yet: run `churnops promote`"
+    lines = [f"{'#':>4}  {'time (UTC)':<25} {'actor':<26} {'action':<9} {'move':<12} reason"]
+    for e in entries:
+        before = f"v{e.from_version}" if e.from_version is not None else "none"
+        flag = " [override]" if e.override else ""
+        lines.append(
+            f"{e.seq:>4}  {e.time:<25} {e.actor[:26]:<26} {e.action:<9} "
+            f"{before + ' -> v' + str(e.to_version):<12} {e.reason}{flag}"
+        )
+    return [e.to_dict() for e in entries], "\n".join(lines)
 
 
 def _split_tracking_uri(uri: str) -> tuple[str, int] | None:
@@ -369,7 +479,8 @@ def up(port: int, data_dir: Path | None) -> None:
                 settings, data_file=data_file, version_label="v1", seed=42, gate_f1=DEFAULT_GATE_F1
             )
             click.echo(f"trained version {report.version}: f1={report.metrics['f1']:.4f}", err=True)
-            click.echo(lifecycle.promote(settings, report.version).describe(), err=True)
+            moved = lifecycle.promote(settings, report.version, reason="first version (up)")
+            click.echo(moved.move.describe(), err=True)
         api = f"http://127.0.0.1:{port}"
         addresses = {"ui": settings.tracking_uri, "api": api, "docs": f"{api}/docs"}
         _announce(

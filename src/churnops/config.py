@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     model_name: str = Field(default="churn_model", description="Registered model name.")
     alias: str = Field(default="production", description="The alias the API serves.")
     experiment: str = Field(default="churn", description="MLflow experiment for training runs.")
+    actor: str | None = Field(
+        default=None,
+        description="Who moves aliases, for the ledger (CHURNOPS_ACTOR; default: OS user).",
+    )
     poll_interval: float = Field(
         default=1.0,
         gt=0,

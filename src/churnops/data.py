@@ -133,12 +133,30 @@ def from_frame(frame: pd.DataFrame, target: str = TARGET, source: str = "<frame>
     return Dataset(features, y, numeric, categorical, source)
 
 
+# NB: "NA" is not among them: it is a region code (North America) in churn data.
+MISSING_MARKERS = ("", "?", "NaN", "nan", "NULL", "null", "None", "N/A", "n/a", "#N/A")
+
+
+def _coerce_numeric_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Turn text columns whose every present value is a number (or "NA") into numeric columns."""
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            continue
+        marker = values.isin(["NA", "na"])
+        numbers = pd.to_numeric(values.mask(marker), errors="coerce")
+        present = values.notna() & ~marker
+        if present.any() and numbers[present].notna().all():
+            frame[column] = numbers
+    return frame
+
+
 def load_csv(path: Path, target: str = TARGET) -> Dataset:
     """Read a churn CSV and validate it for training."""
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, keep_default_na=False, na_values=list(MISSING_MARKERS))
     except FileNotFoundError:
         raise DataError(f"data file {path} does not exist") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path} as CSV: {exc}") from None
-    return from_frame(frame, target=target, source=str(path))
+    return from_frame(_coerce_numeric_text(frame), target=target, source=str(path))

@@ -6,6 +6,8 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── DataError                 exit 1  bad or unusable input data
     ├── VersionNotFoundError      exit 1  a model version that does not exist     (HTTP 404)
     ├── GateRefusedError          exit 1  promotion refused by the quality gate   (HTTP 409)
+    ├── StaleMoveError            exit 1  production moved while deciding; re-run (HTTP 409)
+    ├── LockTimeoutError          exit 1  another move held the alias lock too long
     ├── NoRollbackTargetError     exit 1  nothing earlier to roll back to          (HTTP 409)
     ├── NoProductionModelError    exit 1  the alias is not set yet                 (HTTP 503)
     ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
@@ -35,9 +37,23 @@ class VersionNotFoundError(ChurnopsError):
 
 
 class GateRefusedError(ChurnopsError):
-    """The quality gate refuses to let a version into production."""
+    """The quality gate refuses to let a version into production; ``report`` says why."""
 
     http_status = 409
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class StaleMoveError(ChurnopsError):
+    """Production moved while a command was deciding; nothing was changed."""
+
+    http_status = 409
+
+
+class LockTimeoutError(ChurnopsError):
+    """Another churnops command held the alias lock for too long."""
 
 
 class NoRollbackTargetError(ChurnopsError):

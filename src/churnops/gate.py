@@ -31,3 +31,125 @@ def decide(f1: float, baseline_f1: float, gate_f1: float = DEFAULT_GATE_F1) -> G
     return GateVerdict(
         passed=f1 >= gate_f1 and f1 > baseline_f1, f1=f1, baseline_f1=baseline_f1, gate_f1=gate_f1
     )
+
+
+DEFAULT_TOLERANCE = 0.01
+
+# NB: a column may widen (an integer column becomes a double) without breaking live clients.
+_WIDENS_TO = {
+    "integer": {"integer", "long", "float", "double"},
+    "long": {"long", "double"},
+    "float": {"float", "double"},
+    "double": {"double"},
+    "boolean": {"boolean"},
+    "string": {"string"},
+}
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One line of the promotion gate report."""
+
+    name: str
+    passed: bool
+    value: str
+    threshold: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """Every criterion checked before an alias move; the move is allowed when all passed."""
+
+    version: int
+    criteria: tuple[Criterion, ...]
+
+    @property
+    def passed(self) -> bool:
+        """True when every criterion passed."""
+        return all(c.passed for c in self.criteria)
+
+    @property
+    def failures(self) -> list[Criterion]:
+        """The criteria that failed."""
+        return [c for c in self.criteria if not c.passed]
+
+    def render(self) -> str:
+        """The report as a text table, one criterion a line, details indented below."""
+        lines = [
+            f"gate for version {self.version}:",
+            f"  {'criterion':<22} {'result':<6} {'value':<24} threshold",
+        ]
+        for c in self.criteria:
+            lines.append(
+                f"  {c.name:<22} {'pass' if c.passed else 'FAIL':<6} {c.value:<24} {c.threshold}"
+            )
+            lines.extend(f"      {line}" for line in c.detail.splitlines() if line)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready data."""
+        return {
+            "version": self.version,
+            "passed": self.passed,
+            "criteria": [c.__dict__ for c in self.criteria],
+        }
+
+
+def check_quality(f1: float | None, baseline: float | None, gate_f1: float) -> Criterion:
+    """The candidate's held-out F1 reaches its gate and beats the trivial baseline."""
+    if f1 is None or baseline is None:
+        return Criterion(
+            "held-out f1",
+            False,
+            "unknown",
+            f">= {gate_f1:.2f}",
+            "the version carries no metrics (registered outside churnops?)",
+        )
+    verdict = decide(f1, baseline, gate_f1)
+    return Criterion(
+        "held-out f1",
+        verdict.passed,
+        f"{f1:.4f}",
+        f">= {gate_f1:.2f} and > baseline {baseline:.4f}",
+    )
+
+
+def check_champion(
+    candidate_f1: float, champion_f1: float, champion: int, tolerance: float
+) -> Criterion:
+    """The candidate is not worse than the champion by more than ``tolerance`` on the same data."""
+    return Criterion(
+        "champion vs challenger",
+        candidate_f1 >= champion_f1 - tolerance,
+        f"{candidate_f1:.4f} vs v{champion} {champion_f1:.4f}",
+        f">= champion - {tolerance:.2f}",
+        "both scored on the candidate's held-out split",
+    )
+
+
+def check_signature(
+    current: list[dict[str, str]], candidate: list[dict[str, str]], champion: int
+) -> Criterion:
+    """The candidate accepts every input column the current version accepts, with a compatible
+    type, so live API clients cannot break."""
+    offered = {c["name"]: c["type"] for c in candidate}
+    problems = []
+    for column in current:
+        name, kind = column["name"], column["type"]
+        if name not in offered:
+            problems.append(f"- {name} ({kind}): dropped by the candidate")
+        elif offered[name] not in _WIDENS_TO.get(kind, {kind}):
+            problems.append(f"~ {name}: {kind} -> {offered[name]}")
+    added = [
+        f"+ {n} ({t}): new in the candidate"
+        for n, t in offered.items()
+        if n not in {c["name"] for c in current}
+    ]
+    return Criterion(
+        "signature compatible",
+        not problems,
+        "compatible" if not problems else f"{len(problems)} incompatible",
+        f"accepts every input of v{champion}",
+        "\n".join(problems + added),
+    )

@@ -6,14 +6,25 @@ picks, whether the gate lets a version through) are pure functions beside them.
 
 from __future__ import annotations
 
+import getpass
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from churnops import data, registry, training
+import numpy as np
+
+from churnops import data, gate, ledger, registry, training
 from churnops.config import Settings
-from churnops.errors import GateRefusedError, NoRollbackTargetError, VersionNotFoundError
+from churnops.errors import (
+    ChurnopsError,
+    GateRefusedError,
+    NoRollbackTargetError,
+    StaleMoveError,
+    TrackingUnavailableError,
+    VersionNotFoundError,
+)
 from churnops.gate import GateVerdict
+from churnops.predict import Engine, smoke_test
 from churnops.registry import VersionInfo
 
 log = logging.getLogger(__name__)
@@ -42,6 +53,15 @@ class AliasMove:
         """`churn_model@production: v1 -> v2`."""
         before = f"v{self.from_version}" if self.from_version is not None else "none"
         return f"{self.model_name}@{self.alias}: {before} -> v{self.to_version}"
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """An alias move with the gate report that allowed it and its ledger entry."""
+
+    move: AliasMove
+    report: gate.GateReport
+    entry: ledger.Entry
 
 
 @dataclass(frozen=True)
@@ -78,24 +98,176 @@ def train(
     return TrainReport(registered.run_id, registered.version, result.metrics, result.verdict)
 
 
-def _refuse_unless_gate_passed(settings: Settings, target: VersionInfo, force: bool) -> None:
-    if target.gate_passed or force:
-        return
-    reason = target.tags.get("gate_reason", "it carries no gate verdict")
-    raise GateRefusedError(
-        f"version {target.version} failed the quality gate ({reason}); "
-        f"{settings.alias} stays where it is. Pass --force to override."
+def actor_of(settings: Settings) -> str:
+    """Who is moving the alias: --actor / CHURNOPS_ACTOR, else the OS user."""
+    return settings.actor or getpass.getuser()
+
+
+def _f1(labels: np.ndarray, truth: np.ndarray) -> float:
+    tp = int(np.sum((labels == 1) & (truth == 1)))
+    predicted, actual = int(np.sum(labels == 1)), int(np.sum(truth == 1))
+    return 2 * tp / (predicted + actual) if predicted + actual else 0.0
+
+
+def _champion_criterion(
+    settings: Settings,
+    candidate: VersionInfo,
+    engine: Engine,
+    champion: int,
+    tolerance: float,
+) -> gate.Criterion:
+    name, threshold = "champion vs challenger", f">= champion - {tolerance:.2f}"
+    holdout = registry.load_holdout(settings, candidate)
+    if holdout is None:
+        return gate.Criterion(
+            name,
+            False,
+            "not scored",
+            threshold,
+            f"v{candidate.version} has no logged held-out split to score on",
+        )
+    features = holdout.drop(columns=[training.HOLDOUT_TARGET])
+    truth = holdout[training.HOLDOUT_TARGET].to_numpy()
+    try:
+        champion_engine = registry.load_version(settings, champion).engine
+        # NB: a column the candidate dropped reaches the champion as missing, as it would from a
+        # client that stopped sending it; the signature criterion reports the drop itself.
+        wanted = [c["name"] for c in registry.signature_inputs(settings, champion)]
+        champion_features = features.reindex(columns=wanted)
+        champion_f1 = _f1(champion_engine.predict_frame(champion_features).label, truth)
+    except (ChurnopsError, KeyError, ValueError) as exc:
+        return gate.Criterion(
+            name,
+            False,
+            "not scored",
+            threshold,
+            f"v{champion} cannot score v{candidate.version}'s held-out split: {exc}",
+        )
+    candidate_f1 = _f1(engine.predict_frame(features).label, truth)
+    return gate.check_champion(candidate_f1, champion_f1, champion, tolerance)
+
+
+def gate_report(
+    settings: Settings,
+    version: int,
+    champion: int | None,
+    tolerance: float = gate.DEFAULT_TOLERANCE,
+    compare_champion: bool = True,
+) -> gate.GateReport:
+    """Check every criterion for putting ``version`` where ``champion`` serves now."""
+    info = registry.get_version(settings, version)
+    gate_f1 = float(info.tags.get("gate_f1", gate.DEFAULT_GATE_F1))
+    criteria = [
+        gate.check_quality(info.metrics.get("f1"), info.metrics.get("baseline_f1"), gate_f1)
+    ]
+    engine: Engine | None = None
+    try:
+        loaded = registry.load_version(settings, version)
+        smoke_test(loaded.engine, loaded.input_example, version)
+        engine = loaded.engine
+        smoke = gate.Criterion("smoke test", True, "predicts", "loads and predicts its example")
+    except TrackingUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to load or predict fails the criterion
+        smoke = gate.Criterion(
+            "smoke test", False, "failed", "loads and predicts its example", str(exc)[:500]
+        )
+    # NB: comparing with the champion needs a candidate that loads; a failed smoke test already
+    # refuses it, so those criteria are left out rather than failed twice.
+    if champion is not None and champion != version and engine is not None:
+        criteria.append(
+            gate.check_signature(
+                registry.signature_inputs(settings, champion),
+                registry.signature_inputs(settings, version),
+                champion,
+            )
+        )
+        if compare_champion:
+            criteria.append(_champion_criterion(settings, info, engine, champion, tolerance))
+    criteria.append(smoke)
+    return gate.GateReport(version, tuple(criteria))
+
+
+def _with_external_moves(
+    settings: Settings, history: list[ledger.Entry], current: int | None
+) -> list[ledger.Entry]:
+    """Record a move made outside churnops (MLflow UI, raw client) that the ledger lacks."""
+    head = history[-1].to_version if history else None
+    if current is None or current == head:
+        return history
+    entry = ledger.append(
+        settings,
+        actor="unknown (outside churnops)",
+        action="external",
+        from_version=head,
+        to_version=current,
+        reason="alias moved outside churnops; detected by churnops",
+        after=history,
     )
+    return [*history, entry]
 
 
-def _move(settings: Settings, target: VersionInfo, current: int | None) -> AliasMove:
-    if current != target.version:
-        registry.set_alias(settings, target.version)
-    return AliasMove(settings.model_name, settings.alias, current, target.version)
+def _move(
+    settings: Settings,
+    *,
+    action: str,
+    target: int,
+    decided_from: int | None,
+    report: gate.GateReport,
+    force: bool,
+    reason: str,
+) -> MoveResult:
+    """Move the alias to ``target`` under the lock, if nothing changed since the decision."""
+    if not report.passed and not force:
+        failed = ", ".join(c.name for c in report.failures)
+        raise GateRefusedError(
+            f"version {target} failed the gate ({failed}); {settings.alias} stays at "
+            + (f"v{decided_from}" if decided_from is not None else "none")
+            + ". Pass --force --reason TEXT to override.",
+            report,
+        )
+    actor = actor_of(settings)
+    with ledger.locked(settings, actor):
+        history = ledger.entries(settings)
+        current = registry.alias_version(settings)
+        history = _with_external_moves(settings, history, current)
+        if current != decided_from:
+            before = f"v{decided_from}" if decided_from is not None else "none"
+            raise StaleMoveError(
+                f"{settings.alias} moved from {before} to v{current} while you were "
+                f"{'promoting' if action == 'promote' else 'rolling back'}; re-run"
+            )
+        if current != target:
+            registry.set_alias(settings, target)
+        entry = ledger.append(
+            settings,
+            actor=actor,
+            action=action,
+            from_version=current,
+            to_version=target,
+            reason=reason,
+            override=force and not report.passed,
+            gate=report.to_dict(),
+            after=history,
+        )
+    move = AliasMove(settings.model_name, settings.alias, current, target)
+    return MoveResult(move, report, entry)
 
 
-def promote(settings: Settings, version: int | None = None, force: bool = False) -> AliasMove:
-    """Point the serving alias at ``version`` (default: the latest), if its gate passed."""
+def _check_force(force: bool, reason: str) -> None:
+    if force and not reason.strip():
+        raise ChurnopsError("--force needs --reason TEXT: say why the gate is overridden")
+
+
+def promote(
+    settings: Settings,
+    version: int | None = None,
+    force: bool = False,
+    reason: str = "",
+    tolerance: float = gate.DEFAULT_TOLERANCE,
+) -> MoveResult:
+    """Point the serving alias at ``version`` (default: the latest) if it passes the gate."""
+    _check_force(force, reason)
     registry.ping(settings)
     if version is None:
         versions = registry.list_versions(settings)
@@ -103,11 +275,20 @@ def promote(settings: Settings, version: int | None = None, force: bool = False)
             raise VersionNotFoundError(
                 f"{settings.model_name} has no versions yet; run `churnops train` first"
             )
-        target = versions[-1]
+        version = versions[-1].version
     else:
-        target = registry.get_version(settings, version)
-    _refuse_unless_gate_passed(settings, target, force)
-    return _move(settings, target, registry.alias_version(settings))
+        registry.get_version(settings, version)
+    current = registry.alias_version(settings)
+    report = gate_report(settings, version, current, tolerance)
+    return _move(
+        settings,
+        action="promote",
+        target=version,
+        decided_from=current,
+        report=report,
+        force=force,
+        reason=reason,
+    )
 
 
 def rollback_target(versions: list[VersionInfo], current: int | None) -> VersionInfo | None:
@@ -118,25 +299,67 @@ def rollback_target(versions: list[VersionInfo], current: int | None) -> Version
     return earlier[-1] if earlier else None
 
 
-def rollback(settings: Settings, version: int | None = None, force: bool = False) -> AliasMove:
-    """Move the serving alias back to ``version``, or to the nearest earlier version that passed."""
+def undo_target(settings: Settings, current: int) -> int | None:
+    """The version production held before ``current`` was put there, per the ledger; else the
+    nearest lower-numbered version that passed the gate."""
+    stack = ledger.production_stack(ledger.entries(settings))
+    if not stack or stack[-1] != current:
+        stack.append(current)  # a move the ledger has not recorded yet
+    if len(stack) >= 2:
+        return stack[-2]
+    found = rollback_target(registry.list_versions(settings), current)
+    return found.version if found else None
+
+
+def rollback(
+    settings: Settings, version: int | None = None, force: bool = False, reason: str = ""
+) -> MoveResult:
+    """Undo the last production change, or move the alias to ``version``; gate-checked either way
+    (without the champion comparison)."""
+    _check_force(force, reason)
     registry.ping(settings)
     current = registry.alias_version(settings)
     if version is not None:
-        target = registry.get_version(settings, version)
-        _refuse_unless_gate_passed(settings, target, force)
-        return _move(settings, target, current)
-    if current is None:
-        raise NoRollbackTargetError(
-            f"{settings.model_name}@{settings.alias} is not set, so there is nothing to roll back; "
-            "use `churnops promote`"
-        )
-    found = rollback_target(registry.list_versions(settings), current)
-    if found is None:
-        raise NoRollbackTargetError(
-            f"no version before v{current} passed the gate; {settings.alias} stays at v{current}"
-        )
-    return _move(settings, found, current)
+        registry.get_version(settings, version)
+        target, action = version, "rollback"
+    else:
+        if current is None:
+            raise NoRollbackTargetError(
+                f"{settings.model_name}@{settings.alias} is not set, so there is nothing to roll "
+                "back; use `churnops promote`"
+            )
+        found = undo_target(settings, current)
+        if found is None:
+            raise NoRollbackTargetError(
+                f"nothing earlier to roll back to: the ledger has no production version before "
+                f"v{current} and no lower version passed the gate; {settings.alias} stays at "
+                f"v{current}"
+            )
+        target, action = found, "undo"
+    report = gate_report(settings, target, current, compare_champion=False)
+    return _move(
+        settings,
+        action=action,
+        target=target,
+        decided_from=current,
+        report=report,
+        force=force,
+        reason=reason,
+    )
+
+
+def history(settings: Settings) -> list[ledger.Entry]:
+    """Every alias move, newest first, including moves made outside churnops."""
+    registry.ping(settings)
+    entries = ledger.entries(settings)
+    current = registry.alias_version(settings)
+    head = entries[-1].to_version if entries else None
+    if current is not None and current != head:
+        with ledger.locked(settings, actor_of(settings)):
+            entries = _with_external_moves(
+                settings, ledger.entries(settings), registry.alias_version(settings)
+            )
+    return list(reversed(entries))
 
 
 def status(settings: Settings) -> Status:

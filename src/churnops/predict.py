@@ -58,3 +58,14 @@ class SklearnEngine:
     def predict_frame(self, frame: pd.DataFrame) -> Predictions:
         """Score a DataFrame holding (at least) the model's columns."""
         return predict(self.model, frame)
+
+
+def smoke_test(engine: Engine, example: pd.DataFrame | None, version: int) -> None:
+    """Predict on a version's input example; raise ChurnopsError unless the answers are sane."""
+    from churnops.errors import ChurnopsError
+
+    if example is None or example.empty:
+        raise ChurnopsError(f"version {version} has no input example to smoke-test")
+    probability = engine.predict_frame(example).probability
+    if len(probability) != len(example) or not np.all(np.isfinite(probability)):
+        raise ChurnopsError(f"version {version} returned invalid probabilities")

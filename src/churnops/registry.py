@@ -39,6 +39,7 @@ GATE_PASSED_TAG = "gate_passed"
 MODEL_ARTIFACT = "model"
 EXPORT_DIR = "export"
 ONNX_ARTIFACT = "onnx/model.onnx"
+HOLDOUT_ARTIFACT = "eval/holdout.parquet"
 INFERENCE_TAG = "inference"
 
 
@@ -93,7 +94,7 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
 
 
 @contextlib.contextmanager
-def _mlflow_errors(settings: Settings) -> Iterator[None]:
+def mlflow_errors(settings: Settings) -> Iterator[None]:
     """Turn MLflow's connection failures into TrackingUnavailableError."""
     try:
         yield
@@ -178,7 +179,7 @@ def log_training(
         # NB: MLflow warns that integer columns cannot hold missing values; the API validates them.
         warnings.simplefilter("ignore", UserWarning)
         signature = infer_signature(example, result.model.predict(example))
-    with _mlflow_errors(settings):
+    with mlflow_errors(settings):
         mlflow.set_experiment(settings.experiment)
         with mlflow.start_run(run_name=version_label) as run:
             mlflow.log_params(
@@ -203,6 +204,11 @@ def log_training(
                 export = Path(tmp) / f"{settings.model_name}.skops"
                 skops.io.dump(result.model, export)
                 mlflow.log_artifact(str(export), artifact_path=EXPORT_DIR)
+                # NB: the held-out split travels with the run, so a later promotion can re-score
+                # the champion on exactly the rows this version was judged on.
+                holdout = Path(tmp) / Path(HOLDOUT_ARTIFACT).name
+                result.holdout.to_parquet(holdout, index=False)
+                mlflow.log_artifact(str(holdout), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
                 if result.export.onnx is not None:
                     onnx_file = Path(tmp) / Path(ONNX_ARTIFACT).name
                     onnx_file.write_bytes(result.export.onnx)
@@ -233,7 +239,7 @@ def log_training(
 def list_versions(settings: Settings) -> list[VersionInfo]:
     """Every version of the model, oldest first; empty when the model is not registered yet."""
     client = _client(settings)
-    with _mlflow_errors(settings):
+    with mlflow_errors(settings):
         found = client.search_model_versions(f"name = '{settings.model_name}'", max_results=10_000)
         if not found:
             return []
@@ -249,7 +255,7 @@ def list_versions(settings: Settings) -> list[VersionInfo]:
 
 def get_version(settings: Settings, version: int) -> VersionInfo:
     """One version, or VersionNotFoundError naming the versions that exist."""
-    with _mlflow_errors(settings):
+    with mlflow_errors(settings):
         try:
             return _version_info(
                 _client(settings).get_model_version(settings.model_name, str(version))
@@ -266,7 +272,7 @@ def get_version(settings: Settings, version: int) -> VersionInfo:
 
 def latest_passing_version(settings: Settings) -> int | None:
     """The highest version number whose gate passed, or None."""
-    with _mlflow_errors(settings):
+    with mlflow_errors(settings):
         found = _client(settings).search_model_versions(
             f"name = '{settings.model_name}' and tags.{GATE_PASSED_TAG} = 'true'",
             max_results=1,
@@ -277,7 +283,7 @@ def latest_passing_version(settings: Settings) -> int | None:
 
 def alias_version(settings: Settings) -> int | None:
     """The version the serving alias points at, or None when it is not set."""
-    with _mlflow_errors(settings):
+    with mlflow_errors(settings):
         try:
             mv = _client(settings).get_model_version_by_alias(settings.model_name, settings.alias)
         except MlflowException as exc:
@@ -289,7 +295,7 @@ def alias_version(settings: Settings) -> int | None:
 
 def set_alias(settings: Settings, version: int) -> None:
     """Point the serving alias at ``version``."""
-    with _mlflow_errors(settings):
+    with mlflow_errors(settings):
         _client(settings).set_registered_model_alias(
             settings.model_name, settings.alias, str(version)
         )
@@ -321,7 +327,7 @@ def load_version(settings: Settings, version: int) -> LoadedModel:
 
     _use_tracking_uri(settings)
     info = get_version(settings, version)
-    with _mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
+    with mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
         )
@@ -335,3 +341,36 @@ def load_version(settings: Settings, version: int) -> LoadedModel:
         input_example=example,
         metrics=info.metrics,
     )
+
+
+def load_holdout(settings: Settings, info: VersionInfo) -> pd.DataFrame | None:
+    """The held-out split a version was judged on (features plus HOLDOUT_TARGET), if logged."""
+    import mlflow.artifacts
+
+    if not info.run_id:
+        return None
+    with mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=info.run_id,
+                artifact_path=HOLDOUT_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=settings.tracking_uri,
+            )
+        except (MlflowException, OSError):
+            return None
+        return pd.read_parquet(path)
+
+
+def signature_inputs(settings: Settings, version: int) -> list[dict[str, str]]:
+    """A version's input columns as logged in its signature: [{"name": ..., "type": ...}]."""
+    from mlflow.models import get_model_info
+
+    _use_tracking_uri(settings)
+    with mlflow_errors(settings):
+        info = get_model_info(f"models:/{settings.model_name}/{version}")
+    if info.signature is None:
+        return []
+    return [
+        {"name": str(c["name"]), "type": str(c["type"])} for c in info.signature.inputs.to_dict()
+    ]

@@ -23,6 +23,7 @@ from churnops.data import Dataset
 from churnops.gate import DEFAULT_GATE_F1, GateVerdict, decide
 
 TEST_SIZE = 0.25
+HOLDOUT_TARGET = "__churn__"
 INPUT_EXAMPLE_ROWS = 5
 
 
@@ -38,6 +39,7 @@ class TrainingResult:
     train_rows: int
     test_rows: int
     export: compiled.Export
+    holdout: pd.DataFrame
 
 
 def build_pipeline(dataset: Dataset, seed: int) -> Pipeline:
@@ -108,4 +110,5 @@ def train(dataset: Dataset, seed: int = 42, gate_f1: float = DEFAULT_GATE_F1) ->
         train_rows=len(X_train),
         test_rows=len(X_test),
         export=compiled.export(model, dataset.numeric, dataset.categorical, X_test),
+        holdout=X_test.assign(**{HOLDOUT_TARGET: y_test.to_numpy()}).reset_index(drop=True),
     )

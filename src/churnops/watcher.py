@@ -16,12 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-
 from churnops import registry
 from churnops.config import Settings
-from churnops.errors import ChurnopsError, TrackingUnavailableError
-from churnops.predict import Engine
+from churnops.errors import TrackingUnavailableError
+from churnops.predict import Engine, smoke_test
 from churnops.registry import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -40,16 +38,6 @@ class ServedModel:
     engine: Engine
     metrics: dict[str, float]
     loaded_at: datetime
-
-
-def smoke_test(loaded: LoadedModel) -> None:
-    """Predict on the version's input example; raise ChurnopsError unless the answers are sane."""
-    if loaded.input_example is None or loaded.input_example.empty:
-        raise ChurnopsError(f"version {loaded.version} has no input example to smoke-test")
-    result = loaded.engine.predict_frame(loaded.input_example)
-    probability = result.probability
-    if len(probability) != len(loaded.input_example) or not np.all(np.isfinite(probability)):
-        raise ChurnopsError(f"version {loaded.version} returned invalid probabilities")
 
 
 class ModelWatcher:
@@ -125,7 +113,7 @@ class ModelWatcher:
             if latest is None or latest in self._recent or latest in self._prefetch_failed:
                 return
             loaded = self._load(self._settings, latest)
-            smoke_test(loaded)
+            smoke_test(loaded.engine, loaded.input_example, loaded.version)
         except Exception as exc:  # noqa: BLE001 - a failed prefetch only costs the head start
             log.warning("prefetch failed: %s", exc)
             if latest is not None and not isinstance(exc, TrackingUnavailableError):
@@ -155,7 +143,7 @@ class ModelWatcher:
         started = time.perf_counter()
         try:
             loaded = self._recent.get(version) or self._load(self._settings, version)
-            smoke_test(loaded)
+            smoke_test(loaded.engine, loaded.input_example, loaded.version)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the current model serving
             self._failures += 1
             delay = min(self._settings.poll_interval * 2**self._failures, MAX_BACKOFF)
