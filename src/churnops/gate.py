@@ -129,10 +129,19 @@ def check_champion(
 
 
 def check_signature(
-    current: list[dict[str, str]], candidate: list[dict[str, str]], champion: int
+    current: list[dict[str, str]] | None, candidate: list[dict[str, str]], champion: int
 ) -> Criterion:
     """The candidate accepts every input column the current version accepts, with a compatible
-    type, so live API clients cannot break."""
+    type, so live API clients cannot break. ``current`` is None when the champion's signature
+    cannot be read (a broken version), and then there is nothing to stay compatible with."""
+    if current is None:
+        return Criterion(
+            "signature compatible",
+            True,
+            "not compared",
+            f"accepts every input of v{champion}",
+            f"v{champion}'s signature cannot be read",
+        )
     offered = {c["name"]: c["type"] for c in candidate}
     problems = []
     for column in current:

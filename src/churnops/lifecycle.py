@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from churnops import data, gate, ledger, registry, training
 from churnops.config import Settings
@@ -135,13 +136,16 @@ def _champion_criterion(
         wanted = [c["name"] for c in registry.signature_inputs(settings, champion)]
         champion_features = features.reindex(columns=wanted)
         champion_f1 = _f1(champion_engine.predict_frame(champion_features).label, truth)
-    except (ChurnopsError, KeyError, ValueError) as exc:
+    except TrackingUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken champion must not block its replacement
         return gate.Criterion(
             name,
-            False,
-            "not scored",
+            True,
+            "not compared",
             threshold,
-            f"v{champion} cannot score v{candidate.version}'s held-out split: {exc}",
+            f"v{champion} cannot be loaded or score the split, so there is nothing to compare "
+            f"against: {str(exc)[:300]}",
         )
     candidate_f1 = _f1(engine.predict_frame(features).label, truth)
     return gate.check_champion(candidate_f1, champion_f1, champion, tolerance)
@@ -175,11 +179,15 @@ def gate_report(
     # NB: comparing with the champion needs a candidate that loads; a failed smoke test already
     # refuses it, so those criteria are left out rather than failed twice.
     if champion is not None and champion != version and engine is not None:
+        try:
+            champion_inputs: list[dict[str, str]] | None = registry.signature_inputs(
+                settings, champion
+            )
+        except MlflowException:
+            champion_inputs = None  # a broken champion: nothing to stay compatible with
         criteria.append(
             gate.check_signature(
-                registry.signature_inputs(settings, champion),
-                registry.signature_inputs(settings, version),
-                champion,
+                champion_inputs, registry.signature_inputs(settings, version), champion
             )
         )
         if compare_champion:
