@@ -248,6 +248,15 @@ _actor = click.option(
 )
 
 
+_tolerance = click.option(
+    "--tolerance",
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="How much lower than the champion's F1 the candidate's may be.",
+)
+
+
 @main.command()
 @click.option(
     "--version",
@@ -258,13 +267,7 @@ _actor = click.option(
 @_force
 @_reason
 @_actor
-@click.option(
-    "--tolerance",
-    default=DEFAULT_TOLERANCE,
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0),
-    help="How much lower than the champion's F1 the candidate's may be.",
-)
+@_tolerance
 @command
 def promote(
     version: int | None, force: bool, reason: str, actor: str | None, tolerance: float
@@ -304,9 +307,7 @@ def rollback(
 
 @main.command(name="gate")
 @click.argument("version", type=click.IntRange(min=1))
-@click.option(
-    "--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=click.FloatRange(0.0, 1.0)
-)
+@_tolerance
 @command
 def gate_command(version: int, tolerance: float) -> tuple[dict[str, Any], str]:
     """Print the promotion gate report for VERSION without promoting it (exit 1 if it fails)."""
