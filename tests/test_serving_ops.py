@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -189,3 +193,48 @@ def test_no_prediction_log_writes_nothing(tracking_url: str, tmp_path: Path) -> 
     finally:
         stop_api(api)
     assert not (tmp_path / "logs").exists()
+
+
+def test_sigterm_lets_an_in_flight_request_finish_before_the_api_exits(
+    tracking_url: str, tmp_path: Path
+) -> None:
+    settings, env = _settings(tracking_url)
+    _train_and_promote(settings, seed=1)
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1")
+    wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
+    body = json.dumps({"customers": [CUSTOMER] * 50}).encode()
+    half_sent = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield body[:100]
+        half_sent.set()
+        time.sleep(1.0)  # the request is in flight while the API is told to stop
+        yield body[100:]
+
+    answers: list[httpx.Response] = []
+    client = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(
+                f"{api.url}/predict/batch",
+                content=slow_body(),
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
+        )
+    )
+    client.start()
+    assert half_sent.wait(10)
+    time.sleep(0.2)
+    api.process.send_signal(signal.SIGTERM)
+    client.join(30)
+    try:
+        assert [a.status_code for a in answers] == [200]
+        assert len(answers[0].json()["predictions"]) == 50
+        # uvicorn re-raises the SIGTERM once it has shut down cleanly.
+        assert api.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        log = api.log.read_text()
+        assert log.index("Waiting for connections to close") < log.index(
+            "Application shutdown complete"
+        )
+    finally:
+        stop_api(api)

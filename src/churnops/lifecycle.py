@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from mlflow.exceptions import MlflowException
+from sklearn.metrics import f1_score
 
 from churnops import data, gate, ledger, registry, training
 from churnops.config import Settings
@@ -105,9 +106,7 @@ def actor_of(settings: Settings) -> str:
 
 
 def _f1(labels: np.ndarray, truth: np.ndarray) -> float:
-    tp = int(np.sum((labels == 1) & (truth == 1)))
-    predicted, actual = int(np.sum(labels == 1)), int(np.sum(truth == 1))
-    return 2 * tp / (predicted + actual) if predicted + actual else 0.0
+    return float(f1_score(truth, labels, zero_division=0))
 
 
 def _champion_criterion(

@@ -72,7 +72,6 @@ class ModelWatcher:
         self.wanted_version: int | None = None
         self.registry_reachable: bool | None = None
         self.last_error: str | None = None
-        self.last_poll: datetime | None = None
 
     def poll_once(self) -> None:
         """Resolve the alias once and swap in its version if it differs from the one serving."""
@@ -87,7 +86,6 @@ class ModelWatcher:
             return
         self.registry_reachable = True
         self._on_poll(True)
-        self.last_poll = datetime.now(UTC)
         if wanted != self.wanted_version:
             self._failures, self._retry_at = 0, 0.0
         self.wanted_version = wanted
