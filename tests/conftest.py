@@ -6,6 +6,7 @@ so tests share the server without sharing state.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -117,6 +118,15 @@ def run_churnops(
     )
 
 
+def worker_versions(client: httpx.Client) -> dict[str, float]:
+    """The version each API worker serves, from /metrics (0 before its first load)."""
+    text = client.get("/metrics").text
+    found = re.findall(r'^churnops_model_version\{pid="(\d+)"\} ([\d.]+)$', text, re.MULTILINE)
+    if not found:
+        found = re.findall(r"^churnops_model_version() ([\d.]+)$", text, re.MULTILINE)
+    return {pid: float(version) for pid, version in found}
+
+
 @dataclass
 class ApiProcess:
     """A running `churnops serve` and an HTTP client bound to it."""
@@ -125,6 +135,16 @@ class ApiProcess:
     url: str
     client: httpx.Client
     log: Path
+    workers: int
+
+    def wait_until_every_worker_serves(self, timeout: float = 60) -> None:
+        """Wait until each worker process has a model loaded, not just the one that answers."""
+
+        def all_loaded() -> bool:
+            versions = worker_versions(self.client)
+            return len(versions) == self.workers and all(v > 0 for v in versions.values())
+
+        wait_for(all_loaded, timeout=timeout, interval=0.2)
 
 
 def start_api(env: dict[str, str], log: Path, *args: str) -> ApiProcess:
@@ -151,7 +171,11 @@ def start_api(env: dict[str, str], log: Path, *args: str) -> ApiProcess:
             return False
 
     wait_for(healthy, timeout=60, interval=0.2)
-    return ApiProcess(process, url, client, log)
+    if "--workers" in args:
+        workers = int(args[args.index("--workers") + 1])
+    else:
+        workers = int(env.get("CHURNOPS_WORKERS") or Settings(**{}).workers)
+    return ApiProcess(process, url, client, log, workers)
 
 
 def stop_api(api: ApiProcess) -> None:

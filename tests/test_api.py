@@ -10,7 +10,7 @@ import pytest
 
 from churnops import compiled, lifecycle
 from churnops.config import Settings
-from tests.conftest import ApiProcess, start_api, stop_api, wait_for
+from tests.conftest import ApiProcess, start_api, stop_api
 
 CUSTOMER = {
     "tenure_months": 3,
@@ -34,7 +34,7 @@ def api(tracking_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "CHURNOPS_MAX_BATCH_ROWS": "5",
     }
     started = start_api(env, tmp_path_factory.mktemp("api") / "serve.log")
-    wait_for(lambda: started.client.get("/ready").status_code == 200, timeout=30)
+    started.wait_until_every_worker_serves()
     yield started
     stop_api(started)
 

@@ -77,7 +77,7 @@ def test_the_api_follows_promotion_and_rollback_live_and_the_gate_guards_product
     assert moved(_ok(cli("promote", "--json"))) == (None, 1)
     api = start_api(env, tmp_path / "serve.log")
     try:
-        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
+        api.wait_until_every_worker_serves()
         pid = api.process.pid
         with Traffic(api.url) as traffic:
             assert _ok(cli("train", "--version", "v2", "--json"))["version"] == 2
@@ -125,7 +125,7 @@ def test_the_api_keeps_serving_when_the_registry_goes_away_and_follows_it_when_i
         second = lifecycle.train(settings, data_file=None, version_label="v2", seed=2, gate_f1=0.6)
         lifecycle.promote(settings, first.version)
         api = start_api({"MLFLOW_TRACKING_URI": settings.tracking_uri}, tmp_path / "serve.log")
-        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
+        api.wait_until_every_worker_serves()
 
         server.stop()
         wait_for(lambda: api.client.get("/model").json()["registry_reachable"] is False, timeout=30)
@@ -137,9 +137,19 @@ def test_the_api_keeps_serving_when_the_registry_goes_away_and_follows_it_when_i
             assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
         assert api.client.get("/ready").status_code == 200
 
+        # Production moves while the API cannot see the registry: through another server on the
+        # same store, as an operator on another host would.
+        side_port = free_port()
+        side = settings.model_copy(update={"tracking_uri": f"http://127.0.0.1:{side_port}"})
+        side_server = tracking_server.start(side, port=side_port, quiet=True)
+        try:
+            lifecycle.promote(side, second.version)
+        finally:
+            side_server.stop()
+        assert api.client.get("/model").json()["version"] == 1
+
         server = tracking_server.start(settings, port=port, quiet=True)
-        lifecycle.promote(settings, second.version)
-        _served_within(api.client, 2, 30)
+        _served_within(api.client, 2, 30)  # the pending move is picked up
         assert api.client.get("/model").json()["registry_reachable"] is True
     finally:
         if api is not None:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from churnops import lifecycle
 from churnops.config import Settings
-from tests.conftest import break_artifacts, start_api, stop_api, wait_for
+from tests.conftest import break_artifacts, start_api, stop_api, wait_for, worker_versions
 from tests.test_api import CUSTOMER
 
 
@@ -36,15 +36,6 @@ def _train_and_promote(settings: Settings, seed: int = 1, promote: bool = True) 
     if promote:
         lifecycle.promote(settings, report.version)
     return report.version
-
-
-def _worker_versions(client: httpx.Client) -> dict[str, float]:
-    found = re.findall(
-        r'^churnops_model_version\{pid="(\d+)"\} ([\d.]+)$',
-        client.get("/metrics").text,
-        re.MULTILINE,
-    )
-    return {pid: float(version) for pid, version in found}
 
 
 def test_a_version_with_broken_artifacts_is_never_swapped_in_and_the_old_one_keeps_answering(
@@ -91,7 +82,7 @@ def test_with_two_workers_both_converge_on_a_move_within_the_poll_bound(
     try:
 
         def both_serve(version: int) -> bool:
-            versions = _worker_versions(api.client)
+            versions = worker_versions(api.client)
             return len(versions) == 2 and set(versions.values()) == {float(version)}
 
         wait_for(lambda: both_serve(first), timeout=60)
