@@ -221,6 +221,7 @@ def test_churnops_up_starts_everything_serves_a_first_model_and_stops_what_it_st
         assert api.post("/predict", json=CUSTOMER).status_code == 200
         assert (tmp_path / "data" / "churn.csv").is_file()
         assert (tmp_path / "mlflow.db").is_file()
+        assert "Uvicorn running" in (tmp_path / "logs" / "mlflow-server.log").read_text()
         output = (tmp_path / "up.log").read_text()
         assert f"MLflow UI: http://127.0.0.1:{tracking_port}" in output
         assert f"API docs:  http://127.0.0.1:{api_port}/docs" in output

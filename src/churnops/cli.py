@@ -469,8 +469,14 @@ def up(port: int, data_dir: Path | None) -> None:
             address = _split_tracking_uri(settings.tracking_uri)
             if address is None:
                 raise
-            click.echo(f"starting the tracking server at {settings.tracking_uri}", err=True)
-            started = tracking_server.start(settings, host=address[0], port=address[1])
+            server_log = settings.data_dir / "logs" / "mlflow-server.log"
+            click.echo(
+                f"starting the tracking server at {settings.tracking_uri} (log: {server_log})",
+                err=True,
+            )
+            started = tracking_server.start(
+                settings, host=address[0], port=address[1], log_file=server_log
+            )
         data_file = settings.default_data_file
         if not data_file.exists():
             data.write_generated(data_file)

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -118,20 +119,30 @@ def start(
     workers: int = 1,
     timeout: float = START_TIMEOUT,
     quiet: bool = False,
+    log_file: Path | None = None,
 ) -> ServerProcess:
-    """Start the embedded tracking server and return once its registry answers."""
+    """Start the embedded tracking server and return once its registry answers.
+
+    Its output goes to ``log_file`` when given, nowhere when ``quiet``, else to stderr (never to
+    stdout, which stays clean for --json documents).
+    """
     ensure_port_free(host, port)
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     # NB: the job runner and its consumers serve GenAI jobs a model registry never needs.
     env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    # NB: the server's own output goes to stderr, so stdout stays clean for --json documents.
+    output: int | IO[bytes] = subprocess.DEVNULL if quiet else 2
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        output = log_file.open("ab")
     proc = subprocess.Popen(
         server_command(settings, host, port, workers),
         env=env,
-        stdout=subprocess.DEVNULL if quiet else 2,
-        stderr=subprocess.DEVNULL if quiet else 2,
+        stdout=output,
+        stderr=output,
         start_new_session=True,
     )
+    if not isinstance(output, int):
+        output.close()  # the child holds its own copy
     server = ServerProcess(proc, f"http://{host}:{port}")
     try:
         wait_until_answers(proc, server.url, READY_PATH, timeout, "mlflow server")
