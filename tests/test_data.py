@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -67,7 +68,7 @@ def test_a_csv_without_the_target_column_is_refused_with_the_columns_listed(tmp_
         DataError,
         match="target column 'churn' not found; the columns are: tenure_months, num_complaints",
     ):
-        data.load_csv(path)
+        data.load_table(path)
 
 
 def test_rows_without_a_label_are_dropped() -> None:
@@ -90,7 +91,7 @@ def test_fewer_than_fifty_labelled_rows_are_refused() -> None:
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
-        data.load_csv(tmp_path / "nope.csv")
+        data.load_table(tmp_path / "nope.csv")
 
 
 def test_columns_are_split_into_numeric_and_categorical() -> None:
@@ -109,8 +110,87 @@ def test_a_csv_keeps_the_region_code_na_and_reads_blank_or_question_marks_as_mis
     frame.loc[2, "avg_session_minutes"] = "NA"
     path = tmp_path / "messy.csv"
     frame.to_csv(path, index=False)
-    dataset = data.load_csv(path)
+    dataset = data.load_table(path)
     assert "NA" in set(dataset.features["region"])
     assert dataset.features["avg_session_minutes"].dtype.kind == "f"
     assert dataset.features["avg_session_minutes"].head(3).isna().all()
     assert "avg_session_minutes" in dataset.numeric
+
+
+def _messy(tmp_path: Path, frame: pd.DataFrame, name: str = "messy.csv", **kwargs: object) -> Path:
+    path = tmp_path / name
+    frame.to_csv(path, index=False, **kwargs)  # type: ignore[call-overload]
+    return path
+
+
+def test_identifier_and_constant_columns_are_dropped_but_never_a_float_measurement(
+    tmp_path: Path,
+) -> None:
+    frame = data.generate(300, seed=4)
+    frame.insert(0, "customer_id", [f"C{i:05d}" for i in range(300)])
+    frame["row_number"] = range(300)
+    frame["country"] = "DE"
+    frame["salary"] = np.linspace(1000.0, 9000.0, 300)  # all distinct, but a measurement
+    dataset = data.load_table(_messy(tmp_path, frame))
+    assert dataset.report.dropped_columns == {
+        "customer_id": "identifier: every value distinct",
+        "row_number": "identifier: every value distinct",
+        "country": "constant",
+    }
+    assert "salary" in dataset.numeric
+    assert "customer_id" not in dataset.features
+
+
+def test_windows_line_endings_and_unlabelled_rows_are_handled_and_reported(
+    tmp_path: Path,
+) -> None:
+    frame = data.generate(200, seed=5)
+    frame["churn"] = frame["churn"].map({1: "Yes", 0: "No"}).astype(object)
+    frame.loc[:4, "churn"] = ""
+    path = _messy(tmp_path, frame, lineterminator="\r\n")
+    assert b"\r\n" in path.read_bytes()
+    dataset = data.load_table(path)
+    report = dataset.report
+    assert (report.rows_read, report.rows_without_label, report.rows_kept) == (200, 5, 195)
+    assert report.columns == {
+        "tenure_months": "numeric",
+        "num_complaints": "numeric",
+        "avg_session_minutes": "numeric",
+        "plan_type": "categorical",
+        "region": "categorical",
+    }
+    assert "195 kept, 5 dropped without a 'churn' label" in report.render()
+
+
+def test_a_positive_label_names_the_churn_value_when_labels_are_not_standard(
+    tmp_path: Path,
+) -> None:
+    frame = data.generate(200, seed=6)
+    frame["churn"] = frame["churn"].map({1: "Lost", 0: "Active"})
+    path = _messy(tmp_path, frame)
+    with pytest.raises(DataError, match="--positive-label"):
+        data.load_table(path)
+    dataset = data.load_table(path, positive_label="lost")
+    assert dataset.target.tolist() == (frame["churn"] == "Lost").astype(int).tolist()
+
+
+def test_a_parquet_table_is_read_like_a_csv(tmp_path: Path) -> None:
+    path = tmp_path / "churn.parquet"
+    data.generate(100, seed=7).to_parquet(path)
+    dataset = data.load_table(path)
+    assert len(dataset.target) == 100 and dataset.numeric == data.NUMERIC_FEATURES
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"not a parquet file")
+    with pytest.raises(DataError, match=r"cannot read .*broken\.parquet"):
+        data.load_table(path)
+
+
+def test_a_table_of_only_identifiers_and_constants_has_no_usable_features(
+    tmp_path: Path,
+) -> None:
+    frame = pd.DataFrame({"id": range(60), "const": 1, "churn": [0, 1] * 30})
+    with pytest.raises(DataError, match="no usable feature columns"):
+        data.load_table(_messy(tmp_path, frame))

@@ -166,6 +166,10 @@ def status() -> tuple[dict[str, Any], str]:
 )
 @click.option("--target", default=data.TARGET, show_default=True, help="Target column of --data.")
 @click.option(
+    "--positive-label",
+    help="The target value that means churned, when the labels are not yes/no, true/false, 1/0.",
+)
+@click.option(
     "--version",
     "version_label",
     default="v1",
@@ -182,7 +186,12 @@ def status() -> tuple[dict[str, Any], str]:
 )
 @command
 def train(
-    data_file: Path | None, target: str, version_label: str, seed: int, gate_f1: float
+    data_file: Path | None,
+    target: str,
+    positive_label: str | None,
+    version_label: str,
+    seed: int,
+    gate_f1: float,
 ) -> tuple[dict[str, Any], str]:
     """Train a churn model, log the run and register a new version of the model.
 
@@ -196,9 +205,11 @@ def train(
         seed=seed,
         gate_f1=gate_f1,
         target=target,
+        positive_label=positive_label,
     )
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in report.metrics.items())
     text = (
+        f"{report.data_report.render()}\n"
         f"run {report.run_id}\n"
         f"registered {settings.model_name} version {report.version}\n"
         f"metrics: {metrics}\n"
@@ -210,6 +221,7 @@ def train(
         "metrics": report.metrics,
         "gate_passed": report.verdict.passed,
         "gate_reason": report.verdict.reason,
+        "data_report": report.data_report.to_dict(),
     }
     return document, text
 

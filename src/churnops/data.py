@@ -38,11 +38,45 @@ class Dataset:
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     source: str
+    report: DataReport
 
     @property
     def positive_rate(self) -> float:
         """Share of rows labelled as churned."""
         return float(self.target.mean())
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """What loading did to a table: rows kept and dropped, columns used and dropped, and why."""
+
+    source: str
+    target: str
+    rows_read: int
+    rows_without_label: int
+    rows_kept: int
+    columns: dict[str, str]
+    dropped_columns: dict[str, str]
+    positive_rate: float
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready data."""
+        return dict(self.__dict__)
+
+    def render(self) -> str:
+        """A short text report."""
+        lines = [
+            f"data: {self.source}: {self.rows_read} rows read, {self.rows_kept} kept, "
+            f"{self.rows_without_label} dropped without a {self.target!r} label; "
+            f"churn rate {self.positive_rate:.1%}",
+            "  columns used: " + ", ".join(f"{c} ({k})" for c, k in self.columns.items()),
+        ]
+        if self.dropped_columns:
+            lines.append(
+                "  columns dropped: "
+                + ", ".join(f"{c} ({why})" for c, why in self.dropped_columns.items())
+            )
+        return "\n".join(lines)
 
 
 def generate(rows: int = 5000, seed: int = 42) -> pd.DataFrame:
@@ -99,22 +133,55 @@ def normalise_target(labels: pd.Series, column: str) -> pd.Series:
         shown = ", ".join(repr(v) for v in unknown[:5])
         raise DataError(
             f"target column {column!r} has values that are not a churn label: {shown}; "
-            "use labels such as yes/no, true/false or 1/0"
+            "use labels such as yes/no, true/false or 1/0, or name the churn value with "
+            "--positive-label VALUE"
         )
     return mapped
 
 
-def from_frame(frame: pd.DataFrame, target: str = TARGET, source: str = "<frame>") -> Dataset:
+def _positive_label_target(labels: pd.Series, positive: str) -> pd.Series:
+    text = labels.astype("string").str.strip().str.lower()
+    text = text.mask(text.isin(["", "nan", "na", "none", "?"]))
+    mapped = pd.Series(pd.NA, index=labels.index, dtype="Int64")
+    present = text.notna()
+    mapped[present] = (text[present] == positive.strip().lower()).astype(int)
+    return mapped
+
+
+def _dropped_columns(features: pd.DataFrame) -> dict[str, str]:
+    """Columns that cannot help a model: row identifiers and constants."""
+    dropped = {}
+    for column in features.columns:
+        values = features[column].dropna()
+        if values.nunique() <= 1:
+            dropped[column] = "constant"
+        elif (
+            not pd.api.types.is_float_dtype(values)
+            and len(values) > 1
+            and values.nunique() == len(values)
+        ):
+            # NB: never a float column: distinct measurements (a salary) are not identifiers.
+            dropped[column] = "identifier: every value distinct"
+    return dropped
+
+
+def from_frame(
+    frame: pd.DataFrame,
+    target: str = TARGET,
+    source: str = "<frame>",
+    positive_label: str | None = None,
+) -> Dataset:
     """Split a table into features and a 0/1 target, refusing data that cannot train a model."""
     if target not in frame.columns:
         columns = ", ".join(map(str, frame.columns)) or "none"
         raise DataError(f"{source}: target column {target!r} not found; the columns are: {columns}")
-    labels = normalise_target(frame[target], target)
+    if positive_label is not None:
+        labels = _positive_label_target(frame[target], positive_label)
+    else:
+        labels = normalise_target(frame[target], target)
     labelled = labels.notna()
     features = frame.loc[labelled].drop(columns=[target]).reset_index(drop=True)
     y = labels[labelled].astype(int).reset_index(drop=True)
-    if features.shape[1] == 0:
-        raise DataError(f"{source}: no feature columns besides the target {target!r}")
     if len(y) < MIN_LABELLED_ROWS:
         raise DataError(
             f"{source}: only {len(y)} labelled rows; at least {MIN_LABELLED_ROWS} are needed"
@@ -124,13 +191,30 @@ def from_frame(frame: pd.DataFrame, target: str = TARGET, source: str = "<frame>
             f"{source}: target {target!r} has a single class ({int(y.iloc[0])}); "
             "a churn model needs both churned and retained customers"
         )
+    dropped = _dropped_columns(features)
+    features = features.drop(columns=list(dropped))
+    if features.shape[1] == 0:
+        raise DataError(
+            f"{source}: no usable feature columns besides the target {target!r} "
+            f"(dropped: {', '.join(dropped) or 'none'})"
+        )
     numeric = tuple(c for c in features.columns if pd.api.types.is_numeric_dtype(features[c]))
     categorical = tuple(c for c in features.columns if c not in numeric)
     for column in categorical:
         # NB: plain objects with NaN for missing, which the pipeline's imputer understands.
         values = features[column]
         features[column] = values.astype(str).where(values.notna(), np.nan).astype(object)
-    return Dataset(features, y, numeric, categorical, source)
+    report = DataReport(
+        source=source,
+        target=target,
+        rows_read=len(frame),
+        rows_without_label=int((~labelled).sum()),
+        rows_kept=len(y),
+        columns={c: "numeric" if c in numeric else "categorical" for c in features.columns},
+        dropped_columns=dropped,
+        positive_rate=float(y.mean()),
+    )
+    return Dataset(features, y, numeric, categorical, source, report)
 
 
 # NB: "NA" is not among them: it is a region code (North America) in churn data.
@@ -151,12 +235,23 @@ def _coerce_numeric_text(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_csv(path: Path, target: str = TARGET) -> Dataset:
-    """Read a churn CSV and validate it for training."""
+def load_table(path: Path, target: str = TARGET, positive_label: str | None = None) -> Dataset:
+    """Read a churn table (CSV, or Parquet by its suffix) and validate it for training."""
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=list(MISSING_MARKERS))
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, keep_default_na=False, na_values=list(MISSING_MARKERS))
     except FileNotFoundError:
         raise DataError(f"data file {path} does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path} as CSV: {exc}") from None
-    return from_frame(_coerce_numeric_text(frame), target=target, source=str(path))
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        ValueError,
+    ) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    return from_frame(
+        _coerce_numeric_text(frame), target=target, source=str(path), positive_label=positive_label
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from churnops.registry import mlflow_errors
 
 log = logging.getLogger(__name__)
 
+RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 LOCK_TIMEOUT = 60.0
 LOCK_STALE_AFTER = 120.0
 ACTIONS = ("promote", "rollback", "undo", "external")
@@ -94,10 +96,15 @@ def entries(settings: Settings) -> list[Entry]:
             return []
         runs = client.search_runs([experiment], max_results=50_000)
     found = []
-    for run in runs:
+    seen: set[str] = set()
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
         tags = run.data.tags
-        if "ledger.seq" not in tags:
+        # NB: the HTTP client retries a create_run whose answer timed out, which can write the
+        # same entry twice; both copies carry the same ledger.id, and the first one counts.
+        entry_id = tags.get("ledger.id", run.info.run_id)
+        if "ledger.seq" not in tags or entry_id in seen:
             continue
+        seen.add(entry_id)
         found.append(
             Entry(
                 seq=int(tags["ledger.seq"]),
@@ -141,6 +148,7 @@ def append(
         gate=gate,
     )
     tags = {
+        "ledger.id": uuid.uuid4().hex,
         "ledger.seq": str(entry.seq),
         "ledger.time": entry.time,
         "ledger.actor": actor,
@@ -209,6 +217,8 @@ def locked(settings: Settings, holder: str, timeout: float = LOCK_TIMEOUT) -> It
             except MlflowException as exc:
                 if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                     raise
+                if _holder(client, name) == token:
+                    break  # a retried create whose first attempt had already taken the lock
             _break_if_stale(client, name)
             if time.monotonic() > deadline:
                 raise LockTimeoutError(
@@ -222,9 +232,35 @@ def locked(settings: Settings, holder: str, timeout: float = LOCK_TIMEOUT) -> It
         yield
     finally:
         with mlflow_errors(settings), contextlib.suppress(MlflowException):
-            current = _client(settings).get_registered_model(name)
-            if current.tags.get("holder") == token:
-                _client(settings).delete_registered_model(name)
+            client = _client(settings)
+            if _holder(client, name) == token:
+                with _single_attempt():
+                    client.delete_registered_model(name)
+
+
+@contextlib.contextmanager
+def _single_attempt() -> Iterator[None]:
+    """Send the enclosed MLflow requests once, without the client's automatic retries.
+
+    NB: a retried delete whose first attempt succeeded late would delete the *next* holder's
+    lock; MLflow reads this variable at request time.
+    """
+    previous = os.environ.get(RETRIES_ENV)
+    os.environ[RETRIES_ENV] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RETRIES_ENV, None)
+        else:
+            os.environ[RETRIES_ENV] = previous
+
+
+def _holder(client: MlflowClient, name: str) -> str | None:
+    try:
+        return client.get_registered_model(name).tags.get("holder")
+    except MlflowException:
+        return None
 
 
 def _break_if_stale(client: MlflowClient, name: str) -> None:
@@ -234,5 +270,5 @@ def _break_if_stale(client: MlflowClient, name: str) -> None:
         return  # released meanwhile
     if time.time() - acquired > LOCK_STALE_AFTER:
         log.warning("breaking a stale alias lock taken %.0f s ago", time.time() - acquired)
-        with contextlib.suppress(MlflowException):
+        with contextlib.suppress(MlflowException), _single_attempt():
             client.delete_registered_model(name)

@@ -40,6 +40,7 @@ class TrainReport:
     version: int
     metrics: dict[str, float]
     verdict: GateVerdict
+    data_report: data.DataReport
 
 
 @dataclass(frozen=True)
@@ -85,19 +86,23 @@ def train(
     seed: int,
     gate_f1: float,
     target: str = data.TARGET,
+    positive_label: str | None = None,
 ) -> TrainReport:
-    """Train on a CSV (or the built-in synthetic data) and register the result as a new version."""
+    """Train on a table (or the built-in synthetic data) and register the result as a new
+    version."""
     registry.ping(settings)
     if data_file is None:
         dataset = data.from_frame(data.generate(seed=seed), source="built-in synthetic data")
     else:
-        dataset = data.load_csv(data_file, target=target)
+        dataset = data.load_table(data_file, target=target, positive_label=positive_label)
     result = training.train(dataset, seed=seed, gate_f1=gate_f1)
     registered = registry.log_training(
-        settings, result, version_label=version_label, seed=seed, data_source=dataset.source
+        settings, result, version_label=version_label, seed=seed, dataset=dataset
     )
     log.info("registered %s version %s", settings.model_name, registered.version)
-    return TrainReport(registered.run_id, registered.version, result.metrics, result.verdict)
+    return TrainReport(
+        registered.run_id, registered.version, result.metrics, result.verdict, dataset.report
+    )
 
 
 def actor_of(settings: Settings) -> str:

@@ -30,6 +30,7 @@ from churnops.predict import Engine, SklearnEngine
 
 if TYPE_CHECKING:
     # NB: type-only, so the API's workers never import scikit-learn's training modules (~80 MiB).
+    from churnops.data import Dataset
     from churnops.training import TrainingResult
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def log_training(
     *,
     version_label: str,
     seed: int,
-    data_source: str,
+    dataset: Dataset,
 ) -> RegisteredRun:
     """Log one training as a run in the experiment and register it as a new version.
 
@@ -170,6 +171,7 @@ def log_training(
     import mlflow
     import mlflow.sklearn
     import skops.io
+    from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
     _use_tracking_uri(settings)
@@ -187,13 +189,26 @@ def log_training(
                     "version": version_label,
                     "seed": seed,
                     "gate_f1": result.verdict.gate_f1,
-                    "data": data_source,
+                    "data": dataset.source,
                     "train_rows": result.train_rows,
                     "test_rows": result.test_rows,
                     **result.params,
                 }
             )
             mlflow.log_metrics(result.metrics)
+            # NB: MLflow's dataset API records name, digest, schema and source with the run.
+            table = dataset.features.assign(**{dataset.report.target: dataset.target.to_numpy()})
+            with warnings.catch_warnings():
+                # NB: MLflow guesses among source kinds for a local path and says so each time.
+                warnings.simplefilter("ignore", UserWarning)
+                logged_data = from_pandas(
+                    table,
+                    source=dataset.source,
+                    name=Path(dataset.source).name,
+                    targets=dataset.report.target,
+                )
+            mlflow.log_input(logged_data, context="training")
+            mlflow.log_dict(dataset.report.to_dict(), "data_report.json")
             mlflow.set_tags(
                 {
                     GATE_PASSED_TAG: str(result.verdict.passed).lower(),
