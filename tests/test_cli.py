@@ -43,8 +43,9 @@ def test_train_prints_only_json_and_registers_a_version_carrying_its_gate_verdic
     assert run.data.params["gate_f1"] == "0.6"
     assert run.data.metrics["f1"] == report["metrics"]["f1"]
     assert report["data_report"]["rows_kept"] == 5000
+    assert run.inputs is not None
     [dataset] = run.inputs.dataset_inputs
-    assert dataset.dataset.digest and "tenure_months" in dataset.dataset.schema
+    assert dataset.dataset.digest and "tenure_months" in str(dataset.dataset.schema)
     assert {a.path for a in client.list_artifacts(report["run_id"])} >= {"data_report.json"}
     artifacts = {a.path for a in client.list_artifacts(report["run_id"], "export")}
     assert artifacts == {f"export/{settings.model_name}.skops"}
