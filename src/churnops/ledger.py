@@ -257,18 +257,29 @@ def _single_attempt() -> Iterator[None]:
 
 
 def _holder(client: MlflowClient, name: str) -> str | None:
-    try:
-        return client.get_registered_model(name).tags.get("holder")
-    except MlflowException:
-        return None
+    """The lock's holder token, or None when no lock exists."""
+    for _ in range(5):
+        try:
+            holder = client.get_registered_model(name).tags.get("holder")
+        except MlflowException:
+            return None
+        if holder is not None:
+            return str(holder)
+        time.sleep(0.1)  # NB: the tags were missing from this read; read again
+    return None
 
 
 def _break_if_stale(client: MlflowClient, name: str) -> None:
+    # NB: the server's own creation time, not a tag: under load a read can come back without the
+    # lock's tags, and a missing tag must never make a live lock look abandoned.
     try:
-        acquired = float(client.get_registered_model(name).tags.get("acquired", "0"))
+        created = client.get_registered_model(name).creation_timestamp
     except MlflowException:
         return  # released meanwhile
-    if time.time() - acquired > LOCK_STALE_AFTER:
-        log.warning("breaking a stale alias lock taken %.0f s ago", time.time() - acquired)
+    if not created:
+        return
+    age = time.time() - created / 1000
+    if age > LOCK_STALE_AFTER:
+        log.warning("breaking a stale alias lock taken %.0f s ago", age)
         with contextlib.suppress(MlflowException), _single_attempt():
             client.delete_registered_model(name)
