@@ -121,10 +121,15 @@ def write_generated(path: Path, rows: int = 5000, seed: int = 42) -> pd.DataFram
     return frame
 
 
+def _label_text(labels: pd.Series) -> pd.Series:
+    """Labels as trimmed lower-case text, with the spellings of a missing label as NA."""
+    text = labels.astype("string").str.strip().str.lower()
+    return text.mask(text.isin(["", "nan", "na", "none", "?"]))
+
+
 def normalise_target(labels: pd.Series, column: str) -> pd.Series:
     """Map label spellings (yes/no, true/false, 1/0, ...) to 0/1, keeping missing labels as NA."""
-    text = labels.astype("string").str.strip().str.lower()
-    text = text.mask(text.isin(["", "nan", "na", "none", "?"]))
+    text = _label_text(labels)
     mapped = pd.Series(pd.NA, index=labels.index, dtype="Int64")
     mapped[text.isin(_POSITIVE_LABELS).fillna(False)] = 1
     mapped[text.isin(_NEGATIVE_LABELS).fillna(False)] = 0
@@ -140,8 +145,7 @@ def normalise_target(labels: pd.Series, column: str) -> pd.Series:
 
 
 def _positive_label_target(labels: pd.Series, positive: str) -> pd.Series:
-    text = labels.astype("string").str.strip().str.lower()
-    text = text.mask(text.isin(["", "nan", "na", "none", "?"]))
+    text = _label_text(labels)
     mapped = pd.Series(pd.NA, index=labels.index, dtype="Int64")
     present = text.notna()
     mapped[present] = (text[present] == positive.strip().lower()).astype(int)

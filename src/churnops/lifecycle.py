@@ -119,6 +119,7 @@ def _champion_criterion(
     candidate: VersionInfo,
     engine: Engine,
     champion: int,
+    champion_inputs: list[dict[str, str]] | None,
     tolerance: float,
 ) -> gate.Criterion:
     name, threshold = "champion vs challenger", f">= champion - {tolerance:.2f}"
@@ -134,10 +135,12 @@ def _champion_criterion(
     features = holdout.drop(columns=[training.HOLDOUT_TARGET])
     truth = holdout[training.HOLDOUT_TARGET].to_numpy()
     try:
+        if champion_inputs is None:
+            raise ChurnopsError(f"v{champion}'s signature cannot be read")
         champion_engine = registry.load_version(settings, champion).engine
         # NB: a column the candidate dropped reaches the champion as missing, as it would from a
         # client that stopped sending it; the signature criterion reports the drop itself.
-        wanted = [c["name"] for c in registry.signature_inputs(settings, champion)]
+        wanted = [c["name"] for c in champion_inputs]
         champion_features = features.reindex(columns=wanted)
         champion_f1 = _f1(champion_engine.predict_frame(champion_features).label, truth)
     except TrackingUnavailableError:
@@ -195,7 +198,9 @@ def gate_report(
             )
         )
         if compare_champion:
-            criteria.append(_champion_criterion(settings, info, engine, champion, tolerance))
+            criteria.append(
+                _champion_criterion(settings, info, engine, champion, champion_inputs, tolerance)
+            )
     criteria.append(smoke)
     return gate.GateReport(version, tuple(criteria))
 
