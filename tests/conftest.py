@@ -26,7 +26,25 @@ from churnops import tracking_server
 from churnops.cli import main
 from churnops.config import Settings
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# NB: the real dataset is read where the team keeps it, never copied into the repository.
+SHARED_DATA = Path(
+    os.environ.get("CHURNOPS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+TELECOM_TRAIN = SHARED_DATA / "telecom-churn-bigml-80.csv"
+TELECOM_HELD_OUT = SHARED_DATA / "telecom-churn-bigml-20.csv"
+
+
+@pytest.fixture(scope="session")
+def telecom_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The telecom churn table, 80% and 20% files concatenated as text (labels spelled TRUE/FALSE
+    in one and True/False in the other, as shipped)."""
+    for part in (TELECOM_TRAIN, TELECOM_HELD_OUT):
+        assert part.exists(), f"real dataset missing: {part} (set CHURNOPS_SHARED_DATA)"
+    head, *rows = TELECOM_TRAIN.read_text().splitlines()
+    rows += TELECOM_HELD_OUT.read_text().splitlines()[1:]
+    path = tmp_path_factory.mktemp("telecom") / "telecom-churn.csv"
+    path.write_text("\n".join([head, *rows]) + "\n")
+    return path
 
 
 def free_port() -> int:

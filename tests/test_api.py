@@ -58,7 +58,8 @@ def test_predict_answers_with_probability_version_header_and_request_id(api: Api
     body = response.json()
     assert set(body) == {"prediction", "probability", "model_version", "request_id"}
     assert body["prediction"] in (0, 1) and 0.0 <= body["probability"] <= 1.0
-    assert body["prediction"] == int(body["probability"] > 0.5)
+    threshold = api.client.get("/model").json()["threshold"]
+    assert body["prediction"] == int(body["probability"] >= threshold)
     assert body["model_version"] == 1
     assert response.headers["X-Model-Version"] == "1"
     echoed = api.client.post("/predict", json=CUSTOMER, headers={"X-Request-ID": "abc-1"})
@@ -97,12 +98,24 @@ def test_a_wrong_type_is_a_422_naming_the_field(api: ApiProcess) -> None:
     assert error["loc"] == ["body", "tenure_months"] and error["type"] == "int_type"
 
 
-def test_a_negative_tenure_is_a_422(api: ApiProcess) -> None:
-    response = api.client.post("/predict", json={**CUSTOMER, "tenure_months": -1})
+def test_numbers_sent_as_text_are_refused_not_coerced(api: ApiProcess) -> None:
+    response = api.client.post(
+        "/predict", json={**CUSTOMER, "tenure_months": "3", "avg_session_minutes": "12.5"}
+    )
     assert response.status_code == 422
-    [error] = response.json()["detail"]
-    assert error["loc"] == ["body", "tenure_months"]
-    assert error["type"] == "greater_than_equal"
+    errors = {tuple(e["loc"]): e["type"] for e in response.json()["detail"]}
+    assert errors == {
+        ("body", "tenure_months"): "int_type",
+        ("body", "avg_session_minutes"): "float_type",
+    }
+
+
+def test_malformed_json_is_a_422(api: ApiProcess) -> None:
+    response = api.client.post(
+        "/predict", content=b'{"tenure_months": 3,', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
 def test_an_unknown_category_is_accepted_and_scored(api: ApiProcess) -> None:
@@ -145,10 +158,19 @@ def test_an_empty_batch_is_a_422(api: ApiProcess) -> None:
     assert response.json()["detail"][0]["loc"] == ["body", "customers"]
 
 
-def test_docs_and_openapi_stay_on(api: ApiProcess) -> None:
+def test_openapi_shows_the_serving_versions_own_fields(api: ApiProcess) -> None:
     assert api.client.get("/docs").status_code == 200
     schema = api.client.get("/openapi.json").json()
     assert {"/predict", "/predict/batch", "/model", "/health", "/ready"} <= set(schema["paths"])
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/Customer"}
+    customer = schema["components"]["schemas"]["Customer"]
+    assert set(customer["required"]) == set(CUSTOMER)
+    assert customer["properties"]["tenure_months"]["type"] == "integer"
+    assert customer["properties"]["region"]["type"] == "string"
+    assert customer["additionalProperties"] is False
+    assert set(customer["examples"][0]) == set(CUSTOMER)
+    assert api.client.get("/model").json()["inputs"] == list(CUSTOMER)
 
 
 def test_before_any_promotion_ready_is_503_and_health_is_200(

@@ -13,19 +13,20 @@ from churnops import compiled, data, training
 from churnops.predict import SklearnEngine
 
 
-def test_the_built_in_pipeline_exports_to_onnx_matching_scikit_learn_within_tolerance() -> None:
+def test_the_built_in_pipeline_exports_to_onnx_matching_scikit_learn_at_the_tuned_threshold() -> None:
     dataset = data.from_frame(data.generate(seed=5))
     result = training.train(dataset, seed=5)
     assert result.export.onnx is not None, result.export.reason
     assert result.export.max_abs_diff is not None
     assert result.export.max_abs_diff <= compiled.TOLERANCE
-    engine = compiled.OnnxEngine(result.export.onnx)
+    engine = compiled.OnnxEngine(result.export.onnx, result.threshold)
     assert engine.numeric == data.NUMERIC_FEATURES
     assert engine.categorical == data.CATEGORICAL_FEATURES
     rows = dataset.features.head(300)
     onnx, sk = engine.predict_frame(rows), SklearnEngine(result.model).predict_frame(rows)
     np.testing.assert_allclose(onnx.probability, sk.probability, atol=compiled.TOLERANCE)
     assert (onnx.label == sk.label).all()
+    assert (sk.label == result.model.predict(rows)).all()
 
 
 def test_the_onnx_engine_scores_unknown_categories_like_scikit_learn() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnops.predict import Predictions
+from churnops.predict import DEFAULT_THRESHOLD, Predictions, label
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,15 @@ def export(
 
 
 class OnnxEngine:
-    """Scores rows with onnxruntime; one session, safe to call from many threads."""
+    """Scores rows with onnxruntime at a decision threshold; one session, safe to call from many
+    threads."""
 
     kind = "onnx"
 
-    def __init__(self, onnx: bytes) -> None:
+    def __init__(self, onnx: bytes, threshold: float = DEFAULT_THRESHOLD) -> None:
         import onnxruntime as ort
 
+        self.threshold = threshold
         options = ort.SessionOptions()
         # NB: one thread per call; requests already run in parallel across threads and workers.
         options.intra_op_num_threads = 1
@@ -97,8 +99,8 @@ class OnnxEngine:
         for name in self.categorical:
             values = ["" if v is None else str(v) for v in columns[name]]
             feed[name] = np.asarray(values, dtype=object).reshape(-1, 1)
-        proba = self._session.run([self._probabilities], feed)[0]
-        return Predictions(label=proba.argmax(axis=1).astype(int), probability=proba[:, 1])
+        probability = self._session.run([self._probabilities], feed)[0][:, 1].astype(float)
+        return Predictions(label=label(probability, self.threshold), probability=probability)
 
     def predict_frame(self, frame: pd.DataFrame) -> Predictions:
         """Score a DataFrame holding (at least) the model's columns."""

@@ -18,6 +18,7 @@ CATEGORICAL_FEATURES = ("plan_type", "region")
 PLAN_TYPES = ("basic", "standard", "premium")
 REGIONS = ("NA", "EU", "AF", "AS")
 MIN_LABELLED_ROWS = 50
+IDENTIFIER = "identifier: every value distinct"
 
 # NB: label spellings seen in real churn tables; anything else needs an explicit mapping.
 _POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "t", "churn", "churned"})
@@ -58,6 +59,7 @@ class DataReport:
     columns: dict[str, str]
     dropped_columns: dict[str, str]
     positive_rate: float
+    missing_values: dict[str, int]
 
     def to_dict(self) -> dict[str, object]:
         """The report as JSON-ready data."""
@@ -71,6 +73,11 @@ class DataReport:
             f"churn rate {self.positive_rate:.1%}",
             "  columns used: " + ", ".join(f"{c} ({k})" for c, k in self.columns.items()),
         ]
+        if self.missing_values:
+            lines.append(
+                "  missing values (imputed by the model): "
+                + ", ".join(f"{c} {n}" for c, n in self.missing_values.items())
+            )
         if self.dropped_columns:
             lines.append(
                 "  columns dropped: "
@@ -165,7 +172,7 @@ def _dropped_columns(features: pd.DataFrame) -> dict[str, str]:
             and values.nunique() == len(values)
         ):
             # NB: never a float column: distinct measurements (a salary) are not identifiers.
-            dropped[column] = "identifier: every value distinct"
+            dropped[column] = IDENTIFIER
     return dropped
 
 
@@ -217,6 +224,7 @@ def from_frame(
         columns={c: "numeric" if c in numeric else "categorical" for c in features.columns},
         dropped_columns=dropped,
         positive_rate=float(y.mean()),
+        missing_values={str(c): int(n) for c, n in features.isna().sum().items() if n},
     )
     return Dataset(features, y, numeric, categorical, source, report)
 

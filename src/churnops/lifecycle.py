@@ -41,6 +41,10 @@ class TrainReport:
     metrics: dict[str, float]
     verdict: GateVerdict
     data_report: data.DataReport
+    model_type: str
+    threshold: float
+    cv_f1: dict[str, float]
+    fit_seconds: float
 
 
 @dataclass(frozen=True)
@@ -87,21 +91,43 @@ def train(
     gate_f1: float,
     target: str = data.TARGET,
     positive_label: str | None = None,
+    kind: training.ModelKind | None = None,
 ) -> TrainReport:
     """Train on a table (or the built-in synthetic data) and register the result as a new
-    version."""
+    version, with its evidence. ``kind`` defaults to the course's logistic regression on the
+    built-in data and to ``auto`` on a user's table."""
+    from churnops import evidence
+
     registry.ping(settings)
     if data_file is None:
         dataset = data.from_frame(data.generate(seed=seed), source="built-in synthetic data")
     else:
         dataset = data.load_table(data_file, target=target, positive_label=positive_label)
-    result = training.train(dataset, seed=seed, gate_f1=gate_f1)
+    if kind is None:
+        kind = "logreg" if data_file is None else "auto"
+    result = training.train(dataset, seed=seed, gate_f1=gate_f1, kind=kind)
+    proof = evidence.build(
+        result.model,
+        result.holdout_features,
+        result.holdout_target,
+        result.threshold,
+        dataset.report,
+        seed,
+    )
     registered = registry.log_training(
-        settings, result, version_label=version_label, seed=seed, dataset=dataset
+        settings, result, version_label=version_label, seed=seed, dataset=dataset, evidence=proof
     )
     log.info("registered %s version %s", settings.model_name, registered.version)
     return TrainReport(
-        registered.run_id, registered.version, result.metrics, result.verdict, dataset.report
+        registered.run_id,
+        registered.version,
+        result.metrics,
+        result.verdict,
+        dataset.report,
+        result.kind,
+        result.threshold,
+        result.cv_f1,
+        result.seconds,
     )
 
 

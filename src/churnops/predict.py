@@ -26,6 +26,7 @@ class Engine(Protocol):
     """Something that scores rows given as columns or as a DataFrame."""
 
     kind: str
+    threshold: float
 
     def predict_columns(self, columns: dict[str, list[Any]]) -> Predictions:
         """Score column lists keyed by feature name."""
@@ -34,30 +35,46 @@ class Engine(Protocol):
         """Score a DataFrame holding (at least) the model's columns."""
 
 
-def predict(model: Any, frame: pd.DataFrame) -> Predictions:
-    """Score ``frame`` with one predict_proba call; labels follow the classifier's argmax."""
+DEFAULT_THRESHOLD = 0.5
+
+
+def decision_threshold(model: Any) -> float:
+    """The threshold a model labels churn at: the tuned one when training tuned it, else 0.5
+    (what argmax over two classes amounts to)."""
+    return float(getattr(model, "best_threshold_", DEFAULT_THRESHOLD))
+
+
+def label(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Churn (1) when the probability reaches the threshold, as scikit-learn's tuned classifier
+    decides."""
+    return (probability >= threshold).astype(int)
+
+
+def predict(model: Any, frame: pd.DataFrame, threshold: float | None = None) -> Predictions:
+    """Score ``frame`` with one predict_proba call and label it at the model's threshold."""
     proba = np.asarray(model.predict_proba(frame))
     classes = list(model.classes_)
-    positive = classes.index(1) if 1 in classes else len(classes) - 1
-    label = np.asarray(model.classes_)[proba.argmax(axis=1)].astype(int)
-    return Predictions(label=label, probability=proba[:, positive].astype(float))
+    positive = proba[:, classes.index(1) if 1 in classes else len(classes) - 1].astype(float)
+    cut = decision_threshold(model) if threshold is None else threshold
+    return Predictions(label=label(positive, cut), probability=positive)
 
 
 class SklearnEngine:
-    """Scores rows with the logged scikit-learn pipeline."""
+    """Scores rows with the logged scikit-learn model, at its own decision threshold."""
 
     kind = "sklearn"
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.threshold = decision_threshold(model)
 
     def predict_columns(self, columns: dict[str, list[Any]]) -> Predictions:
         """Score column lists keyed by feature name."""
-        return predict(self.model, pd.DataFrame(columns))
+        return predict(self.model, pd.DataFrame(columns), self.threshold)
 
     def predict_frame(self, frame: pd.DataFrame) -> Predictions:
         """Score a DataFrame holding (at least) the model's columns."""
-        return predict(self.model, frame)
+        return predict(self.model, frame, self.threshold)
 
 
 def smoke_test(engine: Engine, example: pd.DataFrame | None, version: int) -> None:

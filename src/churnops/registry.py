@@ -25,12 +25,14 @@ from requests.exceptions import RequestException
 
 from churnops.compiled import OnnxEngine
 from churnops.config import Settings
-from churnops.errors import TrackingUnavailableError, VersionNotFoundError
-from churnops.predict import Engine, SklearnEngine
+from churnops.errors import ChurnopsError, TrackingUnavailableError, VersionNotFoundError
+from churnops.inputs import InputField, from_signature
+from churnops.predict import DEFAULT_THRESHOLD, Engine, SklearnEngine
 
 if TYPE_CHECKING:
     # NB: type-only, so the API's workers never import scikit-learn's training modules (~80 MiB).
     from churnops.data import Dataset
+    from churnops.evidence import Evidence
     from churnops.training import TrainingResult
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ EXPORT_DIR = "export"
 ONNX_ARTIFACT = "onnx/model.onnx"
 HOLDOUT_ARTIFACT = "eval/holdout.parquet"
 INFERENCE_TAG = "inference"
+THRESHOLD_TAG = "threshold"
+EVIDENCE_DIR = "evidence"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class LoadedModel:
     engine: Engine
     input_example: pd.DataFrame | None
     metrics: dict[str, float]
+    inputs: tuple[InputField, ...]
 
 
 def ping(settings: Settings, timeout: float = 3.0) -> None:
@@ -162,6 +167,7 @@ def log_training(
     version_label: str,
     seed: int,
     dataset: Dataset,
+    evidence: Evidence | None = None,
 ) -> RegisteredRun:
     """Log one training as a run in the experiment and register it as a new version.
 
@@ -180,7 +186,10 @@ def log_training(
     with warnings.catch_warnings():
         # NB: MLflow warns that integer columns cannot hold missing values; the API validates them.
         warnings.simplefilter("ignore", UserWarning)
-        signature = infer_signature(example, result.model.predict(example))
+        # NB: inferred from the whole training split, so a column that had missing values there
+        # is logged as not required, and the API lets it be omitted.
+        features = result.train_features
+        signature = infer_signature(features, result.model.predict(features))
     with mlflow_errors(settings):
         mlflow.set_experiment(settings.experiment)
         with mlflow.start_run(run_name=version_label) as run:
@@ -209,6 +218,11 @@ def log_training(
                 )
             mlflow.log_input(logged_data, context="training")
             mlflow.log_dict(dataset.report.to_dict(), "data_report.json")
+            if evidence is not None:
+                for name, document in evidence.documents.items():
+                    mlflow.log_dict(document, f"{EVIDENCE_DIR}/{name}")
+                for name, figure in evidence.figures.items():
+                    mlflow.log_figure(figure, f"{EVIDENCE_DIR}/{name}")
             mlflow.set_tags(
                 {
                     GATE_PASSED_TAG: str(result.verdict.passed).lower(),
@@ -230,20 +244,25 @@ def log_training(
                     mlflow.log_artifact(
                         str(onnx_file), artifact_path=str(Path(ONNX_ARTIFACT).parent)
                     )
-            info = mlflow.sklearn.log_model(
-                result.model,
-                name=MODEL_ARTIFACT,
-                signature=signature,
-                input_example=example,
-                skops_trusted_types=trusted,
-                pip_requirements=_pip_requirements(),
-            )
+            with warnings.catch_warnings():
+                # NB: the same integer-column hint again, from checking the input example.
+                warnings.simplefilter("ignore", UserWarning)
+                info = mlflow.sklearn.log_model(
+                    result.model,
+                    name=MODEL_ARTIFACT,
+                    signature=signature,
+                    input_example=example,
+                    skops_trusted_types=trusted,
+                    pip_requirements=_pip_requirements(),
+                )
             tags = {name: repr(result.metrics[name]) for name in METRIC_TAGS}
             tags |= {
                 GATE_PASSED_TAG: str(result.verdict.passed).lower(),
                 "gate_f1": repr(result.verdict.gate_f1),
                 "gate_reason": result.verdict.reason,
                 "version_label": version_label,
+                "model_type": result.kind,
+                THRESHOLD_TAG: repr(result.threshold),
                 INFERENCE_TAG: "onnx" if result.export.onnx is not None else "sklearn",
                 "onnx_check": result.export.reason,
             }
@@ -325,7 +344,8 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str) -> Engine:
             path = mlflow.artifacts.download_artifacts(
                 run_id=info.run_id, artifact_path=ONNX_ARTIFACT, dst_path=local
             )
-            return OnnxEngine(Path(path).read_bytes())
+            threshold = float(info.tags.get(THRESHOLD_TAG, DEFAULT_THRESHOLD))
+            return OnnxEngine(Path(path).read_bytes(), threshold)
         except Exception as exc:  # noqa: BLE001 - the pipeline is the documented fallback
             log.warning(
                 "version %s: ONNX export unusable (%s); serving scikit-learn", info.version, exc
@@ -346,7 +366,14 @@ def load_version(settings: Settings, version: int) -> LoadedModel:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
         )
-        raw_example = Model.load(local).load_input_example(local)
+        logged = Model.load(local)
+        if logged.signature is None:
+            raise ChurnopsError(
+                f"version {version} has no signature, so its request fields are unknown; "
+                "log the model with a signature (churnops train does)"
+            )
+        inputs = from_signature(logged.signature)
+        raw_example = logged.load_input_example(local)
         engine = _load_engine(settings, info, local)
     example = None if raw_example is None else pd.DataFrame(raw_example)
     return LoadedModel(
@@ -355,6 +382,7 @@ def load_version(settings: Settings, version: int) -> LoadedModel:
         engine=engine,
         input_example=example,
         metrics=info.metrics,
+        inputs=inputs,
     )
 
 

@@ -1,27 +1,41 @@
-"""Training: a seeded scikit-learn pipeline fitted on a stratified split and scored on the held-out
-part. Pure: it knows nothing of MLflow, so it is testable and the registry module logs its result.
+"""Training: seeded scikit-learn pipelines fitted on a stratified split, with the decision
+threshold tuned for F1 by cross-validation on the training part, scored on the held-out part.
+Pure: it knows nothing of MLflow, so it is testable and the registry module logs its result.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
-from sklearn.model_selection import train_test_split
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    make_scorer,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV, train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from churnops import compiled
 from churnops.data import Dataset
 from churnops.gate import DEFAULT_GATE_F1, GateVerdict, decide
 
+ModelKind = Literal["logreg", "hgb", "auto"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("logreg", "hgb", "auto")
+CANDIDATES: tuple[ModelKind, ...] = ("logreg", "hgb")
+CV_FOLDS = 5
 TEST_SIZE = 0.25
 HOLDOUT_TARGET = "__churn__"
 INPUT_EXAMPLE_ROWS = 5
@@ -29,37 +43,105 @@ INPUT_EXAMPLE_ROWS = 5
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """A fitted pipeline with its held-out metrics and gate verdict."""
+    """A fitted, threshold-tuned model with its held-out metrics and gate verdict."""
 
-    model: Pipeline
+    model: TunedThresholdClassifierCV
+    kind: ModelKind
+    threshold: float
+    cv_f1: dict[str, float]
     metrics: dict[str, float]
     params: dict[str, Any]
     verdict: GateVerdict
     input_example: pd.DataFrame
+    train_features: pd.DataFrame
     train_rows: int
     test_rows: int
     export: compiled.Export
     holdout: pd.DataFrame
+    seconds: float
+
+    @property
+    def holdout_features(self) -> pd.DataFrame:
+        """The held-out rows without their label."""
+        return self.holdout.drop(columns=[HOLDOUT_TARGET])
+
+    @property
+    def holdout_target(self) -> np.ndarray:
+        """The held-out labels (0/1)."""
+        return self.holdout[HOLDOUT_TARGET].to_numpy()
 
 
-def build_pipeline(dataset: Dataset, seed: int) -> Pipeline:
-    """Preprocessing (impute, scale, one-hot) followed by the course's logistic regression."""
-    preprocess = ColumnTransformer(
-        [
-            (
-                "numeric",
-                make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
-                list(dataset.numeric),
-            ),
-            # NB: unknown categories at serving time become all-zero columns instead of errors, and
-            # a missing category is a category of its own, which also keeps the pipeline
-            # convertible to ONNX (skl2onnx cannot convert an imputer over strings with NaN).
-            ("categorical", OneHotEncoder(handle_unknown="ignore"), list(dataset.categorical)),
-        ]
-    )
-    # Balanced class weights trade some precision for recall, which raises F1 at ~25% positives.
-    classifier = LogisticRegression(max_iter=1000, class_weight="balanced", random_state=seed)
+def build_pipeline(
+    kind: ModelKind, numeric: tuple[str, ...], categorical: tuple[str, ...], seed: int
+) -> Pipeline:
+    """The untuned pipeline for ``kind``: preprocessing that handles missing values, then the
+    classifier."""
+    if kind == "logreg":
+        preprocess = ColumnTransformer(
+            [
+                (
+                    "numeric",
+                    make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+                    list(numeric),
+                ),
+                # NB: unknown categories at serving time become all-zero columns instead of
+                # errors, and a missing category is a category of its own, which also keeps the
+                # pipeline convertible to ONNX (skl2onnx cannot convert an imputer over strings).
+                ("categorical", OneHotEncoder(handle_unknown="ignore"), list(categorical)),
+            ]
+        )
+        # Balanced class weights trade precision for recall, which raises F1 at ~25% positives.
+        classifier: Any = LogisticRegression(
+            max_iter=1000, class_weight="balanced", random_state=seed
+        )
+    elif kind == "hgb":
+        preprocess = ColumnTransformer(
+            [
+                ("numeric", "passthrough", list(numeric)),
+                # NB: categories become ordinal codes the trees split on like numbers; unknown and
+                # missing ones become NaN, which the trees route natively. Measured on the telecom
+                # table, native categorical splits over a 51-level column overfit (held-out F1
+                # 0.77 vs 0.80), so codes are the general choice.
+                (
+                    "categorical",
+                    OrdinalEncoder(
+                        handle_unknown="use_encoded_value",
+                        unknown_value=np.nan,
+                        encoded_missing_value=np.nan,
+                    ),
+                    list(categorical),
+                ),
+            ]
+        )
+        classifier = HistGradientBoostingClassifier(random_state=seed)
+    else:
+        raise ValueError(f"no pipeline for model kind {kind!r}")
     return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+
+
+def binary_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 of the positive class (0 when nothing is predicted or present), as scikit-learn's
+    ``f1_score`` computes it for 0/1 labels.
+
+    NB: threshold tuning scores 100 thresholds per fold; ``f1_score``'s input validation made a
+    logistic-regression fit on the built-in data take 3.0 s instead of 0.7 s.
+    """
+    truth, predicted = np.asarray(y_true) == 1, np.asarray(y_pred) == 1
+    tp = int(np.count_nonzero(truth & predicted))
+    denominator = int(np.count_nonzero(truth)) + int(np.count_nonzero(predicted))
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def tune(
+    kind: ModelKind, dataset: Dataset, X: pd.DataFrame, y: pd.Series, seed: int
+) -> TunedThresholdClassifierCV:
+    """Fit ``kind`` with its decision threshold tuned for F1 by stratified cross-validation on
+    ``X``/``y`` only; ``best_score_`` is the cross-validated F1 at that threshold."""
+    pipeline = build_pipeline(kind, dataset.numeric, dataset.categorical, seed)
+    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+    return TunedThresholdClassifierCV(
+        pipeline, scoring=make_scorer(binary_f1), cv=folds, random_state=seed
+    ).fit(X, y)
 
 
 def score(y_true: pd.Series, predicted: np.ndarray, probability: np.ndarray) -> dict[str, float]:
@@ -81,8 +163,15 @@ def baseline_f1(y_train: pd.Series, X_test: pd.DataFrame, y_test: pd.Series) -> 
     return float(f1_score(y_test, dummy.predict(np.zeros((len(X_test), 1))), zero_division=0))
 
 
-def train(dataset: Dataset, seed: int = 42, gate_f1: float = DEFAULT_GATE_F1) -> TrainingResult:
-    """Fit the pipeline on a seeded stratified split and decide the gate on the held-out part."""
+def train(
+    dataset: Dataset,
+    seed: int = 42,
+    gate_f1: float = DEFAULT_GATE_F1,
+    kind: ModelKind = "logreg",
+) -> TrainingResult:
+    """Fit ``kind`` (or, for ``auto``, the candidate with the best cross-validated F1 on the
+    training split) and decide the gate on the held-out part, at the tuned threshold."""
+    started = time.perf_counter()
     X_train, X_test, y_train, y_test = train_test_split(
         dataset.features,
         dataset.target,
@@ -90,25 +179,39 @@ def train(dataset: Dataset, seed: int = 42, gate_f1: float = DEFAULT_GATE_F1) ->
         stratify=dataset.target,
         random_state=seed,
     )
-    model = build_pipeline(dataset, seed).fit(X_train, y_train)
+    tuned = {k: tune(k, dataset, X_train, y_train, seed) for k in CANDIDATES if kind in (k, "auto")}
+    cv_f1: dict[str, float] = {k: float(m.best_score_) for k, m in tuned.items()}
+    # NB: ties go to the first candidate, the simpler model.
+    chosen = max(tuned, key=lambda k: cv_f1[k]) if kind == "auto" else kind
+    model = tuned[chosen]
+    threshold = float(model.best_threshold_)
     probability = model.predict_proba(X_test)[:, 1]
     metrics = score(y_test, model.predict(X_test), probability)
     metrics["baseline_f1"] = baseline_f1(y_train, X_test, y_test)
     verdict = decide(metrics["f1"], metrics["baseline_f1"], gate_f1)
-    classifier = model.named_steps["classifier"]
+    classifier = model.estimator_.named_steps["classifier"]
     params: dict[str, Any] = {
-        "model_type": "logreg",
+        "model_requested": kind,
+        "model_type": chosen,
         "test_size": TEST_SIZE,
+        "cv_folds": CV_FOLDS,
+        "threshold": threshold,
         **{f"classifier_{k}": v for k, v in classifier.get_params().items()},
     }
     return TrainingResult(
         model=model,
+        kind=chosen,
+        threshold=threshold,
+        cv_f1=cv_f1,
         metrics=metrics,
         params=params,
         verdict=verdict,
         input_example=X_train.head(INPUT_EXAMPLE_ROWS).reset_index(drop=True),
+        train_features=X_train,
         train_rows=len(X_train),
         test_rows=len(X_test),
-        export=compiled.export(model, dataset.numeric, dataset.categorical, X_test),
+        # NB: the export is of the inner pipeline; engines apply the tuned threshold themselves.
+        export=compiled.export(model.estimator_, dataset.numeric, dataset.categorical, X_test),
         holdout=X_test.assign(**{HOLDOUT_TARGET: y_test.to_numpy()}).reset_index(drop=True),
+        seconds=time.perf_counter() - started,
     )

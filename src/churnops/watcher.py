@@ -16,9 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pandas as pd
+
 from churnops import registry
 from churnops.config import Settings
 from churnops.errors import TrackingUnavailableError
+from churnops.inputs import RequestSchema
 from churnops.predict import Engine, smoke_test
 from churnops.registry import LoadedModel
 
@@ -38,6 +41,20 @@ class ServedModel:
     engine: Engine
     metrics: dict[str, float]
     loaded_at: datetime
+    schema: RequestSchema
+
+
+def request_schema(loaded: LoadedModel) -> RequestSchema:
+    """The request validators for a loaded version, with its first input example for /docs."""
+    example = None
+    if loaded.input_example is not None and not loaded.input_example.empty:
+        row = loaded.input_example.iloc[0].to_dict()
+        # NB: numpy scalars become plain Python values and NaN becomes null, so it is valid JSON.
+        example = {
+            str(k): None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)
+            for k, v in row.items()
+        }
+    return RequestSchema(loaded.inputs, example)
 
 
 class ModelWatcher:
@@ -142,6 +159,7 @@ class ModelWatcher:
         try:
             loaded = self._recent.get(version) or self._load(self._settings, version)
             smoke_test(loaded.engine, loaded.input_example, loaded.version)
+            schema = request_schema(loaded)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the current model serving
             self._failures += 1
             delay = min(self._settings.poll_interval * 2**self._failures, MAX_BACKOFF)
@@ -158,6 +176,7 @@ class ModelWatcher:
             engine=loaded.engine,
             metrics=loaded.metrics,
             loaded_at=datetime.now(UTC),
+            schema=schema,
         )
         self._failures, self.last_error = 0, None
         self._on_swap(self.current)

@@ -1,0 +1,106 @@
+"""A version's inputs: the columns its MLflow signature declares, and the request validators the
+API generates from them, so a model trained on any table is served with its own fields.
+
+A column that had missing values in training is logged by MLflow as not required; the API lets
+such a field be omitted or null (the pipeline imputes it). Every other field is required, and
+types are strict: a string where a number belongs is a field-level 422, never coerced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Any, NotRequired
+
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter
+from typing_extensions import TypedDict
+
+# NB: MLflow's column types; integers accept only integers, doubles accept any JSON number.
+_PYTHON_TYPES: dict[str, Any] = {
+    "integer": StrictInt,
+    "long": StrictInt,
+    "float": Annotated[float, Field(strict=True)],
+    "double": Annotated[float, Field(strict=True)],
+    "boolean": StrictBool,
+    "string": Annotated[StrictStr, Field(max_length=1024)],
+}
+NUMERIC_TYPES = frozenset({"integer", "long", "float", "double"})
+# NB: the functional form with computed keys, which type checkers cannot follow statically.
+_typed_dict: Any = TypedDict
+
+
+@dataclass(frozen=True)
+class InputField:
+    """One input column of a version: its name, MLflow type, and whether it may be missing."""
+
+    name: str
+    type: str
+    required: bool
+
+    @property
+    def numeric(self) -> bool:
+        """Whether the column holds numbers."""
+        return self.type in NUMERIC_TYPES
+
+
+def from_signature(signature: Any) -> tuple[InputField, ...]:
+    """The input fields of an MLflow ``ModelSignature`` (a column-based input schema)."""
+    fields = []
+    for column in signature.inputs.to_dict():
+        if "name" not in column or column.get("type") not in _PYTHON_TYPES:
+            raise ValueError(f"unsupported input column in the signature: {column}")
+        fields.append(
+            InputField(str(column["name"]), str(column["type"]), bool(column.get("required", True)))
+        )
+    return tuple(fields)
+
+
+class RequestSchema:
+    """Validators for POST /predict and /predict/batch bodies, built from a version's fields.
+
+    NB: TypedDicts, not models: pydantic validates 1,000 of these in ~0.8 ms against ~5.4 ms for
+    BaseModel instances, which is most of the cost of a batch request.
+    """
+
+    def __init__(
+        self, fields: tuple[InputField, ...], example: dict[str, Any] | None = None
+    ) -> None:
+        self.fields = fields
+        annotations: dict[str, Any] = {}
+        for f in fields:
+            python_type = _PYTHON_TYPES[f.type]
+            annotations[f.name] = python_type if f.required else NotRequired[python_type | None]
+        customer = _typed_dict("Customer", annotations)
+        extra: dict[str, Any] = {"description": self._description()}
+        if example:
+            extra["examples"] = [example]
+        customer.__pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=extra)
+        batch = _typed_dict(
+            "BatchPredictionRequest",
+            {"customers": Annotated[list[customer], Field(min_length=1)]},  # type: ignore[valid-type]
+        )
+        batch.__pydantic_config__ = ConfigDict(extra="forbid")
+        self.one: TypeAdapter[dict[str, Any]] = TypeAdapter(customer)
+        self.batch: TypeAdapter[dict[str, Any]] = TypeAdapter(batch)
+
+    def _description(self) -> str:
+        optional = [f.name for f in self.fields if not f.required]
+        text = "One customer, in the columns of the serving version's training table."
+        if optional:
+            text += (
+                " These fields had missing values in training and may be omitted or null "
+                "(the model imputes them): " + ", ".join(optional) + "."
+            )
+        return text
+
+    def columns(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Validated rows as column lists, with None for omitted optional fields."""
+        return {f.name: [row.get(f.name) for row in rows] for f in self.fields}
+
+    @cached_property
+    def json_schemas(self) -> dict[str, Any]:
+        """OpenAPI component schemas: ``Customer`` and ``BatchPredictionRequest``."""
+        schema = self.batch.json_schema(ref_template="#/components/schemas/{model}")
+        components = dict(schema.pop("$defs", {}))
+        components["BatchPredictionRequest"] = schema
+        return components
