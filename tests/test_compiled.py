@@ -13,7 +13,7 @@ from churnops import compiled, data, training
 from churnops.predict import SklearnEngine
 
 
-def test_the_built_in_pipeline_exports_to_onnx_agreeing_with_scikit_learn_at_its_threshold() -> None:
+def test_the_built_in_pipeline_exports_to_onnx_agreeing_with_sklearn_at_its_threshold() -> None:
     dataset = data.from_frame(data.generate(seed=5))
     result = training.train(dataset, seed=5)
     assert result.export.onnx is not None, result.export.reason
