@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import click
 
-from churnops import data, lifecycle, registry, tracking_server
+from churnops import data, lifecycle, registry, scoring, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
 from churnops.errors import (
     ChurnopsError,
@@ -375,6 +375,80 @@ def history() -> tuple[Any, str]:
             f"{before + ' -> v' + str(e.to_version):<12} {e.reason}{flag}"
         )
     return [e.to_dict() for e in entries], "\n".join(lines)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Score with this version instead of the one the alias points at.",
+)
+@click.option(
+    "--alias",
+    default=None,
+    help="Score with the version this alias points at.  [default: CHURNOPS_ALIAS, production]",
+)
+@click.option(
+    "--id-column",
+    default=None,
+    help="Input column copied to every output row.  [default: the identifier column training "
+    "dropped, if the input has it]",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=scoring.DEFAULT_CHUNK_ROWS,
+    show_default=True,
+    help="Rows read, scored and written at a time (bounds memory).",
+)
+@command
+def score(
+    source: Path,
+    output: Path,
+    version: int | None,
+    alias: str | None,
+    id_column: str | None,
+    chunk_rows: int,
+) -> tuple[dict[str, Any], str]:
+    """Score a customer table (CSV or Parquet) into OUTPUT.
+
+    OUTPUT gets one row per scored customer: the id column (if any), probability, prediction
+    (at the version's tuned threshold) and model_version. Rows that cannot be scored (a missing
+    required value, text where a number belongs) go to OUTPUT's rejects file (scores.csv ->
+    scores.rejects.csv) with the reason and their row number, so every input row is in exactly
+    one of the two files. Columns the model does not use, the target included, are ignored.
+    Both files appear only once the whole table is scored.
+    """
+    if version is not None and alias is not None:
+        raise click.UsageError("give --version or --alias, not both")
+    settings = _settings()
+    if alias is not None:
+        settings = settings.model_copy(update={"alias": alias})
+    total = scoring.count_rows(source) if source.is_file() else None
+    with click.progressbar(
+        length=total or 0, label="scoring", file=sys.stderr, show_pos=True
+    ) as bar:
+        report = scoring.score_file(
+            settings,
+            source,
+            output,
+            version=version,
+            id_column=id_column,
+            chunk_rows=chunk_rows,
+            on_chunk=bar.update,
+        )
+    text = (
+        f"scored {report.rows_scored} of {report.rows_read} rows of {report.source} with "
+        f"{settings.model_name} v{report.version} ({report.inference}) in "
+        f"{report.seconds:.2f} s: {report.rows_per_second:,.0f} rows/s\n"
+        f"output:  {report.output}\n"
+        f"rejects: {report.rejects} ({report.rows_rejected} rows)"
+    )
+    return report.to_dict(), text
 
 
 def _split_tracking_uri(uri: str) -> tuple[str, int] | None:

@@ -45,6 +45,7 @@ ONNX_ARTIFACT = "onnx/model.onnx"
 HOLDOUT_ARTIFACT = "eval/holdout.parquet"
 INFERENCE_TAG = "inference"
 THRESHOLD_TAG = "threshold"
+DATA_REPORT_ARTIFACT = "data_report.json"
 EVIDENCE_DIR = "evidence"
 
 
@@ -208,7 +209,8 @@ def log_training(
             # NB: MLflow's dataset API records name, digest, schema and source with the run.
             table = dataset.features.assign(**{dataset.report.target: dataset.target.to_numpy()})
             with warnings.catch_warnings():
-                # NB: MLflow guesses among source kinds for a local path and says so each time.
+                # NB: MLflow guesses among source kinds for a local path and says so each time,
+                # and repeats its integer-column hint when it infers the dataset's schema.
                 warnings.simplefilter("ignore", UserWarning)
                 logged_data = from_pandas(
                     table,
@@ -216,8 +218,8 @@ def log_training(
                     name=Path(dataset.source).name,
                     targets=dataset.report.target,
                 )
-            mlflow.log_input(logged_data, context="training")
-            mlflow.log_dict(dataset.report.to_dict(), "data_report.json")
+                mlflow.log_input(logged_data, context="training")
+            mlflow.log_dict(dataset.report.to_dict(), DATA_REPORT_ARTIFACT)
             if evidence is not None:
                 for name, document in evidence.documents.items():
                     mlflow.log_dict(document, f"{EVIDENCE_DIR}/{name}")
@@ -403,6 +405,20 @@ def load_holdout(settings: Settings, info: VersionInfo) -> pd.DataFrame | None:
         except (MlflowException, OSError):
             return None
         return pd.read_parquet(path)
+
+
+def load_data_report(settings: Settings, info: VersionInfo) -> dict[str, Any] | None:
+    """The data report logged with a version's run (columns used and dropped), if any."""
+    import mlflow.artifacts
+
+    if not info.run_id:
+        return None
+    with mlflow_errors(settings):
+        try:
+            report = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/{DATA_REPORT_ARTIFACT}")
+        except (MlflowException, OSError, ValueError):
+            return None
+    return report if isinstance(report, dict) else None
 
 
 def signature_inputs(settings: Settings, version: int) -> list[dict[str, str]]:
