@@ -49,6 +49,10 @@ def test_write_generated_leaves_no_partial_file(tmp_path: Path) -> None:
         (["1", "0"], [1, 0]),
         ([1, 0], [1, 0]),
         ([True, False], [1, 0]),
+        (["yes", "NO "], [1, 0]),
+        (["Y", "n"], [1, 0]),
+        (["Churned", "Retained"], [1, 0]),
+        (["1.0", "0.0"], [1, 0]),
     ],
 )
 def test_label_spellings_are_normalised_to_one_and_zero(spelling: list, expected: list) -> None:
@@ -194,3 +198,17 @@ def test_a_table_of_only_identifiers_and_constants_has_no_usable_features(
     frame = pd.DataFrame({"id": range(60), "const": 1, "churn": [0, 1] * 30})
     with pytest.raises(DataError, match="no usable feature columns"):
         data.load_table(_messy(tmp_path, frame))
+
+
+def test_the_real_telecom_table_loads_with_both_label_spellings_and_every_column(
+    telecom_csv: Path,
+) -> None:
+    text = telecom_csv.read_text()
+    assert "TRUE" in text and "True" in text  # the two shipped spellings, concatenated as is
+    dataset = data.load_table(telecom_csv, target="Churn")
+    report = dataset.report
+    assert report.rows_read == report.rows_kept == 3328 and report.rows_without_label == 0
+    assert len(report.columns) == 19 and report.dropped_columns == {}
+    assert report.columns["State"] == "categorical"
+    assert report.columns["Total day minutes"] == "numeric"
+    assert 0.14 < report.positive_rate < 0.15
