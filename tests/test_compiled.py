@@ -53,3 +53,17 @@ def test_a_model_that_cannot_be_converted_is_reported_instead_of_exported() -> N
     export = compiled.export(model, ("a",), ("b",), frame)
     assert export.onnx is None
     assert export.reason.startswith("conversion failed")
+
+
+def test_the_onnx_engine_scores_frames_and_request_columns_alike_with_gaps() -> None:
+    dataset = data.from_frame(data.generate(seed=8))
+    result = training.train(dataset, seed=8)
+    assert result.export.onnx is not None
+    engine = compiled.OnnxEngine(result.export.onnx, result.threshold)
+    rows = dataset.features.head(50).copy()
+    rows.loc[::5, "avg_session_minutes"] = np.nan
+    rows.loc[::7, "plan_type"] = None
+    columns = {c: [None if pd.isna(v) else v for v in rows[c]] for c in rows.columns}
+    by_frame, by_columns = engine.predict_frame(rows), engine.predict_columns(columns)
+    np.testing.assert_array_equal(by_frame.probability, by_columns.probability)
+    np.testing.assert_array_equal(by_frame.label, by_columns.label)
