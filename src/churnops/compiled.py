@@ -74,13 +74,14 @@ class OnnxEngine:
 
     kind = "onnx"
 
-    def __init__(self, onnx: bytes, threshold: float = DEFAULT_THRESHOLD) -> None:
+    def __init__(self, onnx: bytes, threshold: float = DEFAULT_THRESHOLD, threads: int = 1) -> None:
         import onnxruntime as ort
 
         self.threshold = threshold
         options = ort.SessionOptions()
-        # NB: one thread per call; requests already run in parallel across threads and workers.
-        options.intra_op_num_threads = 1
+        # NB: one thread per call by default: API requests already run in parallel across
+        # threads and workers. Batch scoring asks for more.
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
             onnx, sess_options=options, providers=["CPUExecutionProvider"]
@@ -109,9 +110,8 @@ class OnnxEngine:
             column = frame[name].to_numpy(dtype=np.float32, na_value=np.nan)
             feed[name] = column.reshape(-1, 1)
         for name in self.categorical:
-            text = frame[name].astype(object)
-            feed[name] = text.where(text.notna(), "").astype(str).to_numpy(dtype=object)
-            feed[name] = feed[name].reshape(-1, 1)
+            text = frame[name].fillna("").astype(str).to_numpy(dtype=object)
+            feed[name] = text.reshape(-1, 1)
         return self._run(feed)
 
     def _run(self, feed: dict[str, np.ndarray]) -> Predictions:

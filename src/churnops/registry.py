@@ -337,7 +337,7 @@ def set_alias(settings: Settings, version: int) -> None:
         )
 
 
-def _load_engine(settings: Settings, info: VersionInfo, local: str) -> Engine:
+def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int) -> Engine:
     """The verified ONNX export when the version has one, else the scikit-learn pipeline."""
     import mlflow.artifacts
 
@@ -347,7 +347,7 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str) -> Engine:
                 run_id=info.run_id, artifact_path=ONNX_ARTIFACT, dst_path=local
             )
             threshold = float(info.tags.get(THRESHOLD_TAG, DEFAULT_THRESHOLD))
-            return OnnxEngine(Path(path).read_bytes(), threshold)
+            return OnnxEngine(Path(path).read_bytes(), threshold, threads)
         except Exception as exc:  # noqa: BLE001 - the pipeline is the documented fallback
             log.warning(
                 "version %s: ONNX export unusable (%s); serving scikit-learn", info.version, exc
@@ -357,8 +357,9 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str) -> Engine:
     return SklearnEngine(mlflow.sklearn.load_model(local))
 
 
-def load_version(settings: Settings, version: int) -> LoadedModel:
-    """Download one version through the tracking server and build its inference engine."""
+def load_version(settings: Settings, version: int, threads: int = 1) -> LoadedModel:
+    """Download one version through the tracking server and build its inference engine
+    (``threads`` per ONNX call)."""
     import mlflow.artifacts
     from mlflow.models import Model
 
@@ -376,7 +377,7 @@ def load_version(settings: Settings, version: int) -> LoadedModel:
             )
         inputs = from_signature(logged.signature)
         raw_example = logged.load_input_example(local)
-        engine = _load_engine(settings, info, local)
+        engine = _load_engine(settings, info, local, threads)
     example = None if raw_example is None else pd.DataFrame(raw_example)
     return LoadedModel(
         version=version,

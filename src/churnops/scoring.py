@@ -11,10 +11,12 @@ is done, so a failure leaves no half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,14 +106,23 @@ def _chunks(
     na_values |= {f.name: list(NUMERIC_MISSING) for f in fields if f.numeric and f.name in columns}
     # NB: per-column missing markers and numbers parsed natively keep clean tables on pandas' C
     # parser; only a column holding stray text falls back to the slower check in _validate.
-    yield from pd.read_csv(
+    with pd.read_csv(
         source,
         usecols=columns,
         dtype=dict.fromkeys(text, str),
         na_values=na_values,
         keep_default_na=False,
         chunksize=chunk_rows,
-    )
+    ) as reader:
+        # NB: a small first chunk, so predicting starts early and the rest of the reading
+        # overlaps with it.
+        size = max(1, chunk_rows // 20)
+        while True:
+            try:
+                yield reader.get_chunk(size)
+            except StopIteration:
+                return
+            size = chunk_rows
 
 
 class _Problems:
@@ -230,14 +241,26 @@ def _validate(
 
 
 class _CsvOut:
-    """A CSV written chunk by chunk with pyarrow (~10x faster than DataFrame.to_csv here)."""
+    """A CSV written chunk by chunk with pyarrow (~10x faster than DataFrame.to_csv here), on a
+    background thread so writing overlaps with predicting; at most one chunk is in flight."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: pa_csv.CSVWriter | None = None
         self._schema: pa.Schema | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="churnops-writer")
+        self._pending: Future[None] | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
+        self._wait()
+        self._pending = self._thread.submit(self._write, frame)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _write(self, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False)
         if self._writer is None or self._schema is None:
             self._schema = table.schema
@@ -246,6 +269,8 @@ class _CsvOut:
         self._writer.write_table(table.cast(self._schema))
 
     def close(self, columns: list[str]) -> None:
+        self._wait()
+        self._thread.shutdown()
         if self._writer is None:
             # NB: no rows at all still gives a file with a header, so readers see the columns.
             pd.DataFrame(columns=columns).to_csv(self.path, index=False)
@@ -253,6 +278,9 @@ class _CsvOut:
         self._writer.close()
 
     def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._wait()
+        self._thread.shutdown()
         with contextlib.suppress(Exception):
             if self._writer is not None:
                 self._writer.close()
@@ -393,7 +421,7 @@ def score_file(
     registry.ping(settings)
     number = resolve_version(settings, version)
     info = registry.get_version(settings, number)
-    loaded = registry.load_version(settings, number)
+    loaded = registry.load_version(settings, number, threads=os.cpu_count() or 1)
     ident = _id_column(settings, info, _header(source), id_column)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
