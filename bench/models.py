@@ -7,7 +7,7 @@ data in the same run; ratios are F1 / logreg's F1. Training time is the whole of
 `training.train` (cross-validation, threshold tuning, refit, ONNX export and its check), without
 MLflow logging.
 
-    .venv/bin/python bench/models.py [--shared-data ../shared/data] [--out bench/results/models.json]
+    .venv/bin/python bench/models.py [--shared-data DIR] [--out bench/results/models.json]
 """
 
 from __future__ import annotations
