@@ -14,7 +14,7 @@ from tests.conftest import TELECOM_HELD_OUT, run_churnops, start_api, stop_api
 
 def _telecom_customer(row: pd.Series) -> dict[str, object]:
     """One held-out customer as a JSON body: every column but the target."""
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.drop("Churn").items()}
+    return {str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.drop("Churn").items()}
 
 
 def test_a_model_trained_on_the_telecom_table_is_served_with_its_fields_and_scores_a_file(
