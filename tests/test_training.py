@@ -110,7 +110,7 @@ def test_each_model_handles_missing_values_inside_the_pipeline(kind: training.Mo
 def test_labels_and_logged_metrics_follow_the_tuned_threshold() -> None:
     result = training.train(data.from_frame(data.generate(seed=9)), seed=9, kind="logreg")
     assert 0.0 < result.threshold < 1.0 and result.threshold != 0.5
-    assert result.threshold == result.model.best_threshold_ == result.params["threshold"]
+    assert result.threshold == result.model.threshold == result.params["threshold"]
     features, truth = result.holdout_features, result.holdout_target
     labels = predict(result.model, features).label
     assert (labels == result.model.predict(features)).all()

@@ -62,6 +62,10 @@ class NoRollbackTargetError(ChurnopsError):
     http_status = 409
 
 
+class UnsafeModelError(ChurnopsError):
+    """A version would need unpickling or types outside churnops's allow-list to load."""
+
+
 class NoProductionModelError(ChurnopsError):
     """The serving alias points at no version yet."""
 

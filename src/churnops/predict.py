@@ -39,9 +39,13 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def decision_threshold(model: Any) -> float:
-    """The threshold a model labels churn at: the tuned one when training tuned it, else 0.5
-    (what argmax over two classes amounts to)."""
-    return float(getattr(model, "best_threshold_", DEFAULT_THRESHOLD))
+    """The threshold a model labels churn at: the one training tuned (a fixed- or tuned-threshold
+    classifier), else 0.5 (what argmax over two classes amounts to)."""
+    for name in ("best_threshold_", "threshold"):
+        value = getattr(model, name, None)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return DEFAULT_THRESHOLD
 
 
 def label(probability: np.ndarray, threshold: float) -> np.ndarray:

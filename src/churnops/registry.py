@@ -338,9 +338,16 @@ def set_alias(settings: Settings, version: int) -> None:
 
 
 def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int) -> Engine:
-    """The verified ONNX export when the version has one, else the scikit-learn pipeline."""
+    """The verified ONNX export when the version has one, else the scikit-learn pipeline.
+
+    Either way the version must pass the safety check first: a pickled or unexpected model is
+    refused even when its ONNX export would load.
+    """
     import mlflow.artifacts
 
+    from churnops import safety
+
+    safety.check(local, info.version)
     if info.tags.get(INFERENCE_TAG) == "onnx" and info.run_id:
         try:
             path = mlflow.artifacts.download_artifacts(
@@ -352,9 +359,7 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int
             log.warning(
                 "version %s: ONNX export unusable (%s); serving scikit-learn", info.version, exc
             )
-    import mlflow.sklearn  # NB: imported only here; it pulls in scikit-learn and skops
-
-    return SklearnEngine(mlflow.sklearn.load_model(local))
+    return SklearnEngine(safety.load_sklearn(local, info.version))
 
 
 def load_version(settings: Settings, version: int, threads: int = 1) -> LoadedModel:

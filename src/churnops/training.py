@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -24,7 +25,12 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV, train_test_split
+from sklearn.model_selection import (
+    FixedThresholdClassifier,
+    StratifiedKFold,
+    TunedThresholdClassifierCV,
+    train_test_split,
+)
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
@@ -45,7 +51,7 @@ INPUT_EXAMPLE_ROWS = 5
 class TrainingResult:
     """A fitted, threshold-tuned model with its held-out metrics and gate verdict."""
 
-    model: TunedThresholdClassifierCV
+    model: FixedThresholdClassifier
     kind: ModelKind
     threshold: float
     cv_f1: dict[str, float]
@@ -183,13 +189,19 @@ def train(
     cv_f1: dict[str, float] = {k: float(m.best_score_) for k, m in tuned.items()}
     # NB: ties go to the first candidate, the simpler model.
     chosen = max(tuned, key=lambda k: cv_f1[k]) if kind == "auto" else kind
-    model = tuned[chosen]
-    threshold = float(model.best_threshold_)
+    pipeline = tuned[chosen].estimator_
+    threshold = float(tuned[chosen].best_threshold_)
+    # NB: what ships is the refitted pipeline behind a fixed threshold, not the tuning wrapper:
+    # the wrapper carries its scorer and folds, which would make loading the model need churnops
+    # itself and trust more types. Freezing keeps fit() from refitting the pipeline.
+    model = FixedThresholdClassifier(
+        FrozenEstimator(pipeline), threshold=threshold, response_method="predict_proba"
+    ).fit(X_train, y_train)
     probability = model.predict_proba(X_test)[:, 1]
     metrics = score(y_test, model.predict(X_test), probability)
     metrics["baseline_f1"] = baseline_f1(y_train, X_test, y_test)
     verdict = decide(metrics["f1"], metrics["baseline_f1"], gate_f1)
-    classifier = model.estimator_.named_steps["classifier"]
+    classifier = pipeline.named_steps["classifier"]
     params: dict[str, Any] = {
         "model_requested": kind,
         "model_type": chosen,
@@ -211,7 +223,7 @@ def train(
         train_rows=len(X_train),
         test_rows=len(X_test),
         # NB: the export is of the inner pipeline; engines apply the tuned threshold themselves.
-        export=compiled.export(model.estimator_, dataset.numeric, dataset.categorical, X_test),
+        export=compiled.export(pipeline, dataset.numeric, dataset.categorical, X_test),
         holdout=X_test.assign(**{HOLDOUT_TARGET: y_test.to_numpy()}).reset_index(drop=True),
         seconds=time.perf_counter() - started,
     )
