@@ -51,7 +51,7 @@ def test_every_model_churnops_trains_loads_within_the_pinned_allow_list(
 def test_a_pickled_model_is_refused_before_it_is_read(tmp_path: Path) -> None:
     model = LogisticRegression().fit(np.arange(20.0).reshape(-1, 1), np.arange(20) % 2)
     mlflow.sklearn.save_model(model, tmp_path / "model", serialization_format="cloudpickle")
-    with pytest.raises(UnsafeModelError, match="saved as cloudpickle.*unpickling"):
+    with pytest.raises(UnsafeModelError, match=r"saved as cloudpickle.*unpickling"):
         safety.load_sklearn(tmp_path / "model", version=4)
 
 
