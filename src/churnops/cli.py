@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import click
 
 from churnops import data, lifecycle, registry, scoring, tracking_server
-from churnops.config import Settings, apply_mlflow_client_limits
+from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
 from churnops.errors import (
     ChurnopsError,
     GateRefusedError,
@@ -477,6 +477,12 @@ def _split_tracking_uri(uri: str) -> tuple[str, int] | None:
 def server(host: str, port: int, workers: int, data_dir: Path | None) -> None:
     """Run the MLflow tracking server (SQLite + proxied artifact store) until Ctrl-C."""
     settings = _settings(data_dir)
+    if host not in LOOPBACK_HOSTS:
+        click.echo(
+            f"warning: binding {host} without authentication: anyone who can reach it can "
+            "read, register and promote models; bind 127.0.0.1 unless the network is trusted",
+            err=True,
+        )
     _stop_on_sigterm()
     proc: tracking_server.ServerProcess | None = None
     try:

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+
+
+# NB: binding anything else exposes a server beyond this machine; the CLI warns when it does.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class Settings(BaseSettings):
@@ -69,8 +73,23 @@ class Settings(BaseSettings):
         default=None,
         description="Prediction log file (default: <data dir>/logs/predictions.jsonl).",
     )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set (CHURNOPS_API_TOKEN), every API route but /health and /ready "
+        "needs the header `Authorization: Bearer <token>`.",
+    )
     prediction_log_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     prediction_log_backups: int = Field(default=5, ge=0)
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_is_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError(
+                "CHURNOPS_API_TOKEN must be at least 16 characters; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value
 
     @field_validator("tracking_uri")
     @classmethod
@@ -106,6 +125,8 @@ class Settings(BaseSettings):
         """These settings as the environment variables that reproduce them in a child process."""
         env = {"MLFLOW_TRACKING_URI": self.tracking_uri}
         for name, value in self.model_dump(exclude={"tracking_uri"}).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is not None:
                 env[f"CHURNOPS_{name.upper()}"] = str(value)
         return env

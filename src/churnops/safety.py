@@ -62,13 +62,6 @@ def check_types(path: Path, version: int) -> list[str]:
     return needed
 
 
-def check(local: str | Path, version: int) -> Path:
-    """Refuse a downloaded model unless it is a skops file within the allow-list."""
-    path = skops_file(local, version)
-    check_types(path, version)
-    return path
-
-
 def load_sklearn(local: str | Path, version: int) -> Any:
     """Load a downloaded model's scikit-learn object, trusting only the pinned types."""
     import skops.io

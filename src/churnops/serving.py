@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import socket
@@ -30,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter, ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from churnops.config import Settings, apply_mlflow_client_limits
+from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
 from churnops.errors import BatchTooLargeError, ChurnopsError, NoProductionModelError
 from churnops.observability import (
     MULTIPROC_ENV,
@@ -137,6 +138,46 @@ class GuardMiddleware:
         self.metrics.observe_request(path, scope["method"], status, time.perf_counter() - start)
 
 
+class BearerTokenMiddleware:
+    """Pure ASGI middleware: every route but the probes needs ``Authorization: Bearer <token>``.
+
+    /health and /ready stay open, so load balancers and orchestrators can probe without the
+    secret. The comparison is constant-time.
+    """
+
+    OPEN_PATHS = frozenset({"/health", "/ready"})
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        body = (
+            b'{"detail":"missing or wrong bearer token: send the header '
+            b'Authorization: Bearer <CHURNOPS_API_TOKEN>"}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, credentials = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+
+
 def _request_body(schema: str) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -221,6 +262,11 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
                 routes=app.routes,
             )
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            if settings.api_token is not None:
+                document["components"]["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"}
+                }
+                document["security"] = [{"bearer": []}]
             if served is None:
                 schemas |= {CUSTOMER_SCHEMA: NO_MODEL_SCHEMA, BATCH_SCHEMA: NO_MODEL_SCHEMA}
             else:
@@ -230,6 +276,9 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         return openapi_cache[key]
 
     app.openapi = openapi  # type: ignore[method-assign]
+    if settings.api_token is not None:
+        app.add_middleware(BearerTokenMiddleware, token=settings.api_token.get_secret_value())
+    # NB: added last, so it is outermost and counts refused requests (401, 413) too.
     app.add_middleware(GuardMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(ChurnopsError)
@@ -387,6 +436,12 @@ def run_api(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> No
     from churnops.tracking_server import ensure_port_free
 
     ensure_port_free(host, port)
+    if host not in LOOPBACK_HOSTS and settings.api_token is None:
+        log.warning(
+            "serving on %s without CHURNOPS_API_TOKEN: anyone who can reach this address can "
+            "use the API; set a token or bind 127.0.0.1",
+            host,
+        )
     os.environ.update(settings.as_environment())
     with tempfile.TemporaryDirectory(prefix="churnops-metrics-") as metrics_dir:
         if settings.workers > 1:
