@@ -73,11 +73,54 @@ def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tracking_url(tracking_store: Path) -> Iterator[str]:
-    """A real `mlflow server` (SQLite + proxied artifacts) for the whole session."""
+def embedded_tracking_url(tracking_store: Path) -> Iterator[str]:
+    """A real tracking server (SQLite + proxied local artifacts) for the whole session."""
     server = tracking_server.start(Settings(data_dir=tracking_store), port=free_port(), quiet=True)
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tracking_url(embedded_tracking_url: str) -> str:
+    """The tracking server tests talk to; a module may override it (see the life-cycle test)."""
+    return embedded_tracking_url
+
+
+@dataclass
+class TeamBackend:
+    """The session's PostgreSQL + S3 tracking server and the stores behind it."""
+
+    url: str
+    database_uri: str
+    s3: Any
+
+
+@pytest.fixture(scope="session")
+def team_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamBackend]:
+    """A real tracking server on PostgreSQL + S3 (SeaweedFS); only the server holds the S3 keys."""
+    from tests.backends import S3, S3_BUCKET, Postgres
+
+    postgres = Postgres.start()
+    s3 = None
+    server = None
+    try:
+        s3 = S3.start(tmp_path_factory.mktemp("s3"))
+        database = postgres.create_database("mlflow")
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("team"),
+            backend_store_uri=database,
+            artifacts_destination=f"s3://{S3_BUCKET}/artifacts",
+        )
+        server = tracking_server.start(
+            settings, port=free_port(), quiet=True, extra_env=s3.server_env()
+        )
+        yield TeamBackend(server.url, database, s3)
+    finally:
+        if server is not None:
+            server.stop()
+        if s3 is not None:
+            s3.stop()
+        postgres.stop()
 
 
 @pytest.fixture
@@ -165,15 +208,24 @@ class ApiProcess:
         wait_for(all_loaded, timeout=timeout, interval=0.2)
 
 
-def start_api(env: dict[str, str], log: Path, *args: str) -> ApiProcess:
-    """Start `churnops serve` on a free port and wait until /health answers."""
+def start_api(env: dict[str, str], log: Path, *args: str, isolated: bool = False) -> ApiProcess:
+    """Start `churnops serve` on a free port and wait until /health answers.
+
+    ``isolated`` runs it as a replica on another host would: its working directory and HOME are
+    the (empty) folder of ``log``, and its environment holds only ``env``, PATH and HOME.
+    """
     port = free_port()
     handle = log.open("w")
     # NB: the API's own files (the prediction log) go beside its log, never into the checkout.
     env = {"CHURNOPS_DATA_DIR": str(log.parent), **env}
+    if isolated:
+        base = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(log.parent)}
+    else:
+        base = dict(os.environ)
     process = subprocess.Popen(
         [sys.executable, "-m", "churnops", "serve", "--port", str(port), *args],
-        env={**os.environ, **env},
+        env={**base, **env},
+        cwd=log.parent if isolated else None,
         stdout=handle,
         stderr=subprocess.STDOUT,
         text=True,

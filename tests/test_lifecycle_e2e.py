@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import Result
 
 from churnops import lifecycle, registry, tracking_server
@@ -22,6 +23,14 @@ from tests.conftest import free_port, moved, start_api, stop_api, wait_for
 from tests.test_api import CUSTOMER
 
 FOLLOW_BOUND = 3.0
+
+
+@pytest.fixture(scope="module", params=["sqlite+local", "postgresql+s3"])
+def tracking_url(request: pytest.FixtureRequest) -> str:
+    """The life cycle runs unchanged on the embedded store and on a team's PostgreSQL + S3."""
+    if request.param == "sqlite+local":
+        return str(request.getfixturevalue("embedded_tracking_url"))
+    return str(request.getfixturevalue("team_backend").url)
 
 
 def _ok(result: Result) -> dict:

@@ -73,6 +73,16 @@ class Settings(BaseSettings):
         default=None,
         description="Prediction log file (default: <data dir>/logs/predictions.jsonl).",
     )
+    backend_store_uri: str | None = Field(
+        default=None,
+        description="Database of `churnops server` (CHURNOPS_BACKEND_STORE_URI), e.g. "
+        "postgresql+psycopg://user:pw@host/db; default: SQLite <data dir>/mlflow.db.",
+    )
+    artifacts_destination: str | None = Field(
+        default=None,
+        description="Where `churnops server` keeps artifacts (CHURNOPS_ARTIFACTS_DESTINATION), "
+        "e.g. s3://bucket/path; default: <data dir>/mlflow/artifacts.",
+    )
     api_token: SecretStr | None = Field(
         default=None,
         description="When set (CHURNOPS_API_TOKEN), every API route but /health and /ready "
@@ -110,6 +120,16 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         """Artifact store the embedded tracking server proxies."""
         return self.data_dir / "mlflow" / "artifacts"
+
+    @property
+    def server_backend_store_uri(self) -> str:
+        """The database the tracking server uses."""
+        return self.backend_store_uri or f"sqlite:///{self.backend_db.resolve()}"
+
+    @property
+    def server_artifacts_destination(self) -> str:
+        """The artifact store the tracking server proxies."""
+        return self.artifacts_destination or str(self.artifacts_dir.resolve())
 
     @property
     def default_data_file(self) -> Path:

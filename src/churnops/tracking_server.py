@@ -1,6 +1,8 @@
-"""The embedded MLflow tracking server: SQLite backend plus a dedicated artifact store that the
-server proxies, so clients on other machines need no shared disk. Starts `mlflow server` as a child
-process group, waits until the registry answers, and stops it cleanly.
+"""The tracking server: by default a SQLite backend plus a dedicated artifact store, or any
+database and object store MLflow supports (PostgreSQL + S3 for a team), with artifacts proxied
+by the server so clients on other machines need no shared disk or storage credentials. Starts the
+lean launcher (``churnops.registry_app``) as a child process group, waits until the registry
+answers, and stops it cleanly.
 """
 
 from __future__ import annotations
@@ -74,15 +76,22 @@ class ServerProcess:
 
 
 def wait_until_answers(
-    proc: subprocess.Popen[bytes], url: str, path: str, timeout: float, what: str
+    proc: subprocess.Popen[bytes],
+    url: str,
+    path: str,
+    timeout: float,
+    what: str,
+    auth: bool = False,
 ) -> None:
-    """Poll ``url + path`` until it answers 200, the process dies, or ``timeout`` passes."""
+    """Poll ``url + path`` until it answers 200 (or 401 behind authentication: the store
+    answered), the process dies, or ``timeout`` passes."""
+    ready = {200, 401} if auth else {200}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerStartError(f"{what} exited with code {proc.returncode} before answering")
         try:
-            if httpx.get(url + path, timeout=2.0).status_code == 200:
+            if httpx.get(url + path, timeout=2.0).status_code in ready:
                 return
         except httpx.HTTPError:
             pass
@@ -90,19 +99,18 @@ def wait_until_answers(
     raise ServerStartError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
-def server_command(settings: Settings, host: str, port: int, workers: int) -> list[str]:
-    """The `mlflow server` command line for the embedded backend."""
-    db = settings.backend_db.resolve()
-    return [
+def server_command(
+    settings: Settings, host: str, port: int, workers: int, auth: bool = False
+) -> list[str]:
+    """The lean launcher's command line (``churnops.registry_app``) for the configured stores."""
+    command = [
         sys.executable,
         "-m",
-        "mlflow",
-        "server",
+        "churnops.registry_app",
         "--backend-store-uri",
-        f"sqlite:///{db}",
-        "--serve-artifacts",
+        settings.server_backend_store_uri,
         "--artifacts-destination",
-        str(settings.artifacts_dir.resolve()),
+        settings.server_artifacts_destination,
         "--host",
         host,
         "--port",
@@ -110,6 +118,7 @@ def server_command(settings: Settings, host: str, port: int, workers: int) -> li
         "--workers",
         str(workers),
     ]
+    return [*command, "--app-name", "basic-auth"] if auth else command
 
 
 def start(
@@ -120,6 +129,8 @@ def start(
     timeout: float = START_TIMEOUT,
     quiet: bool = False,
     log_file: Path | None = None,
+    auth: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Start the embedded tracking server and return once its registry answers.
 
@@ -127,15 +138,19 @@ def start(
     stdout, which stays clean for --json documents).
     """
     ensure_port_free(host, port)
-    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    # NB: the job runner and its consumers serve GenAI jobs a model registry never needs.
-    env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    if settings.backend_store_uri is None:
+        settings.backend_db.parent.mkdir(parents=True, exist_ok=True)
+    if settings.artifacts_destination is None:
+        settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    # NB: storage credentials (extra_env) go to the server alone; clients reach artifacts
+    # through its proxy.
+    env = child_env(extra_env)
     output: int | IO[bytes] = subprocess.DEVNULL if quiet else 2
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         output = log_file.open("ab")
     proc = subprocess.Popen(
-        server_command(settings, host, port, workers),
+        server_command(settings, host, port, workers, auth),
         env=env,
         stdout=output,
         stderr=output,
@@ -145,7 +160,7 @@ def start(
         output.close()  # the child holds its own copy
     server = ServerProcess(proc, f"http://{host}:{port}")
     try:
-        wait_until_answers(proc, server.url, READY_PATH, timeout, "mlflow server")
+        wait_until_answers(proc, server.url, READY_PATH, timeout, "the tracking server", auth=auth)
     except BaseException:
         server.stop()
         raise
