@@ -66,7 +66,7 @@ def command(func: F) -> F:
         try:
             # NB: MLflow writes "View run ..." to stdout; with --json stdout must hold JSON alone.
             with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-                result = func(*args, **kwargs)
+                result = _refusals_as_errors(func, *args, **kwargs)
         except ChurnopsError as exc:
             report = getattr(exc, "report", None)
             if as_json:
@@ -83,6 +83,19 @@ def command(func: F) -> F:
             _emit(as_json, document, text)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _refusals_as_errors(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``func``; an authenticating server's 401/403 anywhere becomes a one-line error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return func(*args, **kwargs)
+    except MlflowException as exc:
+        refused = registry.access_error(Settings(), exc)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def _announce(document: dict[str, Any], text: str) -> None:
@@ -451,6 +464,14 @@ def score(
     return report.to_dict(), text
 
 
+def _redacted(uri: str) -> str:
+    """A database URI without its password, for printing."""
+    parsed = urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@")
+    return uri
+
+
 def _split_tracking_uri(uri: str) -> tuple[str, int] | None:
     parsed = urlparse(uri)
     if parsed.scheme != "http" or parsed.hostname not in ("127.0.0.1", "localhost"):
@@ -463,10 +484,28 @@ def _split_tracking_uri(uri: str) -> tuple[str, int] | None:
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--workers",
-    default=1,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="uvicorn workers of the tracking server.",
+    help="uvicorn worker processes.  [default: 1 on up to 2 cores, else cores / 2, at most 4]",
+)
+@click.option(
+    "--backend-store-uri",
+    default=None,
+    help="Database for runs and the registry, e.g. postgresql+psycopg://user:pw@host/db "
+    "(CHURNOPS_BACKEND_STORE_URI).  [default: SQLite DATA_DIR/mlflow.db]",
+)
+@click.option(
+    "--artifacts-destination",
+    default=None,
+    help="Where the server stores artifacts, e.g. s3://bucket/path, with the endpoint and "
+    "keys from MLFLOW_S3_ENDPOINT_URL / AWS_* in the server's environment only "
+    "(CHURNOPS_ARTIFACTS_DESTINATION).  [default: DATA_DIR/mlflow/artifacts]",
+)
+@click.option(
+    "--auth",
+    is_flag=True,
+    help="Require users (MLflow's basic-auth app). Needs MLFLOW_AUTH_ADMIN_PASSWORD and "
+    "MLFLOW_FLASK_SERVER_SECRET_KEY in the environment; users live in DATA_DIR/auth.",
 )
 @click.option(
     "--data-dir",
@@ -474,28 +513,48 @@ def _split_tracking_uri(uri: str) -> tuple[str, int] | None:
     help="Project data folder (default: CHURNOPS_DATA_DIR or the current directory).",
 )
 @command
-def server(host: str, port: int, workers: int, data_dir: Path | None) -> None:
-    """Run the MLflow tracking server (SQLite + proxied artifact store) until Ctrl-C."""
+def server(
+    host: str,
+    port: int,
+    workers: int | None,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    auth: bool,
+    data_dir: Path | None,
+) -> None:
+    """Run the tracking server (MLflow's app, launched lean: one process by default, no job
+    runner) until Ctrl-C. Artifacts go through the server, so clients need no storage access."""
     settings = _settings(data_dir)
-    if host not in LOOPBACK_HOSTS:
+    if backend_store_uri:
+        settings = settings.model_copy(update={"backend_store_uri": backend_store_uri})
+    if artifacts_destination:
+        settings = settings.model_copy(update={"artifacts_destination": artifacts_destination})
+    if host not in LOOPBACK_HOSTS and not auth:
         click.echo(
-            f"warning: binding {host} without authentication: anyone who can reach it can "
-            "read, register and promote models; bind 127.0.0.1 unless the network is trusted",
+            f"warning: binding {host} without --auth: anyone who can reach it can read, "
+            "register and promote models; bind 127.0.0.1 unless the network is trusted",
             err=True,
         )
     _stop_on_sigterm()
     proc: tracking_server.ServerProcess | None = None
     try:
-        proc = tracking_server.start(settings, host=host, port=port, workers=workers)
+        proc = tracking_server.start(
+            settings,
+            host=host,
+            port=port,
+            workers=workers or tracking_server.default_workers(),
+            auth=auth,
+        )
         ui = f"http://{host}:{port}"
         _announce(
             {"tracking_uri": ui, "ui": ui},
-            f"MLflow UI and tracking server: {ui}\nbackend: {settings.backend_db}\n"
-            f"artifacts: {settings.artifacts_dir}\nCtrl-C to stop.",
+            f"MLflow UI and tracking server: {ui}\n"
+            f"backend: {_redacted(settings.server_backend_store_uri)}\n"
+            f"artifacts: {settings.server_artifacts_destination}\nCtrl-C to stop.",
         )
         code = proc.process.wait()
         if code != 0:
-            raise ServerStartError(f"mlflow server exited with code {code}")
+            raise ServerStartError(f"the tracking server exited with code {code}")
     except KeyboardInterrupt:
         click.echo("stopping the tracking server", err=True)
     finally:

@@ -86,6 +86,14 @@ class ServerStartError(ChurnopsError):
     """A server process exited early or did not answer within its start-up deadline."""
 
 
+class AuthenticationError(ChurnopsError):
+    """The tracking server did not accept the credentials (HTTP 401)."""
+
+
+class PermissionDeniedError(ChurnopsError):
+    """The tracking server refused this user the operation (HTTP 403)."""
+
+
 class TrackingUnavailableError(ChurnopsError):
     """The MLflow tracking server does not answer."""
 

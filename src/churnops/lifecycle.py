@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +133,9 @@ def train(
 
 
 def actor_of(settings: Settings) -> str:
-    """Who is moving the alias: --actor / CHURNOPS_ACTOR, else the OS user."""
-    return settings.actor or getpass.getuser()
+    """Who is moving the alias: --actor / CHURNOPS_ACTOR, else the user the tracking server
+    authenticated (MLFLOW_TRACKING_USERNAME), else the OS user."""
+    return settings.actor or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
 
 def _f1(labels: np.ndarray, truth: np.ndarray) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -25,7 +26,13 @@ from requests.exceptions import RequestException
 
 from churnops.compiled import OnnxEngine
 from churnops.config import Settings
-from churnops.errors import ChurnopsError, TrackingUnavailableError, VersionNotFoundError
+from churnops.errors import (
+    AuthenticationError,
+    ChurnopsError,
+    PermissionDeniedError,
+    TrackingUnavailableError,
+    VersionNotFoundError,
+)
 from churnops.inputs import InputField, from_signature
 from churnops.predict import DEFAULT_THRESHOLD, Engine, SklearnEngine
 
@@ -100,9 +107,29 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
         raise TrackingUnavailableError(uri, f"/health answered {response.status_code}")
 
 
+def access_error(settings: Settings, exc: MlflowException) -> ChurnopsError | None:
+    """The churnops error for a refusal by an authenticating tracking server, else None."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if exc.error_code == "UNAUTHENTICATED":
+        return AuthenticationError(
+            f"authentication failed at {settings.tracking_uri}"
+            + (f" for user {user!r}" if user else " (no user given)")
+            + ": set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to valid credentials"
+        )
+    if exc.error_code == "PERMISSION_DENIED":
+        return PermissionDeniedError(
+            f"permission denied: the tracking server refused user {user!r} this operation on "
+            f"{settings.model_name}; promote and rollback need EDIT on registered model "
+            f"{settings.model_name!r} and on experiment {settings.model_name + '-ledger'!r} "
+            "(ask an admin to grant them)"
+        )
+    return None
+
+
 @contextlib.contextmanager
 def mlflow_errors(settings: Settings) -> Iterator[None]:
-    """Turn MLflow's connection failures into TrackingUnavailableError."""
+    """Turn MLflow's connection failures into TrackingUnavailableError, and an authenticating
+    server's refusals into AuthenticationError / PermissionDeniedError."""
     try:
         yield
     except RequestException as exc:
@@ -111,6 +138,9 @@ def mlflow_errors(settings: Settings) -> Iterator[None]:
         text = str(exc)
         if "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text:
             raise TrackingUnavailableError(settings.tracking_uri, "connection failed") from None
+        refused = access_error(settings, exc)
+        if refused is not None:
+            raise refused from None
         raise
 
 

@@ -21,7 +21,7 @@ from typing import IO
 import httpx
 
 from churnops.config import Settings
-from churnops.errors import PortInUseError, ServerStartError
+from churnops.errors import ChurnopsError, PortInUseError, ServerStartError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ def wait_until_answers(
     raise ServerStartError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
+def default_workers() -> int:
+    """Workers sized to the machine: one per two cores, at least 1, at most 4."""
+    return max(1, min((os.cpu_count() or 1) // 2, 4))
+
+
 def server_command(
     settings: Settings, host: str, port: int, workers: int, auth: bool = False
 ) -> list[str]:
@@ -119,6 +124,35 @@ def server_command(
         str(workers),
     ]
     return [*command, "--app-name", "basic-auth"] if auth else command
+
+
+AUTH_SECRETS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+
+
+def auth_environment(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """What MLflow's basic-auth app needs beyond ``env``: refuses to go on without an admin
+    password and a secret key (never a default), and keeps the user database in the data dir."""
+    missing = [name for name in AUTH_SECRETS if not env.get(name, "").strip()]
+    if missing:
+        raise ChurnopsError(
+            f"--auth needs {' and '.join(missing)} in the environment: the admin's password "
+            "(created on the first start) and a random secret for session signing, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`; churnops never "
+            "uses a default password"
+        )
+    if env.get("MLFLOW_AUTH_CONFIG_PATH"):
+        return {}
+    config = settings.data_dir.resolve() / "auth" / "basic_auth.ini"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    database = config.parent / "basic_auth.db"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{database}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config)}
 
 
 def start(
@@ -145,6 +179,8 @@ def start(
     # NB: storage credentials (extra_env) go to the server alone; clients reach artifacts
     # through its proxy.
     env = child_env(extra_env)
+    if auth:
+        env.update(auth_environment(settings, env))
     output: int | IO[bytes] = subprocess.DEVNULL if quiet else 2
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
