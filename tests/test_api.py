@@ -110,6 +110,18 @@ def test_numbers_sent_as_text_are_refused_not_coerced(api: ApiProcess) -> None:
     }
 
 
+def test_numbers_beyond_the_supported_magnitude_are_a_422_not_a_500(api: ApiProcess) -> None:
+    # NB: found by fuzzing: a 100-bit integer broke the prediction log with a 500.
+    body = {**CUSTOMER, "tenure_months": 10**30, "avg_session_minutes": 1e300}
+    response = api.client.post("/predict", json=body)
+    assert response.status_code == 422
+    errors = {tuple(e["loc"]): e["type"] for e in response.json()["detail"]}
+    assert errors == {
+        ("body", "tenure_months"): "less_than_equal",
+        ("body", "avg_session_minutes"): "less_than_equal",
+    }
+
+
 def test_malformed_json_is_a_422(api: ApiProcess) -> None:
     response = api.client.post(
         "/predict", content=b'{"tenure_months": 3,', headers={"content-type": "application/json"}

@@ -12,15 +12,22 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, NotRequired
 
-from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter
+from pydantic import ConfigDict, Field, StrictBool, StrictStr, TypeAdapter
 from typing_extensions import TypedDict
 
-# NB: MLflow's column types; integers accept only integers, doubles accept any JSON number.
+# NB: the largest magnitude a numeric field takes: integers beyond 64 bits broke the prediction
+# log, and floats beyond float32 became inf in the ONNX engine (both found by fuzzing the API).
+MAX_MAGNITUDE = 10**15
+_INTEGER = Annotated[int, Field(strict=True, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+_NUMBER = Annotated[
+    float, Field(strict=True, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE, allow_inf_nan=False)
+]
+# MLflow's column types; integers accept only integers, doubles accept any JSON number.
 _PYTHON_TYPES: dict[str, Any] = {
-    "integer": StrictInt,
-    "long": StrictInt,
-    "float": Annotated[float, Field(strict=True)],
-    "double": Annotated[float, Field(strict=True)],
+    "integer": _INTEGER,
+    "long": _INTEGER,
+    "float": _NUMBER,
+    "double": _NUMBER,
     "boolean": StrictBool,
     "string": Annotated[StrictStr, Field(max_length=1024)],
 }

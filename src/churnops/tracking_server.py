@@ -151,6 +151,9 @@ def auth_environment(settings: Settings, env: dict[str, str]) -> dict[str, str]:
         f"database_uri = sqlite:///{database}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # NB: MLflow checks the password hash (PBKDF2) on every request by default, and one
+        # promote makes dozens; a changed password or revoked user takes effect within 30 s.
+        "auth_cache_ttl_seconds = 30\n"
     )
     return {"MLFLOW_AUTH_CONFIG_PATH": str(config)}
 

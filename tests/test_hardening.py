@@ -1,0 +1,67 @@
+"""Hardening: MLflow's host-header protection stays on behind churnops server, and the prediction
+API answers every request its OpenAPI schema allows (and many it does not) without a 5xx."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from churnops import lifecycle
+from churnops.config import Settings
+from tests.conftest import ApiProcess, start_api, stop_api
+
+FUZZ_EXAMPLES = 40
+
+
+def test_a_forged_host_header_is_refused_by_the_tracking_server(tracking_url: str) -> None:
+    path = "/api/2.0/mlflow/registered-models/search?max_results=1"
+    assert httpx.get(tracking_url + path).status_code == 200
+    forged = httpx.get(tracking_url + path, headers={"Host": "attacker.example"})
+    assert forged.status_code == 403
+
+
+@pytest.fixture(scope="module")
+def fuzzed_api(tracking_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    name = f"churn_fuzz_{uuid.uuid4().hex[:8]}"
+    churn = Settings(tracking_uri=tracking_url, model_name=name)
+    report = lifecycle.train(churn, data_file=None, version_label="v1", seed=5, gate_f1=0.5)
+    lifecycle.promote(churn, report.version)
+    env = {"MLFLOW_TRACKING_URI": tracking_url, "CHURNOPS_MODEL_NAME": name}
+    api = start_api(env, tmp_path_factory.mktemp("fuzz") / "serve.log", "--workers", "1")
+    api.wait_until_every_worker_serves()
+    yield api
+    stop_api(api)
+
+
+def test_fuzzing_the_api_from_its_openapi_schema_finds_no_5xx(fuzzed_api: ApiProcess) -> None:
+    schema = schemathesis.openapi.from_url(f"{fuzzed_api.url}/openapi.json")
+    failures: list[str] = []
+    calls = 0
+
+    for operation in schema.get_all_operations():
+        op = operation.ok()  # type: ignore[union-attr]
+        label = op.label
+
+        # NB: defined and run in the same iteration, so ``op`` is this operation.
+        @given(case=op.as_strategy())
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def check(case: schemathesis.Case) -> None:
+            nonlocal calls
+            response = case.call(base_url=fuzzed_api.url, timeout=10)
+            calls += 1
+            if response.status_code >= 500:
+                failures.append(f"{label}: {response.status_code} {response.text[:200]}")  # noqa: B023
+
+        check()
+    assert calls >= FUZZ_EXAMPLES, calls
+    assert not failures, failures
