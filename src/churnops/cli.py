@@ -13,13 +13,20 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import click
 
-from churnops import data, lifecycle, registry, scoring, tracking_server
-from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
+from churnops import data
+from churnops.config import (
+    DEFAULT_CHUNK_ROWS,
+    LOOPBACK_HOSTS,
+    MODEL_KINDS,
+    ModelKind,
+    Settings,
+    apply_mlflow_client_limits,
+)
 from churnops.errors import (
     ChurnopsError,
     GateRefusedError,
@@ -27,7 +34,9 @@ from churnops.errors import (
     TrackingUnavailableError,
 )
 from churnops.gate import DEFAULT_GATE_F1, DEFAULT_TOLERANCE, GateReport
-from churnops.training import MODEL_KINDS, ModelKind
+
+if TYPE_CHECKING:
+    from churnops import lifecycle, tracking_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,6 +98,8 @@ def _refusals_as_errors(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     """Run ``func``; an authenticating server's 401/403 anywhere becomes a one-line error."""
     from mlflow.exceptions import MlflowException
 
+    from churnops import registry
+
     try:
         return func(*args, **kwargs)
     except MlflowException as exc:
@@ -129,6 +140,8 @@ def main() -> None:
 @command
 def status() -> tuple[dict[str, Any], str]:
     """Show the tracking URI, whether it answers, and every version of the model."""
+    from churnops import lifecycle
+
     settings = _settings()
     try:
         st = lifecycle.status(settings)
@@ -226,6 +239,8 @@ def train(
 
     Exits 0 once the version is registered, whether or not it passed the gate.
     """
+    from churnops import lifecycle
+
     settings = _settings()
     report = lifecycle.train(
         settings,
@@ -329,6 +344,8 @@ def promote(
     (accepts every input the current version accepts) and a smoke test (loads from the registry
     and predicts on its input example). Every move is recorded in the ledger (`churnops history`).
     """
+    from churnops import lifecycle
+
     return _move_output(
         lifecycle.promote(_mover_settings(actor), version, force, reason, tolerance)
     )
@@ -351,6 +368,8 @@ def rollback(
     that passed the gate is used. The target goes through the gate (without the champion
     comparison).
     """
+    from churnops import lifecycle
+
     return _move_output(lifecycle.rollback(_mover_settings(actor), version, force, reason))
 
 
@@ -360,6 +379,8 @@ def rollback(
 @command
 def gate_command(version: int, tolerance: float) -> tuple[dict[str, Any], str]:
     """Print the promotion gate report for VERSION without promoting it (exit 1 if it fails)."""
+    from churnops import lifecycle, registry
+
     settings = _settings()
     registry.ping(settings)
     report = lifecycle.gate_report(settings, version, registry.alias_version(settings), tolerance)
@@ -376,6 +397,8 @@ def history() -> tuple[Any, str]:
 
     Moves made outside churnops (MLflow UI, raw client) are detected and recorded as `external`.
     """
+    from churnops import lifecycle
+
     entries = lifecycle.history(_settings())
     if not entries:
         return [], "no alias moves yet: run `churnops promote`"
@@ -414,7 +437,7 @@ def history() -> tuple[Any, str]:
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1),
-    default=scoring.DEFAULT_CHUNK_ROWS,
+    default=DEFAULT_CHUNK_ROWS,
     show_default=True,
     help="Rows read, scored and written at a time (bounds memory).",
 )
@@ -436,6 +459,8 @@ def score(
     one of the two files. Columns the model does not use, the target included, are ignored.
     Both files appear only once the whole table is scored.
     """
+    from churnops import scoring
+
     if version is not None and alias is not None:
         raise click.UsageError("give --version or --alias, not both")
     settings = _settings()
@@ -524,6 +549,8 @@ def server(
 ) -> None:
     """Run the tracking server (MLflow's app, launched lean: one process by default, no job
     runner) until Ctrl-C. Artifacts go through the server, so clients need no storage access."""
+    from churnops import tracking_server
+
     settings = _settings(data_dir)
     if backend_store_uri:
         settings = settings.model_copy(update={"backend_store_uri": backend_store_uri})
@@ -632,6 +659,7 @@ def up(port: int, data_dir: Path | None) -> None:
     missing, trains and promotes a first version if none is in production, then serves the API.
     Ctrl-C stops everything it started.
     """
+    from churnops import lifecycle, registry, tracking_server
     from churnops.serving import run_api
 
     settings = _settings(data_dir)

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 
+
+# NB: here rather than in training/scoring, so the CLI can offer them without importing
+# scikit-learn and MLflow (~3 s) for every command.
+ModelKind = Literal["logreg", "hgb", "auto"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("logreg", "hgb", "auto")
+DEFAULT_CHUNK_ROWS = 100_000
 
 # NB: binding anything else exposes a server beyond this machine; the CLI warns when it does.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

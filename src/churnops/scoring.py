@@ -27,16 +27,16 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from churnops import registry
-from churnops.config import Settings
+from churnops.config import DEFAULT_CHUNK_ROWS, Settings
 from churnops.data import IDENTIFIER, MISSING_MARKERS
 from churnops.errors import DataError, NoProductionModelError
 from churnops.inputs import InputField
 from churnops.predict import Engine
 
-# NB: large, because a gradient-boosting predict_proba costs ~35 ms per call whatever the rows
-# (100 trees, one parallel region each): 10,000-row chunks scored at 0.55x the model's one-call
-# speed here, 100,000-row chunks at 0.85-1.0x. A chunk of 100,000 rows x 20 columns is ~30 MB.
-DEFAULT_CHUNK_ROWS = 100_000
+# NB: DEFAULT_CHUNK_ROWS (config) is large, because a gradient-boosting predict_proba costs ~35 ms
+# per call whatever the rows (100 trees, one parallel region each): 10,000-row chunks scored at
+# 0.55x the model's one-call speed here, 100,000-row chunks at 0.85-1.0x. A chunk of 100,000
+# rows x 20 columns is ~30 MB.
 # NB: "NA" means missing only in numeric columns; as text it is a region code (North America).
 NUMERIC_MISSING = (*MISSING_MARKERS, "NA", "na")
 OUTPUT_COLUMNS = ("probability", "prediction", "model_version")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,11 +35,10 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from churnops import compiled
+from churnops.config import ModelKind
 from churnops.data import Dataset
 from churnops.gate import DEFAULT_GATE_F1, GateVerdict, decide
 
-ModelKind = Literal["logreg", "hgb", "auto"]
-MODEL_KINDS: tuple[ModelKind, ...] = ("logreg", "hgb", "auto")
 CANDIDATES: tuple[ModelKind, ...] = ("logreg", "hgb")
 CV_FOLDS = 5
 TEST_SIZE = 0.25
