@@ -146,7 +146,8 @@ def main() -> None:
     for n in range(args.rounds):
         for kind in ("plain", "churnops"):
             with tempfile.TemporaryDirectory(prefix=f"churnops-bench-{kind}-") as tmp:
-                backend = fresh_backend(Path(tmp), args.postgres_uri, f"bench_{kind}_{n}")
+                name = f"bench_{kind}_{n}_{os.getpid()}"
+                backend = fresh_backend(Path(tmp), args.postgres_uri, name)
                 runs[kind].append(launch(kind, Path(tmp), backend, args.settle))
                 print(kind, runs[kind][-1], file=sys.stderr)
     summary: dict[str, Any] = {}
