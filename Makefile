@@ -34,6 +34,7 @@ bench: $(STAMP) ## Run the benchmarks in bench/
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/server.py
 
 lock: $(STAMP) ## Re-pin requirements.lock from the current .venv
 	( echo '# Pinned versions of every dependency (runtime and dev). Regenerate with `make lock`.'; \
