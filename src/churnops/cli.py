@@ -18,11 +18,12 @@ from urllib.parse import urlparse
 
 import click
 
-from churnops import data
 from churnops.config import (
     DEFAULT_CHUNK_ROWS,
     LOOPBACK_HOSTS,
+    MIN_LABELLED_ROWS,
     MODEL_KINDS,
+    TARGET,
     ModelKind,
     Settings,
     apply_mlflow_client_limits,
@@ -96,13 +97,16 @@ def command(func: F) -> F:
 
 def _refusals_as_errors(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``func``; an authenticating server's 401/403 anywhere becomes a one-line error."""
-    from mlflow.exceptions import MlflowException
-
-    from churnops import registry
-
     try:
         return func(*args, **kwargs)
-    except MlflowException as exc:
+    except Exception as exc:
+        # NB: MLflow is looked up, not imported: a command that never loaded it (`churnops
+        # server` is one) cannot have raised its exception, and importing it costs ~150 MiB.
+        mlflow_errors = sys.modules.get("mlflow.exceptions")
+        if mlflow_errors is None or not isinstance(exc, mlflow_errors.MlflowException):
+            raise
+        from churnops import registry
+
         refused = registry.access_error(Settings(), exc)
         if refused is None:
             raise
@@ -191,7 +195,7 @@ def status() -> tuple[dict[str, Any], str]:
     type=click.Path(path_type=Path),
     help="Training CSV; without it, the built-in synthetic data set.",
 )
-@click.option("--target", default=data.TARGET, show_default=True, help="Target column of --data.")
+@click.option("--target", default=TARGET, show_default=True, help="Target column of --data.")
 @click.option(
     "--positive-label",
     help="The target value that means churned, when the labels are not yes/no, true/false, 1/0.",
@@ -659,7 +663,7 @@ def up(port: int, data_dir: Path | None) -> None:
     missing, trains and promotes a first version if none is in production, then serves the API.
     Ctrl-C stops everything it started.
     """
-    from churnops import lifecycle, registry, tracking_server
+    from churnops import data, lifecycle, registry, tracking_server
     from churnops.serving import run_api
 
     settings = _settings(data_dir)
@@ -716,9 +720,7 @@ def data_group() -> None:
 
 
 @data_group.command()
-@click.option(
-    "--rows", default=5000, show_default=True, type=click.IntRange(min=data.MIN_LABELLED_ROWS)
-)
+@click.option("--rows", default=5000, show_default=True, type=click.IntRange(min=MIN_LABELLED_ROWS))
 @click.option("--seed", default=42, show_default=True)
 @click.option(
     "--out",
@@ -729,8 +731,10 @@ def data_group() -> None:
 def generate(rows: int, seed: int, out: Path | None) -> tuple[dict[str, Any], str]:
     """Generate the seeded synthetic churn data set (course schema, ~25% churners)."""
     path = out or _settings().default_data_file
+    from churnops import data
+
     frame = data.write_generated(path, rows=rows, seed=seed)
-    rate = float(frame[data.TARGET].mean())
+    rate = float(frame[TARGET].mean())
     return (
         {"path": str(path), "rows": len(frame), "positive_rate": rate},
         f"wrote {len(frame)} rows to {path} (churn rate {rate:.1%})",

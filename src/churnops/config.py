@@ -22,6 +22,8 @@ DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 ModelKind = Literal["logreg", "hgb", "auto"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("logreg", "hgb", "auto")
 DEFAULT_CHUNK_ROWS = 100_000
+TARGET = "churn"
+MIN_LABELLED_ROWS = 50
 
 # NB: binding anything else exposes a server beyond this machine; the CLI warns when it does.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

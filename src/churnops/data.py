@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churnops.config import MIN_LABELLED_ROWS, TARGET
 from churnops.errors import DataError
 
-TARGET = "churn"
 NUMERIC_FEATURES = ("tenure_months", "num_complaints", "avg_session_minutes")
 CATEGORICAL_FEATURES = ("plan_type", "region")
 PLAN_TYPES = ("basic", "standard", "premium")
 REGIONS = ("NA", "EU", "AF", "AS")
-MIN_LABELLED_ROWS = 50
 IDENTIFIER = "identifier: every value distinct"
 
 # NB: label spellings seen in real churn tables; anything else needs an explicit mapping.
