@@ -67,6 +67,25 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+async def send_error(
+    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer from pure ASGI middleware with the API's error body, ``{"detail": ...}``."""
+    body = orjson.dumps({"detail": detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -116,21 +135,11 @@ class GuardMiddleware:
             self._observe(scope, status, start)
 
     async def _refuse(self, send: Send, size: int) -> None:
-        body = (
-            f'{{"detail":"request body of {size} bytes exceeds the limit of '
-            f'{self.max_body_bytes} bytes; send fewer customers per request"}}'
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        detail = (
+            f"request body of {size} bytes exceeds the limit of {self.max_body_bytes} bytes; "
+            "send fewer customers per request"
         )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, detail)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
         route = scope.get("route")
@@ -155,22 +164,11 @@ class BearerTokenMiddleware:
         if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        body = (
-            b'{"detail":"missing or wrong bearer token: send the header '
-            b'Authorization: Bearer <CHURNOPS_API_TOKEN>"}'
+        detail = (
+            "missing or wrong bearer token: send the header "
+            "Authorization: Bearer <CHURNOPS_API_TOKEN>"
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, detail, [(b"www-authenticate", b"Bearer")])
 
     def _allowed(self, scope: Scope) -> bool:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
