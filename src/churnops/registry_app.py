@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=args.workers,
         factory=app.endswith("create_app"),
-        log_level="warning",
+        # NB: info, so the log says where it listens; per-request access lines stay off.
+        log_level="info",
+        access_log=False,
         timeout_graceful_shutdown=10,
     )
 
