@@ -81,9 +81,13 @@ def _header(source: Path) -> list[str]:
         return [str(c) for c in pd.read_csv(source, nrows=0).columns]
     except FileNotFoundError:
         raise DataError(f"input file {source} does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"cannot read {source}: {exc}") from None
-    except pa.ArrowException as exc:
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        pa.ArrowException,
+    ) as exc:
         raise DataError(f"cannot read {source}: {exc}") from None
 
 
