@@ -199,8 +199,9 @@ apply_mlflow_client_limits(settings)
 for version in map(int, sys.argv[2:]):
     try:
         result = lifecycle.promote(settings, version, force=True, reason="race")
+        seq = result.entry.seq if result.entry else None
         print(json.dumps({"ok": True, "from": result.move.from_version, "to": version,
-                          "seq": result.entry.seq}), flush=True)
+                          "seq": seq}), flush=True)
     except ChurnopsError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}), flush=True)
 """
@@ -230,12 +231,15 @@ def test_concurrent_promotions_are_serialised_or_refused_and_the_ledger_chain_ho
     assert len(outcomes) == 40
     refused = [o for o in outcomes if not o["ok"]]
     assert all("while you were promoting; re-run" in o["error"] for o in refused), refused
-    successes = [o for o in outcomes if o["ok"]]
+    successes = [o for o in outcomes if o["ok"] and o["seq"] is not None]
     assert successes, "no mover ever succeeded"
+    unchanged = [o for o in outcomes if o["ok"] and o["seq"] is None]
+    assert all(o["from"] == o["to"] for o in unchanged)
 
     entries = ledger.entries(settings)
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
-    assert len(entries) == 1 + len(successes)  # the first promote, then one per success
+    assert {e.state for e in entries} == {"done"}
+    assert len(entries) == 1 + len(successes)  # the first promote, then one per move
     for before, after in itertools.pairwise(entries):
         assert after.from_version == before.to_version
     assert {(o["seq"], o["from"], o["to"]) for o in successes} == {

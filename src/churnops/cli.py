@@ -283,15 +283,28 @@ def train(
 
 
 def _move_output(result: lifecycle.MoveResult) -> tuple[dict[str, Any], str]:
-    move, entry = result.move, result.entry
+    move, entry, report = result.move, result.entry, result.report
+    if entry is None or report is None:
+        document: dict[str, Any] = {
+            "from_version": move.from_version,
+            "to_version": move.to_version,
+            "changed": False,
+        }
+        text = (
+            f"{move.model_name}@{move.alias} is already v{move.to_version}; nothing changed "
+            "(no ledger entry)"
+        )
+        return document, text
     document = {
         "from_version": move.from_version,
         "to_version": move.to_version,
+        "changed": True,
         "action": entry.action,
         "override": entry.override,
-        "gate": result.report.to_dict(),
+        "seq": entry.seq,
+        "gate": report.to_dict(),
     }
-    text = result.report.render() + "\n" + move.describe()
+    text = report.render() + "\n" + move.describe()
     if entry.override:
         text += f"  (gate overridden: {entry.reason})"
     return document, text
@@ -399,20 +412,26 @@ def gate_command(version: int, tolerance: float) -> tuple[dict[str, Any], str]:
 def history() -> tuple[Any, str]:
     """Every move of the production alias, newest first: time, actor, action, versions, reason.
 
-    Moves made outside churnops (MLflow UI, raw client) are detected and recorded as `external`.
+    Reads only. Entries a crashed command left are shown as `pending` (the next promote or
+    rollback finishes them) or `aborted`; a move made outside churnops (MLflow UI, raw client)
+    is shown as an `unrecorded` external entry until the next promote or rollback records it.
     """
     from churnops import lifecycle
 
     entries = lifecycle.history(_settings())
     if not entries:
         return [], "no alias moves yet: run `churnops promote`"
-    lines = [f"{'#':>4}  {'time (UTC)':<25} {'actor':<26} {'action':<9} {'move':<12} reason"]
+    lines = [
+        f"{'#':>4}  {'time (UTC)':<25} {'actor':<26} {'action':<9} {'move':<12} "
+        f"{'state':<10} reason"
+    ]
     for e in entries:
         before = f"v{e.from_version}" if e.from_version is not None else "none"
         flag = " [override]" if e.override else ""
+        actor = e.actor + (f" for {e.on_behalf_of}" if e.on_behalf_of else "")
         lines.append(
-            f"{e.seq:>4}  {e.time:<25} {e.actor[:26]:<26} {e.action:<9} "
-            f"{before + ' -> v' + str(e.to_version):<12} {e.reason}{flag}"
+            f"{e.seq:>4}  {e.time:<25} {actor[:26]:<26} {e.action:<9} "
+            f"{before + ' -> v' + str(e.to_version):<12} {e.state:<10} {e.reason}{flag}"
         )
     return [e.to_dict() for e in entries], "\n".join(lines)
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
@@ -97,6 +97,29 @@ class Settings(BaseSettings):
         description="When set (CHURNOPS_API_TOKEN), every API route but /health and /ready "
         "needs the header `Authorization: Bearer <token>`.",
     )
+    gate_f1_min: float = Field(
+        default=0.60,
+        ge=0,
+        le=1,
+        description="Policy floor on held-out F1 that promote enforces whatever gate_f1 the "
+        "trainer wrote (CHURNOPS_GATE_F1_MIN).",
+    )
+    lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A move's lease (CHURNOPS_LEASE_SECONDS): a mover whose heartbeat stands "
+        "still this long is taken for crashed and its ledger entry finished by the next one.",
+    )
+    move_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long promote/rollback wait for another live move (CHURNOPS_MOVE_TIMEOUT).",
+    )
+    failpoint: str | None = Field(
+        default=None,
+        description="Test hook (CHURNOPS_FAILPOINT): kill the process with SIGKILL at this step "
+        "of a move: before-intent, after-intent or after-alias.",
+    )
     prediction_log_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     prediction_log_backups: int = Field(default=5, ge=0)
 
@@ -109,6 +132,16 @@ class Settings(BaseSettings):
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return value
+
+    @model_validator(mode="after")
+    def _a_crash_costs_one_wait(self) -> Settings:
+        if self.move_timeout <= self.lease_seconds:
+            raise ValueError(
+                f"CHURNOPS_MOVE_TIMEOUT ({self.move_timeout:g} s) must exceed "
+                f"CHURNOPS_LEASE_SECONDS ({self.lease_seconds:g} s), so the first move after a "
+                "crash waits out the lease instead of failing"
+            )
+        return self
 
     @field_validator("tracking_uri")
     @classmethod

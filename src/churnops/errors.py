@@ -6,8 +6,9 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── DataError                 exit 1  bad or unusable input data
     ├── VersionNotFoundError      exit 1  a model version that does not exist     (HTTP 404)
     ├── GateRefusedError          exit 1  promotion refused by the quality gate   (HTTP 409)
+    ├── GateUnavailableError      exit 2  a gate criterion could not be checked; retry
     ├── StaleMoveError            exit 1  production moved while deciding; re-run (HTTP 409)
-    ├── LockTimeoutError          exit 1  another move held the alias lock too long
+    ├── LockTimeoutError          exit 1  another live move held the ledger too long
     ├── NoRollbackTargetError     exit 1  nothing earlier to roll back to          (HTTP 409)
     ├── NoProductionModelError    exit 1  the alias is not set yet                 (HTTP 503)
     ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
@@ -44,6 +45,14 @@ class GateRefusedError(ChurnopsError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class GateUnavailableError(ChurnopsError):
+    """A gate criterion could not be checked (the champion did not load or score for a reason
+    a retry may cure); the gate fails closed and nothing is changed."""
+
+    exit_code = 2
+    http_status = 503
 
 
 class StaleMoveError(ChurnopsError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_GATE_F1 = 0.60
 
@@ -34,6 +34,8 @@ def decide(f1: float, baseline_f1: float, gate_f1: float = DEFAULT_GATE_F1) -> G
 
 
 DEFAULT_TOLERANCE = 0.01
+# NB: --force may override quality criteria with a reason, never these.
+SAFETY_CRITERIA = frozenset({"smoke test"})
 
 # NB: a column may widen (an integer column becomes a double) without breaking live clients.
 _WIDENS_TO = {
@@ -63,6 +65,8 @@ class GateReport:
 
     version: int
     criteria: tuple[Criterion, ...]
+    # NB: sha256 of what was gated (model files, threshold), pinned in the ledger entry.
+    digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -93,6 +97,7 @@ class GateReport:
             "version": self.version,
             "passed": self.passed,
             "criteria": [c.__dict__ for c in self.criteria],
+            "digests": dict(self.digests),
         }
 
 

@@ -1,13 +1,23 @@
-"""The ledger of alias moves and the lock that serialises them, both kept in MLflow itself.
+"""The ledger of alias moves, kept in MLflow itself, and the protocol that lets one mover at a time
+change production, with the intent written before the alias moves.
 
 Each move is one run in the experiment ``<model>-ledger`` (visible in the MLflow UI), its fields in
-tags, numbered by ``ledger.seq``. MLflow moves aliases with a last-writer-wins upsert and has no
-compare-and-set, so moves take a lock first: a registered model named ``<model>-churnops-lock``,
-whose creation is atomic in the tracking server's database, so exactly one holder exists across
-machines. A lock older than ``LOCK_STALE_AFTER`` is taken to belong to a crashed holder and broken.
+tags. The runs form a chain: every entry names its predecessor (tag ``ledger.prev``) and is linked
+from it by the predecessor's parameter ``next``. MLflow parameters are write-once (logging another
+value for a key is refused by the tracking server's database), so linking is a compare-and-set:
+of all movers that read the same head, exactly one links its entry and the others read again.
+No lock object exists to break, nothing is ever deleted, and no decision compares clocks.
 
-The pure part, :func:`production_stack`, replays the ledger into the stack of production versions
-that rollback ("undo") walks back through.
+A move is written as an *intent* (state ``pending``: actor, reason, gate report, from, to) before
+the alias moves, and finished by a second write-once parameter, ``outcome`` = ``done`` or
+``aborted``. While a mover holds a pending entry it renews a lease by rewriting the tag
+``ledger.beat``; a waiter that sees the same beat for ``lease_seconds`` of its own elapsed time
+takes the mover for crashed and finishes its entry from the alias: ``done`` when production
+reached the intended version, else ``aborted``. Either way the original actor and reason stay.
+
+The chain starts at a root run (seq 0) made before the experiment gets its name, so two first
+movers cannot start two chains; a ledger written by an older churnops (no chain) continues from
+its last entry.
 """
 
 from __future__ import annotations
@@ -15,27 +25,31 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from churnops.config import Settings
-from churnops.errors import LockTimeoutError
+from churnops.errors import ChurnopsError, LockTimeoutError, StaleMoveError
 from churnops.registry import mlflow_errors
 
 log = logging.getLogger(__name__)
 
-RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-LOCK_TIMEOUT = 60.0
-LOCK_STALE_AFTER = 120.0
 ACTIONS = ("promote", "rollback", "undo", "external")
+STATES = ("done", "aborted", "pending", "unrecorded")
+NEXT_PARAM = "next"
+OUTCOME_PARAM = "outcome"
+BEAT_TAG = "ledger.beat"
+RELEASED = "released"
+EXTERNAL_ACTOR = "unknown (outside churnops)"
 
 
 @dataclass(frozen=True)
@@ -52,10 +66,17 @@ class Entry:
     reason: str
     override: bool
     gate: dict[str, Any] | None
+    state: str = "done"
+    on_behalf_of: str | None = None
+    resolved_by: str | None = None
+    digests: dict[str, str] | None = None
+    run_id: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The entry as `churnops history --json` prints it."""
-        return dict(self.__dict__)
+        document = dict(self.__dict__)
+        document.pop("run_id")
+        return document
 
 
 def _client(settings: Settings) -> MlflowClient:
@@ -67,219 +88,427 @@ def experiment_name(settings: Settings) -> str:
     return f"{settings.model_name}-ledger"
 
 
-def _experiment_id(client: MlflowClient, settings: Settings, create: bool) -> str | None:
-    found = client.get_experiment_by_name(experiment_name(settings))
-    if found is not None:
-        return str(found.experiment_id)
-    if not create:
-        return None
-    try:
-        return str(client.create_experiment(experiment_name(settings)))
-    except MlflowException:
-        # NB: another process created it between our read and our create.
-        again = client.get_experiment_by_name(experiment_name(settings))
-        if again is None:
-            raise
-        return str(again.experiment_id)
-
-
 def _version(text: str | None) -> int | None:
     return int(text) if text not in (None, "", "none") else None
 
 
-def entries(settings: Settings) -> list[Entry]:
-    """Every ledger entry, oldest first."""
+def _entry(run: Run) -> Entry:
+    tags, params = run.data.tags, run.data.params
+    state = params.get(OUTCOME_PARAM, "pending") if "ledger.prev" in tags else "done"
+    return Entry(
+        seq=int(tags["ledger.seq"]),
+        time=tags["ledger.time"],
+        actor=tags["ledger.actor"],
+        alias=tags["ledger.alias"],
+        action=tags["ledger.action"],
+        from_version=_version(tags.get("ledger.from_version")),
+        to_version=int(tags["ledger.to_version"]),
+        reason=tags.get("ledger.reason", ""),
+        override=tags.get("ledger.override") == "true",
+        gate=json.loads(tags["ledger.gate"]) if tags.get("ledger.gate") else None,
+        state=state,
+        on_behalf_of=tags.get("ledger.on_behalf_of"),
+        resolved_by=tags.get("ledger.resolved_by"),
+        digests=json.loads(tags["ledger.digests"]) if tags.get("ledger.digests") else None,
+        run_id=run.info.run_id,
+    )
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The ledger as read at one moment: its entries, oldest first, and the run to link after."""
+
+    experiment_id: str | None
+    entries: list[Entry]
+    head_run_id: str | None
+    head_beat: str | None = None
+
+    @property
+    def head(self) -> Entry | None:
+        """The newest entry, or None for an empty ledger."""
+        return self.entries[-1] if self.entries else None
+
+    @property
+    def production(self) -> int | None:
+        """The version production holds per the ledger: the target of the newest finished move."""
+        done = [e for e in self.entries if e.state == "done"]
+        return done[-1].to_version if done else None
+
+
+def _chain(experiment_id: str, runs: list[Run]) -> Chain:
+    by_id = {r.info.run_id: r for r in runs}
+    ordered = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    # NB: a ledger written by churnops before the chain existed: entries numbered by seq, where
+    # a retried create_run can have written one twice (same ledger.id; the first counts).
+    legacy: list[Run] = []
+    seen: set[str] = set()
+    for run in ordered:
+        tags = run.data.tags
+        if "ledger.seq" not in tags or "ledger.prev" in tags or tags.get("ledger.root"):
+            continue
+        entry_id = tags.get("ledger.id", run.info.run_id)
+        if entry_id not in seen:
+            seen.add(entry_id)
+            legacy.append(run)
+    legacy.sort(key=lambda r: int(r.data.tags["ledger.seq"]))
+    roots = [r for r in ordered if r.data.tags.get("ledger.root") == "true"]
+    start = legacy[-1] if legacy else (roots[0] if roots else None)
+    if start is None:
+        return Chain(experiment_id, [], None)
+    entries = [_entry(r) for r in legacy]
+    current = start
+    while (linked := current.data.params.get(NEXT_PARAM)) is not None:
+        following = by_id.get(linked)
+        if following is None:
+            raise ChurnopsError(
+                f"the ledger links entry #{current.data.tags.get('ledger.seq', 0)} to run "
+                f"{linked}, which is missing (deleted from experiment "
+                f"{current.info.experiment_id}?); restore it in the MLflow UI"
+            )
+        entries.append(_entry(following))
+        current = following
+    return Chain(experiment_id, entries, current.info.run_id, current.data.tags.get(BEAT_TAG))
+
+
+def _read(client: MlflowClient, experiment_id: str) -> Chain:
+    runs = client.search_runs([experiment_id], max_results=50_000)
+    return _chain(experiment_id, list(runs))
+
+
+def _find_experiment(client: MlflowClient, settings: Settings) -> str | None:
+    found = client.get_experiment_by_name(experiment_name(settings))
+    if found is None:
+        return None
+    if found.lifecycle_stage != "active":
+        raise ChurnopsError(
+            f"the ledger experiment {experiment_name(settings)!r} is deleted; restore it "
+            f"(`mlflow experiments restore --experiment-id {found.experiment_id}`) and retry"
+        )
+    return str(found.experiment_id)
+
+
+def read(settings: Settings) -> Chain:
+    """The ledger as it stands; never writes."""
     with mlflow_errors(settings):
         client = _client(settings)
-        experiment = _experiment_id(client, settings, create=False)
+        experiment = _find_experiment(client, settings)
         if experiment is None:
-            return []
-        runs = client.search_runs([experiment], max_results=50_000)
-    found = []
-    seen: set[str] = set()
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        tags = run.data.tags
-        # NB: the HTTP client retries a create_run whose answer timed out, which can write the
-        # same entry twice; both copies carry the same ledger.id, and the first one counts.
-        entry_id = tags.get("ledger.id", run.info.run_id)
-        if "ledger.seq" not in tags or entry_id in seen:
+            return Chain(None, [], None)
+        return _read(client, experiment)
+
+
+def entries(settings: Settings) -> list[Entry]:
+    """Every ledger entry, oldest first, finished or not."""
+    return read(settings).entries
+
+
+def pinned_digests(settings: Settings, version: int) -> dict[str, str] | None:
+    """The digests the newest finished move to ``version`` pinned; None when none did (a move
+    made outside churnops, or by an older churnops)."""
+    for entry in reversed(entries(settings)):
+        if entry.state == "done" and entry.to_version == version:
+            return entry.digests
+    return None
+
+
+def _open(client: MlflowClient, settings: Settings) -> Chain:
+    """The ledger, created with its root run when it does not exist yet."""
+    name = experiment_name(settings)
+    for _ in range(3):
+        experiment = _find_experiment(client, settings)
+        if experiment is not None:
+            chain = _read(client, experiment)
+            if chain.head_run_id is not None:
+                return chain
+            # NB: an empty ledger experiment without a root (made by an older churnops or by
+            # hand): set it aside under a name fixed by its id, then open a new one.
+            with contextlib.suppress(MlflowException):
+                client.rename_experiment(experiment, f"{name}-empty-{experiment}")
             continue
-        seen.add(entry_id)
-        found.append(
-            Entry(
-                seq=int(tags["ledger.seq"]),
-                time=tags["ledger.time"],
-                actor=tags["ledger.actor"],
-                alias=tags["ledger.alias"],
-                action=tags["ledger.action"],
-                from_version=_version(tags.get("ledger.from_version")),
-                to_version=int(tags["ledger.to_version"]),
-                reason=tags.get("ledger.reason", ""),
-                override=tags.get("ledger.override") == "true",
-                gate=json.loads(tags["ledger.gate"]) if tags.get("ledger.gate") else None,
-            )
+        # NB: the root is written before the experiment takes the ledger's name, and a rename
+        # to a taken name fails, so exactly one opener's root ever heads the chain.
+        opening = client.create_experiment(f"{name}-opening-{uuid.uuid4().hex}")
+        root = client.create_run(
+            opening,
+            tags={"ledger.root": "true", "ledger.seq": "0", "mlflow.user": "churnops"},
+            run_name="#0 ledger opened",
         )
-    return sorted(found, key=lambda e: e.seq)
+        client.update_run(root.info.run_id, status="FINISHED")
+        try:
+            client.rename_experiment(opening, name)
+        except MlflowException:
+            with contextlib.suppress(MlflowException):
+                client.delete_experiment(opening)
+    experiment = _find_experiment(client, settings)
+    if experiment is None:
+        raise ChurnopsError(f"could not create the ledger experiment {name!r}; retry")
+    return _read(client, experiment)
 
 
-def append(
-    settings: Settings,
-    *,
-    actor: str,
-    action: str,
-    from_version: int | None,
-    to_version: int,
-    reason: str = "",
-    override: bool = False,
-    gate: dict[str, Any] | None = None,
-    after: list[Entry],
-) -> Entry:
-    """Write the next entry; call only while holding the lock, with ``after`` read under it."""
-    entry = Entry(
-        seq=(after[-1].seq + 1) if after else 1,
-        time=datetime.now(UTC).isoformat(timespec="seconds"),
-        actor=actor,
-        alias=settings.alias,
-        action=action,
-        from_version=from_version,
-        to_version=to_version,
-        reason=reason,
-        override=override,
-        gate=gate,
-    )
+def _write_once(client: MlflowClient, run_id: str, key: str, value: str) -> str:
+    """Log a parameter that may already hold a value; return the value it holds now."""
+    try:
+        client.log_param(run_id, key, value)
+        return value
+    except MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+    held = client.get_run(run_id).data.params.get(key)
+    if held is None:
+        raise ChurnopsError(f"the tracking server refused parameter {key!r} on ledger run {run_id}")
+    return str(held)
+
+
+def _finish(client: MlflowClient, run_id: str, outcome: str) -> str:
+    """Write an entry's outcome once; return the outcome that holds (maybe another writer's)."""
+    held = _write_once(client, run_id, OUTCOME_PARAM, outcome)
+    # NB: update_run, not set_terminated, which prints "View run" lines to stdout.
+    client.update_run(run_id, status="FINISHED" if held == "done" else "KILLED")
+    return held
+
+
+@dataclass
+class _Lease:
+    """Observations of a pending head's heartbeat, timed by this process's own clock only."""
+
+    lease_seconds: float
+    seen: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+
+    def expired(self, run_id: str, beat: str | None) -> bool:
+        """True once the holder released the entry or its beat stood still for a lease."""
+        if beat == RELEASED:
+            return True
+        now = time.monotonic()
+        last = self.seen.get(run_id)
+        if last is None or last[0] != beat:
+            self.seen[run_id] = (beat, now)
+            return False
+        return now - last[1] >= self.lease_seconds
+
+
+class _Heartbeat:
+    """Renews a pending entry's lease from a daemon thread until stopped."""
+
+    def __init__(self, settings: Settings, run_id: str) -> None:
+        self._client = _client(settings)
+        self._run_id = run_id
+        self._interval = settings.lease_seconds / 5
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="churnops-lease", daemon=True)
+
+    def _run(self) -> None:
+        beat = 0
+        while not self._stop.wait(self._interval):
+            beat += 1
+            try:
+                self._client.set_tag(self._run_id, BEAT_TAG, str(beat))
+            except Exception as exc:  # noqa: BLE001 - a missed beat only shortens the lease
+                log.warning("could not renew the move's lease: %s", exc)
+
+    def start(self) -> None:
+        """Begin renewing."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing and wait for the thread."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a mover means to do, recorded before the alias moves."""
+
+    actor: str
+    action: str
+    to_version: int
+    reason: str = ""
+    override: bool = False
+    gate: dict[str, Any] | None = None
+    on_behalf_of: str | None = None
+    digests: dict[str, str] | None = None
+
+
+def _tags(settings: Settings, intent: Intent, seq: int, before: int | None, prev: str) -> dict:
     tags = {
         "ledger.id": uuid.uuid4().hex,
-        "ledger.seq": str(entry.seq),
-        "ledger.time": entry.time,
-        "ledger.actor": actor,
-        "ledger.alias": entry.alias,
-        "ledger.action": action,
-        "ledger.from_version": str(from_version) if from_version is not None else "none",
-        "ledger.to_version": str(to_version),
-        "ledger.reason": reason,
-        "ledger.override": str(override).lower(),
-        "mlflow.user": actor,
+        "ledger.seq": str(seq),
+        "ledger.prev": prev,
+        "ledger.time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "ledger.actor": intent.actor,
+        "ledger.alias": settings.alias,
+        "ledger.action": intent.action,
+        "ledger.from_version": str(before) if before is not None else "none",
+        "ledger.to_version": str(intent.to_version),
+        "ledger.reason": intent.reason,
+        "ledger.override": str(intent.override).lower(),
+        BEAT_TAG: "0",
+        "mlflow.user": intent.actor,
     }
-    if gate is not None:
-        tags["ledger.gate"] = json.dumps(gate)
-    before = f"v{from_version}" if from_version is not None else "none"
+    if intent.gate is not None:
+        tags["ledger.gate"] = json.dumps(intent.gate)
+    if intent.on_behalf_of:
+        tags["ledger.on_behalf_of"] = intent.on_behalf_of
+    if intent.digests:
+        tags["ledger.digests"] = json.dumps(intent.digests)
+    return tags
+
+
+def _link(
+    client: MlflowClient, settings: Settings, chain: Chain, intent: Intent, before: int | None
+) -> Entry | None:
+    """Write ``intent`` as a pending entry after the chain's head; None when another mover
+    linked first."""
+    assert chain.experiment_id is not None and chain.head_run_id is not None
+    seq = chain.head.seq + 1 if chain.head else 1
+    tags = _tags(settings, intent, seq, before, chain.head_run_id)
+    label = f"v{before}" if before is not None else "none"
+    run = client.create_run(
+        chain.experiment_id,
+        tags=tags,
+        run_name=f"#{seq} {intent.action} {label} -> v{intent.to_version}",
+    )
+    run_id = run.info.run_id
+    if _write_once(client, chain.head_run_id, NEXT_PARAM, run_id) != run_id:
+        # NB: never deleted (that needs MANAGE); an unlinked run is not part of the ledger.
+        client.set_tag(run_id, "ledger.state", "lost the race; not part of the ledger")
+        client.update_run(run_id, status="KILLED")
+        return None
+    fields = {k.removeprefix("ledger."): v for k, v in tags.items()}
+    return Entry(
+        seq=seq,
+        time=fields["time"],
+        actor=intent.actor,
+        alias=settings.alias,
+        action=intent.action,
+        from_version=before,
+        to_version=intent.to_version,
+        reason=intent.reason,
+        override=intent.override,
+        gate=intent.gate,
+        state="pending",
+        on_behalf_of=intent.on_behalf_of,
+        digests=intent.digests,
+        run_id=run_id,
+    )
+
+
+def _resolve(
+    client: MlflowClient, settings: Settings, entry: Entry, alias: int | None, by: str
+) -> str:
+    """Finish a crashed mover's entry from where production actually is."""
+    outcome = "done" if alias == entry.to_version else "aborted"
+    client.set_tag(entry.run_id, "ledger.resolved_by", by)
+    held = _finish(client, entry.run_id, outcome)
+    log.warning(
+        "finished entry #%s (%s by %s) left pending by a crashed command: %s",
+        entry.seq,
+        entry.action,
+        entry.actor,
+        held,
+    )
+    return held
+
+
+@dataclass
+class Pending:
+    """A linked, not yet finished move; the caller moves the alias, then leaves the block."""
+
+    entry: Entry
+    moved: bool = False
+
+
+@contextlib.contextmanager
+def move(
+    settings: Settings,
+    intent: Intent,
+    decided_from: int | None,
+    alias_version: Callable[[Settings], int | None],
+) -> Iterator[Pending]:
+    """Link ``intent`` as the ledger's next entry, then run the block, which moves the alias.
+
+    Before linking: a crashed mover's entry is finished, and a move made outside churnops is
+    recorded as ``external``. StaleMoveError when production is no longer at ``decided_from``;
+    LockTimeoutError when another live mover holds the ledger past ``move_timeout``.
+    """
+    deadline = time.monotonic() + settings.move_timeout
+    lease = _Lease(settings.lease_seconds)
     with mlflow_errors(settings):
         client = _client(settings)
-        experiment = _experiment_id(client, settings, create=True)
-        assert experiment is not None
-        run = client.create_run(
-            experiment, tags=tags, run_name=f"#{entry.seq} {action} {before} -> v{to_version}"
-        )
-        # NB: update_run, not set_terminated, which prints "View run" lines to stdout.
-        client.update_run(run.info.run_id, status="FINISHED")
-    return entry
+        while True:
+            chain = _open(client, settings)
+            head = chain.head
+            current = alias_version(settings)
+            if head is not None and head.state == "pending":
+                if lease.expired(head.run_id, chain.head_beat):
+                    _resolve(client, settings, head, current, intent.actor)
+                    continue
+                if time.monotonic() > deadline:
+                    raise LockTimeoutError(
+                        f"entry #{head.seq} ({head.action} to v{head.to_version} by "
+                        f"{head.actor}) is still in progress and its holder is alive after "
+                        f"{settings.move_timeout:.0f} s; retry when it finishes"
+                    )
+                time.sleep(min(0.5, settings.lease_seconds / 10))
+                continue
+            if current is not None and current != chain.production:
+                external = Intent(
+                    actor=EXTERNAL_ACTOR,
+                    action="external",
+                    to_version=current,
+                    reason="alias moved outside churnops; detected by churnops",
+                )
+                recorded = _link(client, settings, chain, external, chain.production)
+                if recorded is not None:
+                    _finish(client, recorded.run_id, "done")
+                continue
+            if current != decided_from:
+                before = f"v{decided_from}" if decided_from is not None else "none"
+                raise StaleMoveError(
+                    f"{settings.alias} moved from {before} to v{current} while you were "
+                    f"{'promoting' if intent.action == 'promote' else 'rolling back'}; re-run"
+                )
+            linked = _link(client, settings, chain, intent, current)
+            if linked is not None:
+                break
+        heartbeat = _Heartbeat(settings, linked.run_id)
+        heartbeat.start()
+        pending = Pending(linked)
+        try:
+            yield pending
+        except BaseException:
+            heartbeat.stop()
+            # NB: best effort; if the tracking server is gone, the next mover finishes it.
+            with contextlib.suppress(Exception):
+                _resolve(client, settings, linked, alias_version(settings), intent.actor)
+            with contextlib.suppress(Exception):
+                client.set_tag(linked.run_id, BEAT_TAG, RELEASED)
+            raise
+        heartbeat.stop()
+        held = _finish(client, linked.run_id, "done")
+        if held != "done":
+            raise ChurnopsError(
+                f"entry #{linked.seq} was finished as {held} by another command that took this "
+                "one for crashed (it stalled past the lease); check `churnops status`"
+            )
+    pending.entry = replace(linked, state="done")
 
 
 def production_stack(ledger: list[Entry]) -> list[int]:
     """The versions production held, oldest first, with every undone move popped off.
 
-    Every move pushes its target; an undo pops the version it left. So after promotions to v1,
-    v3 and v5 the stack is [1, 3, 5], and two undos leave [1].
+    Every finished move pushes its target; an undo pops the version it left. So after
+    promotions to v1, v3 and v5 the stack is [1, 3, 5], and two undos leave [1]. Unfinished and
+    aborted entries, and moves to the version already on top, change nothing.
     """
     stack: list[int] = []
     for entry in ledger:
+        if entry.state != "done":
+            continue
         if entry.action == "undo" and stack:
             stack.pop()
             if not stack or stack[-1] != entry.to_version:
                 stack.append(entry.to_version)  # an undo past the ledger's start
-        else:
+        elif not stack or stack[-1] != entry.to_version:
             stack.append(entry.to_version)
     return stack
-
-
-def _lock_name(settings: Settings) -> str:
-    return f"{settings.model_name}-churnops-lock"
-
-
-@contextlib.contextmanager
-def locked(settings: Settings, holder: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold the model's alias lock for the duration of the block."""
-    name = _lock_name(settings)
-    token = f"{holder}:{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    with mlflow_errors(settings):
-        client = _client(settings)
-        while True:
-            try:
-                client.create_registered_model(
-                    name,
-                    tags={"holder": token, "acquired": str(time.time())},
-                    description="churnops alias lock: held while production moves; "
-                    "deleted when the move is done",
-                )
-                break
-            except MlflowException as exc:
-                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                    raise
-                if _holder(client, name) == token:
-                    break  # a retried create whose first attempt had already taken the lock
-            _break_if_stale(client, name)
-            if time.monotonic() > deadline:
-                raise LockTimeoutError(
-                    f"another churnops command has held the {settings.alias} lock for over "
-                    f"{timeout:.0f} s; retry, or delete the registered model {name!r} if no "
-                    "command is running"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
-    try:
-        yield
-    finally:
-        with mlflow_errors(settings), contextlib.suppress(MlflowException):
-            client = _client(settings)
-            if _holder(client, name) == token:
-                with _single_attempt():
-                    client.delete_registered_model(name)
-
-
-@contextlib.contextmanager
-def _single_attempt() -> Iterator[None]:
-    """Send the enclosed MLflow requests once, without the client's automatic retries.
-
-    NB: a retried delete whose first attempt succeeded late would delete the *next* holder's
-    lock; MLflow reads this variable at request time.
-    """
-    previous = os.environ.get(RETRIES_ENV)
-    os.environ[RETRIES_ENV] = "0"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(RETRIES_ENV, None)
-        else:
-            os.environ[RETRIES_ENV] = previous
-
-
-def _holder(client: MlflowClient, name: str) -> str | None:
-    """The lock's holder token, or None when no lock exists."""
-    for _ in range(5):
-        try:
-            holder = client.get_registered_model(name).tags.get("holder")
-        except MlflowException:
-            return None
-        if holder is not None:
-            return str(holder)
-        time.sleep(0.1)  # NB: the tags were missing from this read; read again
-    return None
-
-
-def _break_if_stale(client: MlflowClient, name: str) -> None:
-    # NB: the server's own creation time, not a tag: under load a read can come back without the
-    # lock's tags, and a missing tag must never make a live lock look abandoned.
-    try:
-        created = client.get_registered_model(name).creation_timestamp
-    except MlflowException:
-        return  # released meanwhile
-    if not created:
-        return
-    age = time.time() - created / 1000
-    if age > LOCK_STALE_AFTER:
-        log.warning("breaking a stale alias lock taken %.0f s ago", age)
-        with contextlib.suppress(MlflowException), _single_attempt():
-            client.delete_registered_model(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from churnops.config import Settings
 from churnops.errors import (
     ChurnopsError,
     GateRefusedError,
+    GateUnavailableError,
     NoRollbackTargetError,
-    StaleMoveError,
     TrackingUnavailableError,
+    UnsafeModelError,
     VersionNotFoundError,
 )
 from churnops.gate import GateVerdict
@@ -65,11 +67,17 @@ class AliasMove:
 
 @dataclass(frozen=True)
 class MoveResult:
-    """An alias move with the gate report that allowed it and its ledger entry."""
+    """An alias move with the gate report that allowed it and its ledger entry; ``entry`` is None
+    when production already held the target, and nothing changed."""
 
     move: AliasMove
-    report: gate.GateReport
-    entry: ledger.Entry
+    report: gate.GateReport | None
+    entry: ledger.Entry | None
+
+    @property
+    def changed(self) -> bool:
+        """True when the alias moved."""
+        return self.entry is not None
 
 
 @dataclass(frozen=True)
@@ -132,14 +140,49 @@ def train(
     )
 
 
-def actor_of(settings: Settings) -> str:
-    """Who is moving the alias: --actor / CHURNOPS_ACTOR, else the user the tracking server
-    authenticated (MLFLOW_TRACKING_USERNAME), else the OS user."""
-    return settings.actor or os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+def actor_of(settings: Settings) -> tuple[str, str | None]:
+    """Who is moving the alias, and on whose behalf.
+
+    Under an authenticating tracking server the actor is the user it authenticated
+    (MLFLOW_TRACKING_USERNAME), and --actor / CHURNOPS_ACTOR, when it names someone else, is kept
+    beside it as "on behalf of", never in its place. Otherwise the actor is --actor, else the OS
+    user.
+    """
+    authenticated = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if authenticated:
+        requested = settings.actor if settings.actor not in (None, authenticated) else None
+        return authenticated, requested
+    return settings.actor or getpass.getuser(), None
 
 
 def _f1(labels: np.ndarray, truth: np.ndarray) -> float:
     return float(f1_score(truth, labels, zero_division=0))
+
+
+def _known_unloadable(exc: BaseException) -> bool:
+    """True for failures that retrying cannot cure: a version refused as unsafe, deleted, or
+    whose files are gone; a timeout or a refused connection is not one of them."""
+    if isinstance(exc, UnsafeModelError | VersionNotFoundError | FileNotFoundError):
+        return True
+    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _could_not_compare(champion: int, exc: BaseException) -> GateUnavailableError:
+    return GateUnavailableError(
+        f"could not compare with the champion v{champion}: {str(exc)[:300]}; nothing was "
+        "changed, retry"
+    )
+
+
+def _not_compared(name: str, threshold: str, champion: int, exc: BaseException) -> gate.Criterion:
+    return gate.Criterion(
+        name,
+        True,
+        "not compared",
+        threshold,
+        f"v{champion} is known unloadable, so there is nothing to compare against: "
+        f"{str(exc)[:300]}",
+    )
 
 
 def _champion_criterion(
@@ -163,27 +206,38 @@ def _champion_criterion(
     features = holdout.drop(columns=[training.HOLDOUT_TARGET])
     truth = holdout[training.HOLDOUT_TARGET].to_numpy()
     try:
-        if champion_inputs is None:
-            raise ChurnopsError(f"v{champion}'s signature cannot be read")
         champion_engine = registry.load_version(settings, champion).engine
-        # NB: a column the candidate dropped reaches the champion as missing, as it would from a
-        # client that stopped sending it; the signature criterion reports the drop itself.
-        wanted = [c["name"] for c in champion_inputs]
-        champion_features = features.reindex(columns=wanted)
-        champion_f1 = _f1(champion_engine.predict_frame(champion_features).label, truth)
     except TrackingUnavailableError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a broken champion must not block its replacement
-        return gate.Criterion(
-            name,
-            True,
-            "not compared",
-            threshold,
-            f"v{champion} cannot be loaded or score the split, so there is nothing to compare "
-            f"against: {str(exc)[:300]}",
+    except Exception as exc:  # noqa: BLE001 - sorted into "known unloadable" and "retry"
+        if _known_unloadable(exc):
+            return _not_compared(name, threshold, champion, exc)
+        raise _could_not_compare(champion, exc) from None
+    if champion_inputs is None:
+        return _not_compared(name, threshold, champion, ChurnopsError("its signature is gone"))
+    # NB: a column the candidate dropped reaches the champion as missing, as it would from a
+    # client that stopped sending it; the signature criterion reports the drop itself.
+    wanted = [c["name"] for c in champion_inputs]
+    try:
+        champion_f1 = _f1(
+            champion_engine.predict_frame(features.reindex(columns=wanted)).label, truth
         )
+    except Exception as exc:  # noqa: BLE001 - a champion that loads but cannot score: refuse
+        raise _could_not_compare(champion, exc) from None
     candidate_f1 = _f1(engine.predict_frame(features).label, truth)
     return gate.check_champion(candidate_f1, champion_f1, champion, tolerance)
+
+
+def _champion_signature(settings: Settings, champion: int) -> list[dict[str, str]] | None:
+    """The champion's input columns; None when it is known unloadable."""
+    try:
+        return registry.signature_inputs(settings, champion)
+    except TrackingUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - sorted into "known unloadable" and "retry"
+        if _known_unloadable(exc):
+            return None
+        raise _could_not_compare(champion, exc) from None
 
 
 def gate_report(
@@ -193,17 +247,24 @@ def gate_report(
     tolerance: float = gate.DEFAULT_TOLERANCE,
     compare_champion: bool = True,
 ) -> gate.GateReport:
-    """Check every criterion for putting ``version`` where ``champion`` serves now."""
+    """Check every criterion for putting ``version`` where ``champion`` serves now.
+
+    GateUnavailableError when a criterion cannot be checked for a reason a retry may cure: the
+    gate fails closed."""
     info = registry.get_version(settings, version)
-    gate_f1 = float(info.tags.get("gate_f1", gate.DEFAULT_GATE_F1))
+    trained_gate = float(info.tags.get("gate_f1", gate.DEFAULT_GATE_F1))
+    # NB: the trainer's own gate_f1 can be anything (`train --gate-f1 0`); the promoter's
+    # policy floor is the least it may be.
+    gate_f1 = max(trained_gate, settings.gate_f1_min)
     criteria = [
         gate.check_quality(info.metrics.get("f1"), info.metrics.get("baseline_f1"), gate_f1)
     ]
     engine: Engine | None = None
+    digests: dict[str, str] = {}
     try:
         loaded = registry.load_version(settings, version)
         smoke_test(loaded.engine, loaded.input_example, version)
-        engine = loaded.engine
+        engine, digests = loaded.engine, loaded.digests
         smoke = gate.Criterion("smoke test", True, "predicts", "loads and predicts its example")
     except TrackingUnavailableError:
         raise
@@ -214,12 +275,7 @@ def gate_report(
     # NB: comparing with the champion needs a candidate that loads; a failed smoke test already
     # refuses it, so those criteria are left out rather than failed twice.
     if champion is not None and champion != version and engine is not None:
-        try:
-            champion_inputs: list[dict[str, str]] | None = registry.signature_inputs(
-                settings, champion
-            )
-        except MlflowException:
-            champion_inputs = None  # a broken champion: nothing to stay compatible with
+        champion_inputs = _champion_signature(settings, champion)
         criteria.append(
             gate.check_signature(
                 champion_inputs, registry.signature_inputs(settings, version), champion
@@ -230,26 +286,15 @@ def gate_report(
                 _champion_criterion(settings, info, engine, champion, champion_inputs, tolerance)
             )
     criteria.append(smoke)
-    return gate.GateReport(version, tuple(criteria))
+    return gate.GateReport(version, tuple(criteria), digests)
 
 
-def _with_external_moves(
-    settings: Settings, history: list[ledger.Entry], current: int | None
-) -> list[ledger.Entry]:
-    """Record a move made outside churnops (MLflow UI, raw client) that the ledger lacks."""
-    head = history[-1].to_version if history else None
-    if current is None or current == head:
-        return history
-    entry = ledger.append(
-        settings,
-        actor="unknown (outside churnops)",
-        action="external",
-        from_version=head,
-        to_version=current,
-        reason="alias moved outside churnops; detected by churnops",
-        after=history,
-    )
-    return [*history, entry]
+def _failpoint(settings: Settings, step: str) -> None:
+    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it.
+
+    NB: for the fault-injection tests, which need a real kill -9 at an exact step of a move."""
+    if settings.failpoint == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _move(
@@ -262,7 +307,8 @@ def _move(
     force: bool,
     reason: str,
 ) -> MoveResult:
-    """Move the alias to ``target`` under the lock, if nothing changed since the decision."""
+    """Move the alias to ``target``: the intent is linked into the ledger first, then the alias
+    moves, then the entry is finished; if nothing changed since the decision."""
     if not report.passed and not force:
         failed = ", ".join(c.name for c in report.failures)
         raise GateRefusedError(
@@ -271,32 +317,37 @@ def _move(
             + ". Pass --force --reason TEXT to override.",
             report,
         )
-    actor = actor_of(settings)
-    with ledger.locked(settings, actor):
-        history = ledger.entries(settings)
-        current = registry.alias_version(settings)
-        history = _with_external_moves(settings, history, current)
-        if current != decided_from:
-            before = f"v{decided_from}" if decided_from is not None else "none"
-            raise StaleMoveError(
-                f"{settings.alias} moved from {before} to v{current} while you were "
-                f"{'promoting' if action == 'promote' else 'rolling back'}; re-run"
-            )
-        if current != target:
-            registry.set_alias(settings, target)
-        entry = ledger.append(
-            settings,
-            actor=actor,
-            action=action,
-            from_version=current,
-            to_version=target,
-            reason=reason,
-            override=force and not report.passed,
-            gate=report.to_dict(),
-            after=history,
+    unsafe = [c for c in report.failures if c.name in gate.SAFETY_CRITERIA]
+    if unsafe:
+        raise GateRefusedError(
+            f"version {target} failed the {unsafe[0].name}, which --force cannot override: it "
+            f"does not load or predict safely ({unsafe[0].detail[:200]}); {settings.alias} "
+            "stays where it is",
+            report,
         )
-    move = AliasMove(settings.model_name, settings.alias, current, target)
-    return MoveResult(move, report, entry)
+    actor, on_behalf_of = actor_of(settings)
+    intent = ledger.Intent(
+        actor=actor,
+        action=action,
+        to_version=target,
+        reason=reason,
+        override=force and not report.passed,
+        gate=report.to_dict(),
+        on_behalf_of=on_behalf_of,
+        digests=report.digests or None,
+    )
+    _failpoint(settings, "before-intent")
+    with ledger.move(settings, intent, decided_from, registry.alias_version) as pending:
+        _failpoint(settings, "after-intent")
+        registry.set_alias(settings, target)
+        pending.moved = True
+        _failpoint(settings, "after-alias")
+    move = AliasMove(settings.model_name, settings.alias, decided_from, target)
+    return MoveResult(move, report, pending.entry)
+
+
+def _unchanged(settings: Settings, version: int) -> MoveResult:
+    return MoveResult(AliasMove(settings.model_name, settings.alias, version, version), None, None)
 
 
 def _check_force(force: bool, reason: str) -> None:
@@ -311,7 +362,8 @@ def promote(
     reason: str = "",
     tolerance: float = gate.DEFAULT_TOLERANCE,
 ) -> MoveResult:
-    """Point the serving alias at ``version`` (default: the latest) if it passes the gate."""
+    """Point the serving alias at ``version`` (default: the latest) if it passes the gate; a
+    version already in production changes nothing."""
     _check_force(force, reason)
     registry.ping(settings)
     if version is None:
@@ -324,6 +376,8 @@ def promote(
     else:
         registry.get_version(settings, version)
     current = registry.alias_version(settings)
+    if current == version:
+        return _unchanged(settings, version)
     report = gate_report(settings, version, current, tolerance)
     return _move(
         settings,
@@ -346,11 +400,11 @@ def rollback_target(versions: list[VersionInfo], current: int | None) -> Version
 
 def undo_target(settings: Settings, current: int) -> int | None:
     """The version production held before ``current`` was put there, per the ledger; else the
-    nearest lower-numbered version that passed the gate."""
+    nearest lower-numbered version that passed the gate. Never ``current`` itself."""
     stack = ledger.production_stack(ledger.entries(settings))
     if not stack or stack[-1] != current:
         stack.append(current)  # a move the ledger has not recorded yet
-    if len(stack) >= 2:
+    if len(stack) >= 2 and stack[-2] != current:
         return stack[-2]
     found = rollback_target(registry.list_versions(settings), current)
     return found.version if found else None
@@ -359,13 +413,21 @@ def undo_target(settings: Settings, current: int) -> int | None:
 def rollback(
     settings: Settings, version: int | None = None, force: bool = False, reason: str = ""
 ) -> MoveResult:
-    """Undo the last production change, or move the alias to ``version``; gate-checked either way
-    (without the champion comparison)."""
+    """Undo the last production change, or move the alias back to an older ``version``;
+    gate-checked either way (without the champion comparison). Moving to a newer version is a
+    promotion and is refused here."""
     _check_force(force, reason)
     registry.ping(settings)
     current = registry.alias_version(settings)
     if version is not None:
         registry.get_version(settings, version)
+        if current == version:
+            return _unchanged(settings, version)
+        if current is not None and version > current:
+            raise ChurnopsError(
+                f"v{version} is newer than production (v{current}): that is a promotion, "
+                f"which compares it with the champion; run `churnops promote --version {version}`"
+            )
         target, action = version, "rollback"
     else:
         if current is None:
@@ -374,7 +436,7 @@ def rollback(
                 "back; use `churnops promote`"
             )
         found = undo_target(settings, current)
-        if found is None:
+        if found is None or found == current:
             raise NoRollbackTargetError(
                 f"nothing earlier to roll back to: the ledger has no production version before "
                 f"v{current} and no lower version passed the gate; {settings.alias} stays at "
@@ -394,17 +456,30 @@ def rollback(
 
 
 def history(settings: Settings) -> list[ledger.Entry]:
-    """Every alias move, newest first, including moves made outside churnops."""
+    """Every alias move, newest first. Reads only: a move made outside churnops that the ledger
+    lacks is shown as an ``unrecorded`` external entry, which the next promote or rollback
+    records."""
     registry.ping(settings)
-    entries = ledger.entries(settings)
+    chain = ledger.read(settings)
+    found = list(chain.entries)
     current = registry.alias_version(settings)
-    head = entries[-1].to_version if entries else None
-    if current is not None and current != head:
-        with ledger.locked(settings, actor_of(settings)):
-            entries = _with_external_moves(
-                settings, ledger.entries(settings), registry.alias_version(settings)
+    if current is not None and current != chain.production:
+        found.append(
+            ledger.Entry(
+                seq=(chain.head.seq + 1) if chain.head else 1,
+                time="",
+                actor=ledger.EXTERNAL_ACTOR,
+                alias=settings.alias,
+                action="external",
+                from_version=chain.production,
+                to_version=current,
+                reason="alias moved outside churnops; recorded by the next promote or rollback",
+                override=False,
+                gate=None,
+                state="unrecorded",
             )
-    return list(reversed(entries))
+        )
+    return list(reversed(found))
 
 
 def status(settings: Settings) -> Status:

@@ -8,12 +8,13 @@ and which version serves lives in the alias. Nothing is cached on local disk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,7 @@ class LoadedModel:
     input_example: pd.DataFrame | None
     metrics: dict[str, float]
     inputs: tuple[InputField, ...]
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def ping(settings: Settings, timeout: float = 3.0) -> None:
@@ -415,6 +417,8 @@ def load_version(settings: Settings, version: int, threads: int = 1) -> LoadedMo
         inputs = from_signature(logged.signature)
         raw_example = logged.load_input_example(local)
         engine = _load_engine(settings, info, local, threads)
+        digests = file_digests(Path(local))
+    digests[f"tag:{THRESHOLD_TAG}"] = _sha256(info.tags.get(THRESHOLD_TAG, "").encode())
     example = None if raw_example is None else pd.DataFrame(raw_example)
     return LoadedModel(
         version=version,
@@ -423,7 +427,25 @@ def load_version(settings: Settings, version: int, threads: int = 1) -> LoadedMo
         input_example=example,
         metrics=info.metrics,
         inputs=inputs,
+        digests=digests,
     )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by path relative to it."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            found[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return found
 
 
 def load_holdout(settings: Settings, info: VersionInfo) -> pd.DataFrame | None:

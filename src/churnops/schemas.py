@@ -45,6 +45,11 @@ class ModelResponse(BaseModel):
     alias_version: int | None = Field(description="Where the alias pointed at the last poll.")
     registry_reachable: bool | None
     last_error: str | None = Field(description="Why the last poll or swap failed, if it did.")
+    verified: bool | None = Field(
+        default=None,
+        description="True when the served files match the sha256 digests pinned in the ledger "
+        "at promotion; null when the version was moved outside churnops.",
+    )
     worker_pid: int = Field(description="The worker process that answered.")
 
 

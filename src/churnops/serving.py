@@ -357,6 +357,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             alias_version=watcher.wanted_version,
             registry_reachable=watcher.registry_reachable,
             last_error=watcher.last_error,
+            verified=served.verified if served else None,
             worker_pid=os.getpid(),
         )
 

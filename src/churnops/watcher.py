@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from churnops import registry
+from churnops import ledger, registry
 from churnops.config import Settings
-from churnops.errors import TrackingUnavailableError
+from churnops.errors import TrackingUnavailableError, UnsafeModelError
 from churnops.inputs import RequestSchema
 from churnops.predict import Engine, smoke_test
 from churnops.registry import LoadedModel
@@ -42,6 +42,8 @@ class ServedModel:
     metrics: dict[str, float]
     loaded_at: datetime
     schema: RequestSchema
+    # NB: True when its files match the digests pinned at promotion; None when nothing was pinned.
+    verified: bool | None = None
 
 
 def request_schema(loaded: LoadedModel) -> RequestSchema:
@@ -57,6 +59,23 @@ def request_schema(loaded: LoadedModel) -> RequestSchema:
     return RequestSchema(loaded.inputs, example)
 
 
+def check_pinned(loaded: LoadedModel, pinned: dict[str, str] | None) -> None:
+    """Refuse a version whose files or threshold differ from what its promotion gated."""
+    if pinned is None:
+        return
+    changed = sorted(
+        name
+        for name in pinned.keys() | loaded.digests.keys()
+        if pinned.get(name) != loaded.digests.get(name)
+    )
+    if changed:
+        raise UnsafeModelError(
+            f"version {loaded.version} differs from what its promotion gated "
+            f"({', '.join(changed[:5])} changed); refusing to serve it: promote a version "
+            "whose files are intact"
+        )
+
+
 class ModelWatcher:
     """Polls the alias and keeps ``current`` on the version it points at."""
 
@@ -69,6 +88,7 @@ class ModelWatcher:
         on_failed_swap: Callable[[], object] = lambda: None,
         on_poll: Callable[[bool], object] = lambda _: None,
         latest: Callable[[Settings], int | None] = registry.latest_passing_version,
+        pinned: Callable[[Settings, int], dict[str, str] | None] = ledger.pinned_digests,
     ) -> None:
         self._settings = settings
         self._resolve = resolve
@@ -77,6 +97,7 @@ class ModelWatcher:
         self._on_failed_swap = on_failed_swap
         self._on_poll = on_poll
         self._latest = latest
+        self._pinned = pinned
         self._next_prefetch = 0.0
         self._prefetch_failed: set[int] = set()
         self._stop = threading.Event()
@@ -159,6 +180,8 @@ class ModelWatcher:
         try:
             loaded = self._recent.get(version) or self._load(self._settings, version)
             smoke_test(loaded.engine, loaded.input_example, loaded.version)
+            pinned = self._pinned(self._settings, version)
+            check_pinned(loaded, pinned)
             schema = request_schema(loaded)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the current model serving
             self._failures += 1
@@ -177,6 +200,7 @@ class ModelWatcher:
             metrics=loaded.metrics,
             loaded_at=datetime.now(UTC),
             schema=schema,
+            verified=None if pinned is None else True,
         )
         self._failures, self.last_error = 0, None
         self._on_swap(self.current)
