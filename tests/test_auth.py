@@ -60,7 +60,7 @@ def users(auth_server: AuthServer) -> dict[str, str]:
     for step in (("train", "--version", "v1"), ("promote",), ("train", "--version", "v2")):
         done = run_churnops(*step, "--json", env=admin, timeout=300)
         assert done.returncode == 0, done.stderr
-    passwords = {"viewer": secrets.token_urlsafe(12), "deployer": secrets.token_urlsafe(12)}
+    passwords = {user: secrets.token_urlsafe(12) for user in ("viewer", "deployer", "deployer2")}
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
         "admin",
@@ -71,7 +71,8 @@ def users(auth_server: AuthServer) -> dict[str, str]:
         for user, password in passwords.items():
             client.create_user(user, password)
         client.grant_user_permission("viewer", "registered_model", MODEL, "READ")
-        client.grant_user_permission("deployer", "registered_model", MODEL, "EDIT")
+        for deployer in ("deployer", "deployer2"):
+            client.grant_user_permission(deployer, "registered_model", MODEL, "EDIT")
         ledger = json.loads(
             run_churnops("history", "--json", env=admin).stdout or "[]"
         )  # the ledger experiment exists once the admin's promote wrote it
@@ -80,7 +81,8 @@ def users(auth_server: AuthServer) -> dict[str, str]:
 
         experiment = MlflowClient(auth_server.url).get_experiment_by_name(f"{MODEL}-ledger")
         assert experiment is not None
-        client.grant_user_permission("deployer", "experiment", experiment.experiment_id, "EDIT")
+        for deployer in ("deployer", "deployer2"):
+            client.grant_user_permission(deployer, "experiment", experiment.experiment_id, "EDIT")
     finally:
         for key, value in saved.items():
             if value is None:
@@ -121,7 +123,7 @@ def test_a_viewer_reads_but_cannot_promote_or_roll_back(
     assert run_churnops("status", env=viewer).returncode == 0
     assert run_churnops("history", env=viewer).returncode == 0
     before = _production(auth_server)
-    for command in (("promote", "--version", "2"), ("rollback", "2")):
+    for command in (("promote", "--version", "2"),):
         done = run_churnops(*command, env=viewer)
         assert done.returncode == 1, done.stderr
         assert "permission denied" in done.stderr and "EDIT" in done.stderr
@@ -133,11 +135,45 @@ def test_a_deployer_with_edit_can_promote_and_roll_back(
     auth_server: AuthServer, users: dict[str, str]
 ) -> None:
     deployer = auth_server.env("deployer", users["deployer"])
-    promoted = run_churnops("promote", "--version", "2", "--json", env=deployer)
+    promoted = run_churnops(
+        "promote", "--version", "2", "--actor", "release-bot", "--json", env=deployer
+    )
     assert promoted.returncode == 0, promoted.stderr
+    assert _production(auth_server) == 2
+    viewer = run_churnops("rollback", env=auth_server.env("viewer", users["viewer"]))
+    assert viewer.returncode == 1 and "permission denied" in viewer.stderr
     assert _production(auth_server) == 2
     rolled = run_churnops("rollback", "--json", env=deployer)
     assert rolled.returncode == 0, rolled.stderr
     assert _production(auth_server) == 1
     history = json.loads(run_churnops("history", "--json", env=deployer).stdout)
-    assert [e["actor"] for e in history[:2]] == ["deployer", "deployer"]
+    # --actor never replaces the authenticated user; it is kept beside it.
+    assert [(e["actor"], e["on_behalf_of"]) for e in history[:2]] == [
+        ("deployer", None),
+        ("deployer", "release-bot"),
+    ]
+
+
+def test_another_deployer_finishes_a_crashed_deployers_move_without_an_admin(
+    auth_server: AuthServer, users: dict[str, str]
+) -> None:
+    fast = {"CHURNOPS_LEASE_SECONDS": "2"}
+    deployer = {**auth_server.env("deployer", users["deployer"]), **fast}
+    crashed = run_churnops(
+        "promote", "--version", "2", "--reason", "friday deploy",
+        env={**deployer, "CHURNOPS_FAILPOINT": "after-alias"},
+    )  # fmt: skip
+    assert crashed.returncode == -9, crashed.stderr
+    assert _production(auth_server) == 2
+    colleague = {**auth_server.env("deployer2", users["deployer2"]), **fast}
+    rolled = run_churnops("rollback", "--json", env=colleague)
+    assert rolled.returncode == 0, rolled.stderr
+    assert _production(auth_server) == 1
+    [undo, finished, *_] = json.loads(run_churnops("history", "--json", env=colleague).stdout)
+    assert (undo["actor"], undo["action"], undo["to_version"]) == ("deployer2", "undo", 1)
+    assert (finished["actor"], finished["reason"], finished["state"]) == (
+        "deployer",
+        "friday deploy",
+        "done",
+    )
+    assert finished["resolved_by"] == "deployer2"

@@ -120,13 +120,26 @@ class Settings(BaseSettings):
         description="Test hook (CHURNOPS_FAILPOINT): kill the process with SIGKILL at this step "
         "of a move: before-intent, after-intent or after-alias.",
     )
+    api_allowed_hosts: str = Field(
+        default="127.0.0.1,localhost,::1",
+        description="Host header values the API answers (CHURNOPS_API_ALLOWED_HOSTS, "
+        "comma-separated names without ports; * for any): others get 400, so a web page cannot "
+        "reach a loopback API through a rebound DNS name.",
+    )
     prediction_log_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     prediction_log_backups: int = Field(default=5, ge=0)
 
     @field_validator("api_token")
     @classmethod
     def _token_is_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().strip()) < 16:
+        if value is None:
+            return None
+        # NB: a token read from a file (a Kubernetes secret) often ends in a newline, which no
+        # client sends back; kept, it would lock everyone out.
+        value = SecretStr(value.get_secret_value().strip())
+        if any(c.isspace() for c in value.get_secret_value()):
+            raise ValueError("CHURNOPS_API_TOKEN must not contain spaces or line breaks")
+        if len(value.get_secret_value()) < 16:
             raise ValueError(
                 "CHURNOPS_API_TOKEN must be at least 16 characters; generate one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
@@ -152,6 +165,12 @@ class Settings(BaseSettings):
                 "MLFLOW_TRACKING_URI is empty; unset it or set e.g. http://127.0.0.1:5000"
             )
         return value
+
+    @property
+    def allowed_hosts(self) -> frozenset[str] | None:
+        """The Host names the API answers; None when any is allowed."""
+        names = {h.strip().lower() for h in self.api_allowed_hosts.split(",") if h.strip()}
+        return None if "*" in names else frozenset(names)
 
     @property
     def backend_db(self) -> Path:

@@ -12,6 +12,7 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── NoRollbackTargetError     exit 1  nothing earlier to roll back to          (HTTP 409)
     ├── NoProductionModelError    exit 1  the alias is not set yet                 (HTTP 503)
     ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
+    ├── UnsupportedMediaTypeError         a request body that is not JSON          (HTTP 415)
     ├── PortInUseError            exit 1  a server cannot bind its port
     ├── ServerStartError          exit 1  a server process died or did not answer in time
     └── TrackingUnavailableError  exit 2  the tracking server does not answer      (HTTP 503)
@@ -85,6 +86,12 @@ class BatchTooLargeError(ChurnopsError):
     """A batch has more rows than the server accepts."""
 
     http_status = 413
+
+
+class UnsupportedMediaTypeError(ChurnopsError):
+    """A request body sent as anything but application/json."""
+
+    http_status = 415
 
 
 class PortInUseError(ChurnopsError):

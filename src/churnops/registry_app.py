@@ -31,13 +31,21 @@ ARTIFACT_ROOT = "mlflow-artifacts:/"
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The launcher's arguments (a subset of `mlflow server`'s, same names)."""
     parser = argparse.ArgumentParser(prog="python -m churnops.registry_app")
-    parser.add_argument("--backend-store-uri", required=True)
+    # NB: read from the environment by default, so a database password stays off `ps`.
+    parser.add_argument(
+        "--backend-store-uri",
+        default=os.environ.get("CHURNOPS_BACKEND_STORE_URI"),
+        help="database URI (default: $CHURNOPS_BACKEND_STORE_URI)",
+    )
     parser.add_argument("--artifacts-destination", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--app-name", default=None, choices=[None, "basic-auth"])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.backend_store_uri:
+        parser.error("--backend-store-uri or CHURNOPS_BACKEND_STORE_URI is required")
+    return args
 
 
 def configure(args: argparse.Namespace) -> str:

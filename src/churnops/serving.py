@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
+import re
 import socket
 import tempfile
 import time
@@ -32,7 +34,12 @@ from pydantic import TypeAdapter, ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
-from churnops.errors import BatchTooLargeError, ChurnopsError, NoProductionModelError
+from churnops.errors import (
+    BatchTooLargeError,
+    ChurnopsError,
+    NoProductionModelError,
+    UnsupportedMediaTypeError,
+)
 from churnops.observability import (
     MULTIPROC_ENV,
     PredictionLog,
@@ -90,13 +97,29 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class GuardMiddleware:
-    """Pure ASGI middleware: refuses oversized bodies with 413 and records request metrics."""
+def host_name(header: bytes) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``."""
+    text = header.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    return text.rpartition(":")[0] if text.count(":") == 1 else text
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics, max_body_bytes: int) -> None:
+
+class GuardMiddleware:
+    """Pure ASGI middleware: refuses unknown Host headers with 400 and oversized bodies with
+    413, and records request metrics."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServingMetrics,
+        max_body_bytes: int,
+        allowed_hosts: frozenset[str] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,7 +128,19 @@ class GuardMiddleware:
         start = time.perf_counter()
         status = 500
         limit = self.max_body_bytes
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host")
+        if self.allowed_hosts is not None and host is not None:
+            name = host_name(host)
+            if name not in self.allowed_hosts:
+                detail = (
+                    f"Host {name!r} is not served here; add it to CHURNOPS_API_ALLOWED_HOSTS "
+                    "if this API is meant to answer under that name"
+                )
+                await send_error(send, 400, detail)
+                self._observe(scope, 400, start)
+                return
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._refuse(send, int(declared))
             self._observe(scope, 413, start)
@@ -185,18 +220,48 @@ def _request_body(schema: str) -> dict[str, Any]:
     }
 
 
-def _validated(adapter: TypeAdapter[dict[str, Any]], body: bytes) -> dict[str, Any]:
+def _echoable(value: Any) -> Any:
+    """``value`` with every non-finite number replaced by its text, so a 422 body can echo the
+    input as JSON (``1e400`` parses to inf, which JSON cannot carry)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _echoable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_echoable(v) for v in value]
+    return value
+
+
+def _validated(
+    adapter: TypeAdapter[dict[str, Any]], request: Request, body: bytes
+) -> dict[str, Any]:
     """Parse and validate a JSON body in one pass (pydantic-core); errors become FastAPI's
     field-level 422, located under ``body`` as for declared request models."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        # NB: a web page may post text/plain to a loopback API without a CORS preflight.
+        raise UnsupportedMediaTypeError(
+            f"request bodies must be sent as Content-Type: application/json, not "
+            f"{media or 'none'!r}"
+        )
     try:
         return adapter.validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"]), "input": _echoable(e.get("input"))} for e in errors]
+        ) from None
+
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _request_id(request: Request) -> str:
-    return request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+    """The caller's X-Request-ID when it is at most 128 safe characters, else a new one."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _SAFE_REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastAPI:
@@ -277,7 +342,12 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
     if settings.api_token is not None:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token.get_secret_value())
     # NB: added last, so it is outermost and counts refused requests (401, 413) too.
-    app.add_middleware(GuardMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        GuardMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        allowed_hosts=settings.allowed_hosts,
+    )
 
     @app.exception_handler(ChurnopsError)
     async def _churnops_error(_: Request, exc: ChurnopsError) -> JSONResponse:
@@ -368,13 +438,16 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
     @app.post(
         "/predict",
         response_model=PredictionResponse,
-        responses={422: {"description": "A field is missing, unknown or of the wrong type."}},
+        responses={
+            415: {"model": ErrorResponse},
+            422: {"description": "A field is missing, unknown or of the wrong type."},
+        },
         summary="Score one customer",
         openapi_extra=_request_body(CUSTOMER_SCHEMA),
     )
     async def predict_one(request: Request) -> Response:
         served = serving()
-        customer = _validated(served.schema.one, await request.body())
+        customer = _validated(served.schema.one, request, await request.body())
         return await score(served, [customer], request, batch=False)
 
     @app.post(
@@ -382,6 +455,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         response_model=BatchPredictionResponse,
         responses={
             413: {"model": ErrorResponse},
+            415: {"model": ErrorResponse},
             422: {"description": "A field is missing, unknown or of the wrong type."},
         },
         summary="Score many customers at once",
@@ -389,7 +463,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
     )
     async def predict_batch(request: Request) -> Response:
         served = serving()
-        customers = _validated(served.schema.batch, await request.body())["customers"]
+        customers = _validated(served.schema.batch, request, await request.body())["customers"]
         if len(customers) > settings.max_batch_rows:
             raise BatchTooLargeError(
                 f"batch has {len(customers)} customers; the limit is "

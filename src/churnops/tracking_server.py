@@ -99,6 +99,9 @@ def wait_until_answers(
     raise ServerStartError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
+BACKEND_STORE_ENV = "CHURNOPS_BACKEND_STORE_URI"
+
+
 def default_workers() -> int:
     """Workers sized to the machine: one per two cores, at least 1, at most 4."""
     return max(1, min((os.cpu_count() or 1) // 2, 4))
@@ -107,13 +110,16 @@ def default_workers() -> int:
 def server_command(
     settings: Settings, host: str, port: int, workers: int, auth: bool = False
 ) -> list[str]:
-    """The lean launcher's command line (``churnops.registry_app``) for the configured stores."""
+    """The lean launcher's command line (``churnops.registry_app``) for the configured stores.
+
+    NB: the backend store URI, which may hold a database password, is not on it: a command line
+    is visible to every user (`ps`), so it travels in the child's environment
+    (BACKEND_STORE_ENV, see :func:`start`), which only its owner can read.
+    """
     command = [
         sys.executable,
         "-m",
         "churnops.registry_app",
-        "--backend-store-uri",
-        settings.server_backend_store_uri,
         "--artifacts-destination",
         settings.server_artifacts_destination,
         "--host",
@@ -182,6 +188,7 @@ def start(
     # NB: storage credentials (extra_env) go to the server alone; clients reach artifacts
     # through its proxy.
     env = child_env(extra_env)
+    env[BACKEND_STORE_ENV] = settings.server_backend_store_uri
     if auth:
         env.update(auth_environment(settings, env))
     output: int | IO[bytes] = subprocess.DEVNULL if quiet else 2
