@@ -275,3 +275,17 @@ def break_artifacts(store: Path, settings: Settings, version: int) -> None:
     assert doomed, "found none of the version's model files to delete"
     for path in doomed:
         path.unlink()
+
+
+# NB: a test that reaches a real server through any fixture, or a module that starts processes
+# of its own, is end to end; `pytest -m "not slow"` leaves those out.
+SLOW_FIXTURES = frozenset({"embedded_tracking_url", "team_backend"})
+SLOW_MODULES = frozenset({"test_auth", "test_team", "test_lifecycle_e2e", "test_serving_ops"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the end-to-end tests ``slow``."""
+    for item in items:
+        module = item.nodeid.partition("::")[0].rpartition("/")[2].removesuffix(".py")
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

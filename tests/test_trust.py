@@ -22,8 +22,6 @@ from churnops import ledger, registry
 from churnops.config import Settings
 from tests.conftest import break_artifacts, moved, run_churnops, start_api, stop_api, wait_for
 
-pytestmark = pytest.mark.slow
-
 
 def _ok(result: Result) -> dict:
     assert result.exit_code == 0, result.output + result.stderr
