@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, NotRequired
 
+import numpy as np
 from pydantic import ConfigDict, Field, StrictBool, StrictStr, TypeAdapter
 from typing_extensions import TypedDict
 
 # NB: the largest magnitude a numeric field takes: integers beyond 64 bits broke the prediction
 # log, and floats beyond float32 became inf in the ONNX engine (both found by fuzzing the API).
+# The one rule book: the API's request schema below and `churnops score` (out_of_range) both
+# read these.
 MAX_MAGNITUDE = 10**15
+MAX_TEXT_LENGTH = 1024
 _INTEGER = Annotated[int, Field(strict=True, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
 _NUMBER = Annotated[
     float, Field(strict=True, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE, allow_inf_nan=False)
@@ -29,8 +33,22 @@ _PYTHON_TYPES: dict[str, Any] = {
     "float": _NUMBER,
     "double": _NUMBER,
     "boolean": StrictBool,
-    "string": Annotated[StrictStr, Field(max_length=1024)],
+    "string": Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)],
 }
+
+
+def out_of_range(numbers: np.ndarray) -> np.ndarray:
+    """Mask of the values the API would refuse: infinite, or beyond MAX_MAGNITUDE (NaN is a
+    missing value, judged elsewhere)."""
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(numbers) & ~(np.abs(numbers) <= MAX_MAGNITUDE)
+
+
+def range_rule() -> str:
+    """The numeric rule as a reason text."""
+    return f"outside the accepted range (finite, |x| <= {MAX_MAGNITUDE:.0e})"
+
+
 NUMERIC_TYPES = frozenset({"integer", "long", "float", "double"})
 # NB: the functional form with computed keys, which type checkers cannot follow statically.
 _typed_dict: Any = TypedDict

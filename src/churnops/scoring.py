@@ -30,7 +30,7 @@ from churnops import registry
 from churnops.config import DEFAULT_CHUNK_ROWS, Settings
 from churnops.data import IDENTIFIER, MISSING_MARKERS
 from churnops.errors import DataError, NoProductionModelError
-from churnops.inputs import InputField
+from churnops.inputs import MAX_TEXT_LENGTH, InputField, out_of_range, range_rule
 from churnops.predict import Engine
 
 # NB: DEFAULT_CHUNK_ROWS (config) is large, because a gradient-boosting predict_proba costs ~35 ms
@@ -211,8 +211,11 @@ def _numeric(values: pd.Series, field: InputField, problems: _Problems) -> np.nd
         problems.add(bad, lambda i: f"{field.name}: {raw[i]!r} is not a number")
     else:
         numbers = values.to_numpy(dtype=float, na_value=np.nan)
+    outside = out_of_range(numbers)
+    problems.add(outside, lambda i: f"{field.name}: {numbers[i]} is {range_rule()}")
     if field.type in ("integer", "long") and not pd.api.types.is_integer_dtype(values):
-        fractional = ~np.isnan(numbers) & (numbers % 1 != 0)
+        with np.errstate(invalid="ignore"):
+            fractional = ~np.isnan(numbers) & ~outside & (numbers % 1 != 0)
         problems.add(fractional, lambda i: f"{field.name}: {numbers[i]} is not a whole number")
     return numbers
 
@@ -238,6 +241,11 @@ def _validate(
             # NB: kept as read: the pipeline's encoders take missing text as NaN.
             missing = values.isna().to_numpy()
             typed[field.name] = values
+            lengths = values.str.len().to_numpy(dtype=float, na_value=0)
+            problems.add(
+                lengths > MAX_TEXT_LENGTH,
+                f"{field.name}: longer than {MAX_TEXT_LENGTH} characters",
+            )
         if field.required:
             reason = f"{field.name}: missing, and training had no missing values there"
             problems.add(missing, reason)
@@ -388,9 +396,17 @@ def score_engine(
     return read, scored, rejected
 
 
+# NB: a spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _text(values: pd.Series) -> np.ndarray:
-    """Values as they would be written back, with an empty string for a missing one."""
-    return values.astype(str).where(values.notna(), "").to_numpy()
+    """Values as they would be written back, with an empty string for a missing one; text that
+    a spreadsheet would run as a formula is prefixed with an apostrophe."""
+    text = values.astype(str).where(values.notna(), "")
+    if not pd.api.types.is_numeric_dtype(values):
+        text = text.where(~text.str.startswith(FORMULA_STARTS), "'" + text)
+    return text.to_numpy()
 
 
 def count_rows(source: Path) -> int | None:
@@ -420,8 +436,11 @@ def score_file(
     on_chunk: Callable[[int], object] = lambda _: None,
 ) -> ScoreReport:
     """Score a customer table with a version (default: the one the alias points at)."""
-    if source.resolve() == output.resolve():
-        raise DataError(f"the output {output} would overwrite the input; choose another path")
+    for written in (output, rejects_path(output)):
+        if source.resolve() == written.resolve():
+            raise DataError(
+                f"{written} would overwrite the input {source}; choose another output path"
+            )
     registry.ping(settings)
     number = resolve_version(settings, version)
     info = registry.get_version(settings, number)
