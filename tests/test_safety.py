@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import uuid
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -13,7 +14,7 @@ import pytest
 import skops.io
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from churnops import data, lifecycle, registry, safety, training
 from churnops.config import Settings
@@ -109,3 +110,21 @@ def test_the_api_never_swaps_in_a_pickled_version_and_says_why(
     finally:
         stop_api(api)
     assert "is saved as cloudpickle" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_small_archive_that_unpacks_past_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    model = StandardScaler().fit(np.arange(20.0).reshape(-1, 2))
+    model.mean_ = np.zeros(5_000_000)  # 40 MB of zeros, a few kB compressed
+    mlflow.sklearn.save_model(
+        model, tmp_path / "model", serialization_format="skops", skops_trusted_types=[]
+    )
+    skops_file = safety.skops_file(tmp_path / "model", version=6)
+    # As a crafted upload would be: the same archive, deflated.
+    with zipfile.ZipFile(skops_file) as stored:
+        members = [(info.filename, stored.read(info)) for info in stored.infolist()]
+    with zipfile.ZipFile(skops_file, "w", compression=zipfile.ZIP_DEFLATED) as packed:
+        for name, content in members:
+            packed.writestr(name, content)
+    assert skops_file.stat().st_size < 1_000_000
+    with pytest.raises(UnsafeModelError, match=r"unpacks to 40,0\d\d,\d\d\d bytes, over the limit"):
+        safety.load_sklearn(tmp_path / "model", version=6, max_unpacked_bytes=10_000_000)

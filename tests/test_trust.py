@@ -239,3 +239,18 @@ def test_a_deleted_ledger_entry_is_named_instead_of_skipped(
     MlflowClient(settings.tracking_uri).delete_run(first.run_id)
     broken = cli("history")
     assert broken.exit_code == 1 and "which is missing" in broken.stderr
+
+
+def test_the_api_refuses_a_version_larger_than_its_download_limit_before_downloading(
+    cli: Callable[..., Result], env: dict[str, str], tmp_path: Path
+) -> None:
+    _train(cli, "--seed", "1")
+    _ok(cli("promote", "--json"))
+    capped = {**env, "CHURNOPS_MAX_MODEL_BYTES": "1000"}
+    api = start_api(capped, tmp_path / "api.log", "--workers", "1")
+    try:
+        detail = wait_for(lambda: api.client.get("/model").json()["last_error"], timeout=60)
+        assert "over the limit of 1,000 (CHURNOPS_MAX_MODEL_BYTES); not downloaded" in detail
+        assert api.client.get("/ready").status_code == 503
+    finally:
+        stop_api(api)

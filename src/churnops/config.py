@@ -23,6 +23,7 @@ ModelKind = Literal["logreg", "hgb", "auto"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("logreg", "hgb", "auto")
 DEFAULT_CHUNK_ROWS = 100_000
 TARGET = "churn"
+DEFAULT_MAX_UNPACKED_BYTES = 2 * 1024 * 1024 * 1024
 MIN_LABELLED_ROWS = 50
 
 # NB: binding anything else exposes a server beyond this machine; the CLI warns when it does.
@@ -119,6 +120,18 @@ class Settings(BaseSettings):
         default=None,
         description="Test hook (CHURNOPS_FAILPOINT): kill the process with SIGKILL at this step "
         "of a move: before-intent, after-intent or after-alias.",
+    )
+    max_model_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="Largest download of one version's model files (CHURNOPS_MAX_MODEL_BYTES); "
+        "a bigger version is refused before it is downloaded.",
+    )
+    max_unpacked_bytes: int = Field(
+        default=DEFAULT_MAX_UNPACKED_BYTES,
+        gt=0,
+        description="Largest a version's skops archive may unpack to "
+        "(CHURNOPS_MAX_UNPACKED_BYTES): a small archive of a huge array is refused unread.",
     )
     api_allowed_hosts: str = Field(
         default="127.0.0.1,localhost,::1",

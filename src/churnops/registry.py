@@ -32,6 +32,7 @@ from churnops.errors import (
     ChurnopsError,
     PermissionDeniedError,
     TrackingUnavailableError,
+    UnsafeModelError,
     VersionNotFoundError,
 )
 from churnops.inputs import InputField, from_signature
@@ -381,9 +382,14 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int
 
     from churnops import safety
 
-    safety.skops_file(local, info.version)
+    safety.check_unpacked_size(
+        safety.skops_file(local, info.version), info.version, settings.max_unpacked_bytes
+    )
     if info.tags.get(INFERENCE_TAG) == "onnx" and info.run_id:
         try:
+            _check_download_size(
+                settings, f"runs:/{info.run_id}/{Path(ONNX_ARTIFACT).parent}", info.version
+            )
             path = mlflow.artifacts.download_artifacts(
                 run_id=info.run_id, artifact_path=ONNX_ARTIFACT, dst_path=local
             )
@@ -393,7 +399,33 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int
             log.warning(
                 "version %s: ONNX export unusable (%s); serving scikit-learn", info.version, exc
             )
-    return SklearnEngine(safety.load_sklearn(local, info.version))
+    return SklearnEngine(safety.load_sklearn(local, info.version, settings.max_unpacked_bytes))
+
+
+def _artifact_bytes(repository: Any, path: str | None, depth: int = 0) -> int:
+    total = 0
+    for item in repository.list_artifacts(path):
+        if item.is_dir:
+            if depth >= 8:
+                raise ChurnopsError(f"artifact folders nest deeper than 8 levels at {item.path}")
+            total += _artifact_bytes(repository, item.path, depth + 1)
+        else:
+            total += int(item.file_size or 0)
+    return total
+
+
+def _check_download_size(settings: Settings, uri: str, version: int) -> None:
+    """UnsafeModelError when the files under ``uri`` exceed CHURNOPS_MAX_MODEL_BYTES; listed
+    before anything is downloaded."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repository = get_artifact_repository(artifact_uri=uri, tracking_uri=settings.tracking_uri)
+    size = _artifact_bytes(repository, None)
+    if size > settings.max_model_bytes:
+        raise UnsafeModelError(
+            f"version {version}'s files at {uri} are {size:,} bytes, over the limit of "
+            f"{settings.max_model_bytes:,} (CHURNOPS_MAX_MODEL_BYTES); not downloaded"
+        )
 
 
 def load_version(settings: Settings, version: int, threads: int = 1) -> LoadedModel:
@@ -405,9 +437,9 @@ def load_version(settings: Settings, version: int, threads: int = 1) -> LoadedMo
     _use_tracking_uri(settings)
     info = get_version(settings, version)
     with mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{settings.model_name}/{version}", dst_path=tmp
-        )
+        uri = f"models:/{settings.model_name}/{version}"
+        _check_download_size(settings, uri, version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         logged = Model.load(local)
         if logged.signature is None:
             raise ChurnopsError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from churnops.config import DEFAULT_MAX_UNPACKED_BYTES
 from churnops.errors import UnsafeModelError
 
 # NB: extend only with types a churnops-trained model is shown to need (see tests/test_safety.py).
@@ -62,9 +63,29 @@ def check_types(path: Path, version: int) -> list[str]:
     return needed
 
 
-def load_sklearn(local: str | Path, version: int) -> Any:
+def check_unpacked_size(path: Path, version: int, limit: int) -> None:
+    """UnsafeModelError when the skops archive would unpack to more than ``limit`` bytes (read
+    from the archive's directory; nothing is decompressed)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise UnsafeModelError(f"version {version}'s skops file is not an archive: {exc}") from None
+    if unpacked > limit:
+        raise UnsafeModelError(
+            f"version {version}'s skops file unpacks to {unpacked:,} bytes, over the limit of "
+            f"{limit:,} (CHURNOPS_MAX_UNPACKED_BYTES); it is not loaded"
+        )
+
+
+def load_sklearn(
+    local: str | Path, version: int, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+) -> Any:
     """Load a downloaded model's scikit-learn object, trusting only the pinned types."""
     import skops.io
 
     path = skops_file(local, version)
+    check_unpacked_size(path, version, max_unpacked_bytes)
     return skops.io.load(path, trusted=check_types(path, version))

@@ -98,7 +98,8 @@ class ModelWatcher:
         self._on_poll = on_poll
         self._latest = latest
         self._pinned = pinned
-        self._next_prefetch = 0.0
+        self._lock = threading.Lock()
+        self._prefetcher: threading.Thread | None = None
         self._prefetch_failed: set[int] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,22 +132,24 @@ class ModelWatcher:
         if wanted is None or (current is not None and current.version == wanted):
             if wanted is not None:
                 self.last_error = None
-                self._prefetch()
             return
         if time.monotonic() < self._retry_at:
             return
         self._swap_to(wanted, poll_seconds=time.perf_counter() - started)
 
-    def _prefetch(self) -> None:
-        """Load the newest version that passed the gate ahead of its promotion, off the
-        request path, so that promoting it swaps at once instead of after a download."""
-        if time.monotonic() < self._next_prefetch:
-            return
-        self._next_prefetch = time.monotonic() + PREFETCH_INTERVAL
+    def prefetch_once(self) -> None:
+        """Load the newest version that passed the gate ahead of its promotion, so that
+        promoting it swaps at once instead of after a download.
+
+        NB: runs on a thread of its own, never the polling thread: a slow download must not
+        delay following the alias (a rollback above all).
+        """
         latest = None
         try:
             latest = self._latest(self._settings)
-            if latest is None or latest in self._recent or latest in self._prefetch_failed:
+            with self._lock:
+                known = latest in self._recent
+            if latest is None or known or latest in self._prefetch_failed:
                 return
             loaded = self._load(self._settings, latest)
             smoke_test(loaded.engine, loaded.input_example, loaded.version)
@@ -159,10 +162,11 @@ class ModelWatcher:
         log.info("prefetched version %s", latest)
 
     def _remember(self, loaded: LoadedModel) -> None:
-        self._recent[loaded.version] = loaded
-        self._recent.move_to_end(loaded.version)
-        while len(self._recent) > RECENT_VERSIONS:
-            self._recent.popitem(last=False)
+        with self._lock:
+            self._recent[loaded.version] = loaded
+            self._recent.move_to_end(loaded.version)
+            while len(self._recent) > RECENT_VERSIONS:
+                self._recent.popitem(last=False)
 
     def _unreachable(self, reason: str) -> None:
         if self.registry_reachable is not False:
@@ -178,7 +182,9 @@ class ModelWatcher:
     def _swap_to(self, version: int, poll_seconds: float = 0.0) -> None:
         started = time.perf_counter()
         try:
-            loaded = self._recent.get(version) or self._load(self._settings, version)
+            with self._lock:
+                cached = self._recent.get(version)
+            loaded = cached or self._load(self._settings, version)
             smoke_test(loaded.engine, loaded.input_example, loaded.version)
             pinned = self._pinned(self._settings, version)
             check_pinned(loaded, pinned)
@@ -220,13 +226,24 @@ class ModelWatcher:
             self.poll_once()
             self._stop.wait(self._settings.poll_interval)
 
+    def _run_prefetch(self) -> None:
+        while not self._stop.wait(PREFETCH_INTERVAL):
+            self.prefetch_once()
+
     def start(self) -> None:
-        """Begin polling in a daemon thread; the first poll happens at once."""
+        """Begin polling and prefetching in daemon threads; the first poll happens at once."""
         self._thread = threading.Thread(target=self._run, name="churnops-watcher", daemon=True)
         self._thread.start()
+        self._prefetcher = threading.Thread(
+            target=self._run_prefetch, name="churnops-prefetch", daemon=True
+        )
+        self._prefetcher.start()
 
     def stop(self) -> None:
-        """Stop polling and wait for the thread to finish its current step."""
+        """Stop polling and wait for the threads to finish their current step."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._prefetcher is not None:
+            # NB: a download in progress cannot be interrupted; the daemon thread dies with us.
+            self._prefetcher.join(timeout=2)
