@@ -41,7 +41,11 @@ def api(tracking_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def test_health_and_ready_answer_once_a_model_is_loaded(api: ApiProcess) -> None:
     assert api.client.get("/health").json() == {"status": "ok"}
-    assert api.client.get("/ready").json() == {"status": "ready", "model_version": 1}
+    assert api.client.get("/ready").json() == {
+        "status": "ready",
+        "model_version": 1,
+        "stale": False,
+    }
 
 
 def test_model_reports_version_run_and_metrics(api: ApiProcess) -> None:

@@ -18,9 +18,18 @@ import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
 
-from churnops import ledger, registry
+from churnops import ledger, lifecycle, registry, tracking_server
 from churnops.config import Settings
-from tests.conftest import break_artifacts, moved, run_churnops, start_api, stop_api, wait_for
+from tests.conftest import (
+    break_artifacts,
+    free_port,
+    moved,
+    run_churnops,
+    start_api,
+    stop_api,
+    wait_for,
+)
+from tests.test_api import CUSTOMER
 
 
 def _ok(result: Result) -> dict:
@@ -254,3 +263,55 @@ def test_the_api_refuses_a_version_larger_than_its_download_limit_before_downloa
         assert api.client.get("/ready").status_code == 503
     finally:
         stop_api(api)
+
+
+def test_a_replica_restarted_while_the_registry_is_down_serves_its_last_version_marked_stale(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    settings = Settings(
+        tracking_uri=f"http://127.0.0.1:{port}", data_dir=tmp_path / "store", model_name="churn"
+    )
+    env = {"MLFLOW_TRACKING_URI": settings.tracking_uri, "CHURNOPS_MODEL_NAME": "churn"}
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    server = tracking_server.start(settings, port=port, quiet=True)
+    api = None
+    try:
+        first = lifecycle.train(settings, data_file=None, version_label="v1", seed=1, gate_f1=0.6)
+        lifecycle.promote(settings, first.version)
+        api = start_api(env, replica / "first.log", "--workers", "1")
+        api.wait_until_every_worker_serves()
+        assert api.client.get("/ready").json()["stale"] is False
+        stop_api(api)
+        server.stop()
+
+        api = start_api(env, replica / "restarted.log", "--workers", "1")
+        client = api.client
+        wait_for(lambda: client.get("/ready").status_code == 200, timeout=60)
+        assert api.client.get("/ready").json() == {
+            "status": "ready",
+            "model_version": first.version,
+            "stale": True,
+        }
+        model = api.client.get("/model").json()
+        assert model["stale"] is True and model["registry_reachable"] is False
+        response = api.client.post("/predict", json=CUSTOMER)
+        assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
+        stop_api(api)
+
+        # A copy whose files no longer match their digests is never served.
+        [skops] = (replica / "cache").rglob("model.skops")
+        skops.write_bytes(skops.read_bytes() + b"tampered")
+        api = start_api(env, replica / "tampered.log", "--workers", "1")
+        client = api.client
+        wait_for(lambda: client.get("/model").json()["registry_reachable"] is False, 30)
+        assert api.client.get("/ready").status_code == 503
+
+        server = tracking_server.start(settings, port=port, quiet=True)
+        wait_for(lambda: client.get("/ready").status_code == 200, timeout=60)
+        assert client.get("/ready").json()["stale"] is False
+    finally:
+        if api is not None:
+            stop_api(api)
+        server.stop()

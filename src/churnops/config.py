@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         description="Largest a version's skops archive may unpack to "
         "(CHURNOPS_MAX_UNPACKED_BYTES): a small archive of a huge array is refused unread.",
     )
+    serve_cache: bool = Field(
+        default=True,
+        description="Keep a digest-checked copy of the served version under <data dir>/cache "
+        "and serve it, marked stale, when the registry is unreachable at start "
+        "(CHURNOPS_SERVE_CACHE).",
+    )
     api_allowed_hosts: str = Field(
         default="127.0.0.1,localhost,::1",
         description="Host header values the API answers (CHURNOPS_API_ALLOWED_HOSTS, "

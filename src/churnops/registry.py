@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -387,14 +387,18 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int
     )
     if info.tags.get(INFERENCE_TAG) == "onnx" and info.run_id:
         try:
-            _check_download_size(
-                settings, f"runs:/{info.run_id}/{Path(ONNX_ARTIFACT).parent}", info.version
-            )
-            path = mlflow.artifacts.download_artifacts(
-                run_id=info.run_id, artifact_path=ONNX_ARTIFACT, dst_path=local
-            )
+            path = Path(local) / ONNX_ARTIFACT
+            if not path.exists():  # NB: a cached copy (see churnops.cache) has it already
+                _check_download_size(
+                    settings, f"runs:/{info.run_id}/{Path(ONNX_ARTIFACT).parent}", info.version
+                )
+                path = Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=info.run_id, artifact_path=ONNX_ARTIFACT, dst_path=local
+                    )
+                )
             threshold = float(info.tags.get(THRESHOLD_TAG, DEFAULT_THRESHOLD))
-            return OnnxEngine(Path(path).read_bytes(), threshold, threads)
+            return OnnxEngine(path.read_bytes(), threshold, threads)
         except Exception as exc:  # noqa: BLE001 - the pipeline is the documented fallback
             log.warning(
                 "version %s: ONNX export unusable (%s); serving scikit-learn", info.version, exc
@@ -428,32 +432,46 @@ def _check_download_size(settings: Settings, uri: str, version: int) -> None:
         )
 
 
-def load_version(settings: Settings, version: int, threads: int = 1) -> LoadedModel:
+def load_version(
+    settings: Settings,
+    version: int,
+    threads: int = 1,
+    keep: Callable[[LoadedModel, VersionInfo, Path], object] | None = None,
+) -> LoadedModel:
     """Download one version through the tracking server and build its inference engine
-    (``threads`` per ONNX call)."""
+    (``threads`` per ONNX call); ``keep`` may copy the downloaded files before they go."""
     import mlflow.artifacts
-    from mlflow.models import Model
 
     _use_tracking_uri(settings)
     info = get_version(settings, version)
     with mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
         uri = f"models:/{settings.model_name}/{version}"
         _check_download_size(settings, uri, version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        logged = Model.load(local)
-        if logged.signature is None:
-            raise ChurnopsError(
-                f"version {version} has no signature, so its request fields are unknown; "
-                "log the model with a signature (churnops train does)"
-            )
-        inputs = from_signature(logged.signature)
-        raw_example = logged.load_input_example(local)
-        engine = _load_engine(settings, info, local, threads)
-        digests = file_digests(Path(local))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        loaded = load_files(settings, info, local, threads)
+        if keep is not None:
+            keep(loaded, info, local)
+    return loaded
+
+
+def load_files(settings: Settings, info: VersionInfo, local: Path, threads: int) -> LoadedModel:
+    """Build a version's engine from its files on disk, with their digests."""
+    from mlflow.models import Model
+
+    logged = Model.load(str(local))
+    if logged.signature is None:
+        raise ChurnopsError(
+            f"version {info.version} has no signature, so its request fields are unknown; "
+            "log the model with a signature (churnops train does)"
+        )
+    inputs = from_signature(logged.signature)
+    raw_example = logged.load_input_example(str(local))
+    engine = _load_engine(settings, info, str(local), threads)
+    digests = file_digests(local)
     digests[f"tag:{THRESHOLD_TAG}"] = _sha256(info.tags.get(THRESHOLD_TAG, "").encode())
     example = None if raw_example is None else pd.DataFrame(raw_example)
     return LoadedModel(
-        version=version,
+        version=info.version,
         run_id=info.run_id,
         engine=engine,
         input_example=example,

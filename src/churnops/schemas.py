@@ -50,6 +50,11 @@ class ModelResponse(BaseModel):
         description="True when the served files match the sha256 digests pinned in the ledger "
         "at promotion; null when the version was moved outside churnops.",
     )
+    stale: bool = Field(
+        default=False,
+        description="True while serving the on-disk copy of the last served version because "
+        "the registry was unreachable at start.",
+    )
     worker_pid: int = Field(description="The worker process that answered.")
 
 

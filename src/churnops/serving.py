@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import math
@@ -46,6 +47,7 @@ from churnops.observability import (
     ServingMetrics,
     configure_json_logging,
 )
+from churnops.registry import LoadedModel
 from churnops.schemas import (
     BatchPredictionResponse,
     ErrorResponse,
@@ -272,12 +274,22 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         metrics.swaps.inc()
         metrics.model_version.set(served.version)
 
-    watcher = watcher or ModelWatcher(
-        settings,
-        on_swap=swapped,
-        on_failed_swap=metrics.failed_swaps.inc,
-        on_poll=lambda reachable: metrics.registry_up.set(1 if reachable else 0),
-    )
+    if watcher is None:
+        from churnops import cache, registry
+
+        def load(settings: Settings, version: int) -> LoadedModel:
+            keep = functools.partial(cache.keep, settings) if settings.serve_cache else None
+            return registry.load_version(settings, version, keep=keep)
+
+        watcher = ModelWatcher(
+            settings,
+            load=load,
+            on_swap=swapped,
+            on_failed_swap=metrics.failed_swaps.inc,
+            on_poll=lambda reachable: metrics.registry_up.set(1 if reachable else 0),
+            fallback=cache.load_served if settings.serve_cache else lambda _: None,
+            on_served=cache.mark_served if settings.serve_cache else lambda _s, _v: None,
+        )
     prediction_log: PredictionLog | None = None
 
     @asynccontextmanager
@@ -409,7 +421,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
     @app.get("/ready", summary="Readiness: 200 once a model is loaded, 503 before")
     async def ready() -> dict[str, object]:
         served = serving()
-        return {"status": "ready", "model_version": served.version}
+        return {"status": "ready", "model_version": served.version, "stale": served.stale}
 
     @app.get("/model", response_model=ModelResponse, summary="The model this worker serves")
     async def model() -> ModelResponse:
@@ -428,6 +440,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             registry_reachable=watcher.registry_reachable,
             last_error=watcher.last_error,
             verified=served.verified if served else None,
+            stale=served.stale if served else False,
             worker_pid=os.getpid(),
         )
 

@@ -44,6 +44,8 @@ class ServedModel:
     schema: RequestSchema
     # NB: True when its files match the digests pinned at promotion; None when nothing was pinned.
     verified: bool | None = None
+    # NB: True when served from the on-disk copy because the registry was unreachable at start.
+    stale: bool = False
 
 
 def request_schema(loaded: LoadedModel) -> RequestSchema:
@@ -89,6 +91,8 @@ class ModelWatcher:
         on_poll: Callable[[bool], object] = lambda _: None,
         latest: Callable[[Settings], int | None] = registry.latest_passing_version,
         pinned: Callable[[Settings, int], dict[str, str] | None] = ledger.pinned_digests,
+        fallback: Callable[[Settings], LoadedModel | None] = lambda _: None,
+        on_served: Callable[[Settings, int], object] = lambda _s, _v: None,
     ) -> None:
         self._settings = settings
         self._resolve = resolve
@@ -98,6 +102,9 @@ class ModelWatcher:
         self._on_poll = on_poll
         self._latest = latest
         self._pinned = pinned
+        self._fallback = fallback
+        self._on_served = on_served
+        self._fallback_tried = False
         self._lock = threading.Lock()
         self._prefetcher: threading.Thread | None = None
         self._prefetch_failed: set[int] = set()
@@ -129,7 +136,9 @@ class ModelWatcher:
             self._failures, self._retry_at = 0, 0.0
         self.wanted_version = wanted
         current = self.current
-        if wanted is None or (current is not None and current.version == wanted):
+        if wanted is None or (
+            current is not None and current.version == wanted and not current.stale
+        ):
             if wanted is not None:
                 self.last_error = None
             return
@@ -178,6 +187,36 @@ class ModelWatcher:
         self.registry_reachable = False
         self.last_error = reason
         self._on_poll(False)
+        if self.current is None and not self._fallback_tried:
+            self._fallback_tried = True
+            self._serve_fallback()
+
+    def _serve_fallback(self) -> None:
+        """Serve the on-disk copy of the version served last, marked stale."""
+        try:
+            loaded = self._fallback(self._settings)
+            if loaded is None:
+                return
+            smoke_test(loaded.engine, loaded.input_example, loaded.version)
+            schema = request_schema(loaded)
+        except Exception as exc:  # noqa: BLE001 - no copy to fall back on; keep waiting
+            log.error("the on-disk copy of the last served version is unusable: %s", exc)
+            return
+        self._remember(loaded)
+        self.current = ServedModel(
+            version=loaded.version,
+            run_id=loaded.run_id,
+            engine=loaded.engine,
+            metrics=loaded.metrics,
+            loaded_at=datetime.now(UTC),
+            schema=schema,
+            stale=True,
+        )
+        self._on_swap(self.current)
+        log.warning(
+            "registry unreachable at start: serving version %s from its on-disk copy (stale)",
+            loaded.version,
+        )
 
     def _swap_to(self, version: int, poll_seconds: float = 0.0) -> None:
         started = time.perf_counter()
@@ -210,6 +249,10 @@ class ModelWatcher:
         )
         self._failures, self.last_error = 0, None
         self._on_swap(self.current)
+        try:
+            self._on_served(self._settings, version)
+        except Exception as exc:  # noqa: BLE001 - the copy is a fallback; serving goes on
+            log.warning("could not record version %s as served: %s", version, exc)
         log.info(
             "now serving version %s (was %s) with %s",
             version,
