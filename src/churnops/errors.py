@@ -16,6 +16,8 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── PortInUseError            exit 1  a server cannot bind its port
     ├── ServerStartError          exit 1  a server process died or did not answer in time
     └── TrackingUnavailableError  exit 2  the tracking server does not answer      (HTTP 503)
+        └── TrackingServerError   exit 2  it answers, but with server errors (its database or
+                                          artifact store is down)
 """
 
 from __future__ import annotations
@@ -125,3 +127,21 @@ class TrackingUnavailableError(ChurnopsError):
             "running one"
         )
         super().__init__(hint)
+
+
+class TrackingServerError(TrackingUnavailableError):
+    """The tracking server answers, but fails requests (5xx): its database or artifact store is
+    down or overloaded."""
+
+    def __init__(self, tracking_uri: str, detail: str = "") -> None:
+        super().__init__(tracking_uri, detail)
+        self.args = (
+            f"the MLflow tracking server at {tracking_uri} failed the request"
+            + (f" ({detail})" if detail else "")
+            + ": its database or artifact store may be down; check its log, then retry "
+            "(nothing half-done is kept: an interrupted move is finished by the next promote or "
+            "rollback)",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -31,6 +31,7 @@ from churnops.errors import (
     AuthenticationError,
     ChurnopsError,
     PermissionDeniedError,
+    TrackingServerError,
     TrackingUnavailableError,
     UnsafeModelError,
     VersionNotFoundError,
@@ -139,12 +140,19 @@ def mlflow_errors(settings: Settings) -> Iterator[None]:
         raise TrackingUnavailableError(settings.tracking_uri, type(exc).__name__) from None
     except MlflowException as exc:
         text = str(exc)
+        if "too many 5" in text or exc.error_code in _SERVER_FAILURES:
+            first = text.strip().splitlines()[0][:200] if text.strip() else exc.error_code
+            raise TrackingServerError(settings.tracking_uri, first) from None
         if "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text:
             raise TrackingUnavailableError(settings.tracking_uri, "connection failed") from None
         refused = access_error(settings, exc)
         if refused is not None:
             raise refused from None
         raise
+
+
+# NB: what MLflow's REST layer reports for a failure inside the server (a 5xx).
+_SERVER_FAILURES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "BAD_GATEWAY"})
 
 
 def _client(settings: Settings) -> MlflowClient:
