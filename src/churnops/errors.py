@@ -10,6 +10,8 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── StaleMoveError            exit 1  production moved while deciding; re-run (HTTP 409)
     ├── LockTimeoutError          exit 1  another live move held the ledger too long
     ├── NoRollbackTargetError     exit 1  nothing earlier to roll back to          (HTTP 409)
+    ├── UnsafeModelError          exit 1  a version that would unpickle, or is too big
+    ├── ModelFilesMissingError    exit 1  a version whose files are gone from the store
     ├── NoProductionModelError    exit 1  the alias is not set yet                 (HTTP 503)
     ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
     ├── UnsupportedMediaTypeError         a request body that is not JSON          (HTTP 415)
@@ -76,6 +78,10 @@ class NoRollbackTargetError(ChurnopsError):
 
 class UnsafeModelError(ChurnopsError):
     """A version would need unpickling or types outside churnops's allow-list to load."""
+
+
+class ModelFilesMissingError(ChurnopsError):
+    """A version's model files are gone from the artifact store (deleted, or never uploaded)."""
 
 
 class NoProductionModelError(ChurnopsError):

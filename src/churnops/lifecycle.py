@@ -23,6 +23,7 @@ from churnops.errors import (
     ChurnopsError,
     GateRefusedError,
     GateUnavailableError,
+    ModelFilesMissingError,
     NoRollbackTargetError,
     TrackingUnavailableError,
     UnsafeModelError,
@@ -162,7 +163,9 @@ def _f1(labels: np.ndarray, truth: np.ndarray) -> float:
 def _known_unloadable(exc: BaseException) -> bool:
     """True for failures that retrying cannot cure: a version refused as unsafe, deleted, or
     whose files are gone; a timeout or a refused connection is not one of them."""
-    if isinstance(exc, UnsafeModelError | VersionNotFoundError | FileNotFoundError):
+    if isinstance(
+        exc, UnsafeModelError | ModelFilesMissingError | VersionNotFoundError | FileNotFoundError
+    ):
         return True
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 

@@ -30,6 +30,7 @@ from churnops.config import Settings
 from churnops.errors import (
     AuthenticationError,
     ChurnopsError,
+    ModelFilesMissingError,
     PermissionDeniedError,
     TrackingServerError,
     TrackingUnavailableError,
@@ -432,6 +433,13 @@ def _check_download_size(settings: Settings, uri: str, version: int) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     repository = get_artifact_repository(artifact_uri=uri, tracking_uri=settings.tracking_uri)
+    if uri.startswith("models:/") and not any(
+        Path(item.path).name == "MLmodel" for item in repository.list_artifacts(None)
+    ):
+        raise ModelFilesMissingError(
+            f"version {version}'s model files are missing from the artifact store (no MLmodel "
+            f"under {uri}); it cannot be loaded: train a new version"
+        )
     size = _artifact_bytes(repository, None)
     if size > settings.max_model_bytes:
         raise UnsafeModelError(
@@ -545,6 +553,7 @@ def signature_inputs(settings: Settings, version: int) -> list[dict[str, str]]:
 
     _use_tracking_uri(settings)
     with mlflow_errors(settings):
+        _check_download_size(settings, f"models:/{settings.model_name}/{version}", version)
         info = get_model_info(f"models:/{settings.model_name}/{version}")
     if info.signature is None:
         return []
