@@ -33,13 +33,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
 from churnops.config import Settings
 from churnops.errors import ChurnopsError, LockTimeoutError, StaleMoveError
-from churnops.registry import mlflow_errors
+from churnops.registry import LedgerRun, LedgerStore, mlflow_errors
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +75,6 @@ class Entry:
         return document
 
 
-def _client(settings: Settings) -> MlflowClient:
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-
-
 def experiment_name(settings: Settings) -> str:
     """The MLflow experiment holding this model's ledger."""
     return f"{settings.model_name}-ledger"
@@ -92,8 +84,8 @@ def _version(text: str | None) -> int | None:
     return int(text) if text not in (None, "", "none") else None
 
 
-def _entry(run: Run) -> Entry:
-    tags, params = run.data.tags, run.data.params
+def _entry(run: LedgerRun) -> Entry:
+    tags, params = run.tags, run.params
     state = params.get(OUTCOME_PARAM, "pending") if "ledger.prev" in tags else "done"
     return Entry(
         seq=int(tags["ledger.seq"]),
@@ -110,7 +102,7 @@ def _entry(run: Run) -> Entry:
         on_behalf_of=tags.get("ledger.on_behalf_of"),
         resolved_by=tags.get("ledger.resolved_by"),
         digests=json.loads(tags["ledger.digests"]) if tags.get("ledger.digests") else None,
-        run_id=run.info.run_id,
+        run_id=run.run_id,
     )
 
 
@@ -135,66 +127,66 @@ class Chain:
         return done[-1].to_version if done else None
 
 
-def _chain(experiment_id: str, runs: list[Run]) -> Chain:
-    by_id = {r.info.run_id: r for r in runs}
-    ordered = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+def _chain(experiment_id: str, runs: list[LedgerRun]) -> Chain:
+    by_id = {r.run_id: r for r in runs}
+    ordered = sorted(runs, key=lambda r: (r.start_time, r.run_id))
     # NB: a ledger written by churnops before the chain existed: entries numbered by seq, where
     # a retried create_run can have written one twice (same ledger.id; the first counts).
-    legacy: list[Run] = []
+    legacy: list[LedgerRun] = []
     seen: set[str] = set()
     for run in ordered:
-        tags = run.data.tags
+        tags = run.tags
         if "ledger.seq" not in tags or "ledger.prev" in tags or tags.get("ledger.root"):
             continue
-        entry_id = tags.get("ledger.id", run.info.run_id)
+        entry_id = tags.get("ledger.id", run.run_id)
         if entry_id not in seen:
             seen.add(entry_id)
             legacy.append(run)
-    legacy.sort(key=lambda r: int(r.data.tags["ledger.seq"]))
-    roots = [r for r in ordered if r.data.tags.get("ledger.root") == "true"]
+    legacy.sort(key=lambda r: int(r.tags["ledger.seq"]))
+    roots = [r for r in ordered if r.tags.get("ledger.root") == "true"]
     start = legacy[-1] if legacy else (roots[0] if roots else None)
     if start is None:
         return Chain(experiment_id, [], None)
     entries = [_entry(r) for r in legacy]
     current = start
-    while (linked := current.data.params.get(NEXT_PARAM)) is not None:
+    while (linked := current.params.get(NEXT_PARAM)) is not None:
         following = by_id.get(linked)
         if following is None:
             raise ChurnopsError(
-                f"the ledger links entry #{current.data.tags.get('ledger.seq', 0)} to run "
+                f"the ledger links entry #{current.tags.get('ledger.seq', 0)} to run "
                 f"{linked}, which is missing (deleted from experiment "
-                f"{current.info.experiment_id}?); restore it in the MLflow UI"
+                f"{current.experiment_id}?); restore it in the MLflow UI"
             )
         entries.append(_entry(following))
         current = following
-    return Chain(experiment_id, entries, current.info.run_id, current.data.tags.get(BEAT_TAG))
+    return Chain(experiment_id, entries, current.run_id, current.tags.get(BEAT_TAG))
 
 
-def _read(client: MlflowClient, experiment_id: str) -> Chain:
-    runs = client.search_runs([experiment_id], max_results=50_000)
-    return _chain(experiment_id, list(runs))
+def _read(store: LedgerStore, experiment_id: str) -> Chain:
+    return _chain(experiment_id, store.runs(experiment_id))
 
 
-def _find_experiment(client: MlflowClient, settings: Settings) -> str | None:
-    found = client.get_experiment_by_name(experiment_name(settings))
+def _find_experiment(store: LedgerStore, settings: Settings) -> str | None:
+    found = store.experiment(experiment_name(settings))
     if found is None:
         return None
-    if found.lifecycle_stage != "active":
+    experiment_id, active = found
+    if not active:
         raise ChurnopsError(
             f"the ledger experiment {experiment_name(settings)!r} is deleted; restore it "
-            f"(`mlflow experiments restore --experiment-id {found.experiment_id}`) and retry"
+            f"(`mlflow experiments restore --experiment-id {experiment_id}`) and retry"
         )
-    return str(found.experiment_id)
+    return experiment_id
 
 
 def read(settings: Settings) -> Chain:
     """The ledger as it stands; never writes."""
     with mlflow_errors(settings):
-        client = _client(settings)
-        experiment = _find_experiment(client, settings)
+        store = LedgerStore(settings)
+        experiment = _find_experiment(store, settings)
         if experiment is None:
             return Chain(None, [], None)
-        return _read(client, experiment)
+        return _read(store, experiment)
 
 
 def entries(settings: Settings) -> list[Entry]:
@@ -211,59 +203,40 @@ def pinned_digests(settings: Settings, version: int) -> dict[str, str] | None:
     return None
 
 
-def _open(client: MlflowClient, settings: Settings) -> Chain:
+def _open(store: LedgerStore, settings: Settings) -> Chain:
     """The ledger, created with its root run when it does not exist yet."""
     name = experiment_name(settings)
     for _ in range(3):
-        experiment = _find_experiment(client, settings)
+        experiment = _find_experiment(store, settings)
         if experiment is not None:
-            chain = _read(client, experiment)
+            chain = _read(store, experiment)
             if chain.head_run_id is not None:
                 return chain
             # NB: an empty ledger experiment without a root (made by an older churnops or by
             # hand): set it aside under a name fixed by its id, then open a new one.
-            with contextlib.suppress(MlflowException):
-                client.rename_experiment(experiment, f"{name}-empty-{experiment}")
+            store.rename_experiment(experiment, f"{name}-empty-{experiment}")
             continue
         # NB: the root is written before the experiment takes the ledger's name, and a rename
         # to a taken name fails, so exactly one opener's root ever heads the chain.
-        opening = client.create_experiment(f"{name}-opening-{uuid.uuid4().hex}")
-        root = client.create_run(
+        opening = store.create_experiment(f"{name}-opening-{uuid.uuid4().hex}")
+        root = store.create_run(
             opening,
-            tags={"ledger.root": "true", "ledger.seq": "0", "mlflow.user": "churnops"},
-            run_name="#0 ledger opened",
+            {"ledger.root": "true", "ledger.seq": "0", "mlflow.user": "churnops"},
+            "#0 ledger opened",
         )
-        client.update_run(root.info.run_id, status="FINISHED")
-        try:
-            client.rename_experiment(opening, name)
-        except MlflowException:
-            with contextlib.suppress(MlflowException):
-                client.delete_experiment(opening)
-    experiment = _find_experiment(client, settings)
+        store.finish_run(root, "FINISHED")
+        if not store.rename_experiment(opening, name):
+            store.delete_experiment(opening)
+    experiment = _find_experiment(store, settings)
     if experiment is None:
         raise ChurnopsError(f"could not create the ledger experiment {name!r}; retry")
-    return _read(client, experiment)
+    return _read(store, experiment)
 
 
-def _write_once(client: MlflowClient, run_id: str, key: str, value: str) -> str:
-    """Log a parameter that may already hold a value; return the value it holds now."""
-    try:
-        client.log_param(run_id, key, value)
-        return value
-    except MlflowException as exc:
-        if exc.error_code != "INVALID_PARAMETER_VALUE":
-            raise
-    held = client.get_run(run_id).data.params.get(key)
-    if held is None:
-        raise ChurnopsError(f"the tracking server refused parameter {key!r} on ledger run {run_id}")
-    return str(held)
-
-
-def _finish(client: MlflowClient, run_id: str, outcome: str) -> str:
+def _finish(store: LedgerStore, run_id: str, outcome: str) -> str:
     """Write an entry's outcome once; return the outcome that holds (maybe another writer's)."""
-    held = _write_once(client, run_id, OUTCOME_PARAM, outcome)
-    # NB: update_run, not set_terminated, which prints "View run" lines to stdout.
-    client.update_run(run_id, status="FINISHED" if held == "done" else "KILLED")
+    held = store.write_once(run_id, OUTCOME_PARAM, outcome)
+    store.finish_run(run_id, "FINISHED" if held == "done" else "KILLED")
     return held
 
 
@@ -290,7 +263,7 @@ class _Heartbeat:
     """Renews a pending entry's lease from a daemon thread until stopped."""
 
     def __init__(self, settings: Settings, run_id: str) -> None:
-        self._client = _client(settings)
+        self._store = LedgerStore(settings)
         self._run_id = run_id
         self._interval = settings.lease_seconds / 5
         self._stop = threading.Event()
@@ -301,7 +274,7 @@ class _Heartbeat:
         while not self._stop.wait(self._interval):
             beat += 1
             try:
-                self._client.set_tag(self._run_id, BEAT_TAG, str(beat))
+                self._store.set_tag(self._run_id, BEAT_TAG, str(beat))
             except Exception as exc:  # noqa: BLE001 - a missed beat only shortens the lease
                 log.warning("could not renew the move's lease: %s", exc)
 
@@ -355,7 +328,7 @@ def _tags(settings: Settings, intent: Intent, seq: int, before: int | None, prev
 
 
 def _link(
-    client: MlflowClient, settings: Settings, chain: Chain, intent: Intent, before: int | None
+    store: LedgerStore, settings: Settings, chain: Chain, intent: Intent, before: int | None
 ) -> Entry | None:
     """Write ``intent`` as a pending entry after the chain's head; None when another mover
     linked first."""
@@ -363,16 +336,13 @@ def _link(
     seq = chain.head.seq + 1 if chain.head else 1
     tags = _tags(settings, intent, seq, before, chain.head_run_id)
     label = f"v{before}" if before is not None else "none"
-    run = client.create_run(
-        chain.experiment_id,
-        tags=tags,
-        run_name=f"#{seq} {intent.action} {label} -> v{intent.to_version}",
+    run_id = store.create_run(
+        chain.experiment_id, tags, f"#{seq} {intent.action} {label} -> v{intent.to_version}"
     )
-    run_id = run.info.run_id
-    if _write_once(client, chain.head_run_id, NEXT_PARAM, run_id) != run_id:
+    if store.write_once(chain.head_run_id, NEXT_PARAM, run_id) != run_id:
         # NB: never deleted (that needs MANAGE); an unlinked run is not part of the ledger.
-        client.set_tag(run_id, "ledger.state", "lost the race; not part of the ledger")
-        client.update_run(run_id, status="KILLED")
+        store.set_tag(run_id, "ledger.state", "lost the race; not part of the ledger")
+        store.finish_run(run_id, "KILLED")
         return None
     fields = {k.removeprefix("ledger."): v for k, v in tags.items()}
     return Entry(
@@ -393,13 +363,11 @@ def _link(
     )
 
 
-def _resolve(
-    client: MlflowClient, settings: Settings, entry: Entry, alias: int | None, by: str
-) -> str:
+def _resolve(store: LedgerStore, entry: Entry, alias: int | None, by: str) -> str:
     """Finish a crashed mover's entry from where production actually is."""
     outcome = "done" if alias == entry.to_version else "aborted"
-    client.set_tag(entry.run_id, "ledger.resolved_by", by)
-    held = _finish(client, entry.run_id, outcome)
+    store.set_tag(entry.run_id, "ledger.resolved_by", by)
+    held = _finish(store, entry.run_id, outcome)
     log.warning(
         "finished entry #%s (%s by %s) left pending by a crashed command: %s",
         entry.seq,
@@ -434,14 +402,14 @@ def move(
     deadline = time.monotonic() + settings.move_timeout
     lease = _Lease(settings.lease_seconds)
     with mlflow_errors(settings):
-        client = _client(settings)
+        store = LedgerStore(settings)
         while True:
-            chain = _open(client, settings)
+            chain = _open(store, settings)
             head = chain.head
             current = alias_version(settings)
             if head is not None and head.state == "pending":
                 if lease.expired(head.run_id, chain.head_beat):
-                    _resolve(client, settings, head, current, intent.actor)
+                    _resolve(store, head, current, intent.actor)
                     continue
                 if time.monotonic() > deadline:
                     raise LockTimeoutError(
@@ -458,9 +426,9 @@ def move(
                     to_version=current,
                     reason="alias moved outside churnops; detected by churnops",
                 )
-                recorded = _link(client, settings, chain, external, chain.production)
+                recorded = _link(store, settings, chain, external, chain.production)
                 if recorded is not None:
-                    _finish(client, recorded.run_id, "done")
+                    _finish(store, recorded.run_id, "done")
                 continue
             if current != decided_from:
                 before = f"v{decided_from}" if decided_from is not None else "none"
@@ -468,7 +436,7 @@ def move(
                     f"{settings.alias} moved from {before} to v{current} while you were "
                     f"{'promoting' if intent.action == 'promote' else 'rolling back'}; re-run"
                 )
-            linked = _link(client, settings, chain, intent, current)
+            linked = _link(store, settings, chain, intent, current)
             if linked is not None:
                 break
         heartbeat = _Heartbeat(settings, linked.run_id)
@@ -480,12 +448,12 @@ def move(
             heartbeat.stop()
             # NB: best effort; if the tracking server is gone, the next mover finishes it.
             with contextlib.suppress(Exception):
-                _resolve(client, settings, linked, alias_version(settings), intent.actor)
+                _resolve(store, linked, alias_version(settings), intent.actor)
             with contextlib.suppress(Exception):
-                client.set_tag(linked.run_id, BEAT_TAG, RELEASED)
+                store.set_tag(linked.run_id, BEAT_TAG, RELEASED)
             raise
         heartbeat.stop()
-        held = _finish(client, linked.run_id, "done")
+        held = _finish(store, linked.run_id, "done")
         if held != "done":
             raise ChurnopsError(
                 f"entry #{linked.seq} was finished as {held} by another command that took this "
