@@ -355,11 +355,15 @@ def promote(
 ) -> tuple[dict[str, Any], str]:
     """Point the production alias at a version, if it passes the promotion gate.
 
-    The gate checks the version's held-out F1 (>= its gate_f1 and above the trivial baseline),
-    champion vs challenger (not worse than the current production version by more than
-    --tolerance F1, both scored on the candidate's held-out split), signature compatibility
-    (accepts every input the current version accepts) and a smoke test (loads from the registry
-    and predicts on its input example). Every move is recorded in the ledger (`churnops history`).
+    The gate checks the version's held-out F1 (>= its gate_f1, and never below the policy floor
+    CHURNOPS_GATE_F1_MIN, and above the trivial baseline), champion vs challenger (not worse than
+    the current production version by more than --tolerance F1, both scored on the candidate's
+    held-out split), signature compatibility (accepts every input the current version accepts)
+    and a smoke test (loads safely from the registry and predicts on its input example).
+    --force overrides the quality criteria, never the smoke test. When the champion cannot be
+    compared for now, nothing changes and the exit code is 2 (retry). The version already in
+    production changes nothing (exit 0, no ledger entry). Every move is recorded in the ledger
+    (`churnops history`), its intent before the alias moves.
     """
     from churnops import lifecycle
 
@@ -382,8 +386,10 @@ def rollback(
     Without VERSION, production returns to the version that held it before the current one was
     put there, per the ledger; repeated rollbacks keep walking back and never return to the
     version just left. Where the ledger has nothing earlier, the nearest lower-numbered version
-    that passed the gate is used. The target goes through the gate (without the champion
-    comparison).
+    that passed the gate is used. A rollback always moves production to a different version, or
+    exits 1 changing nothing. VERSION must be older than production (a newer one is a promotion:
+    use `churnops promote --version N`); production's own version changes nothing. The target
+    goes through the gate (without the champion comparison).
     """
     from churnops import lifecycle
 
