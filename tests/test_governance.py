@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from click.testing import Result
-from mlflow.tracking import MlflowClient
 
 from churnops import data, ledger, registry
 from churnops.config import Settings
@@ -170,23 +169,6 @@ def test_undo_walks_back_through_earlier_production_versions_and_never_returns(
     assert last.exit_code == 1
     assert "nothing earlier to roll back to" in last.stderr
     assert registry.alias_version(settings) == 1
-
-
-def test_a_move_made_with_the_raw_mlflow_client_is_reported_in_history(
-    cli: Callable[..., Result], settings: Settings
-) -> None:
-    for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
-    MlflowClient(settings.tracking_uri).set_registered_model_alias(
-        settings.model_name, "production", "2"
-    )
-    [latest, previous] = _ok(cli("history", "--json"))
-    assert (latest["action"], latest["from_version"], latest["to_version"]) == ("external", 1, 2)
-    assert latest["actor"] == "unknown (outside churnops)"
-    assert previous["action"] == "promote"
-    # The next churnops move continues the chain from the outside move.
-    assert moved(_ok(cli("rollback", "--json"))) == (2, 1)
 
 
 MOVER = """

@@ -191,6 +191,23 @@ class ModelWatcher:
             self._fallback_tried = True
             self._serve_fallback()
 
+    def _serve(
+        self, loaded: LoadedModel, schema: RequestSchema, verified: bool | None, stale: bool
+    ) -> None:
+        """Swap ``loaded`` in as the serving model."""
+        self._remember(loaded)
+        self.current = ServedModel(
+            version=loaded.version,
+            run_id=loaded.run_id,
+            engine=loaded.engine,
+            metrics=loaded.metrics,
+            loaded_at=datetime.now(UTC),
+            schema=schema,
+            verified=verified,
+            stale=stale,
+        )
+        self._on_swap(self.current)
+
     def _serve_fallback(self) -> None:
         """Serve the on-disk copy of the version served last, marked stale."""
         try:
@@ -202,17 +219,7 @@ class ModelWatcher:
         except Exception as exc:  # noqa: BLE001 - no copy to fall back on; keep waiting
             log.error("the on-disk copy of the last served version is unusable: %s", exc)
             return
-        self._remember(loaded)
-        self.current = ServedModel(
-            version=loaded.version,
-            run_id=loaded.run_id,
-            engine=loaded.engine,
-            metrics=loaded.metrics,
-            loaded_at=datetime.now(UTC),
-            schema=schema,
-            stale=True,
-        )
-        self._on_swap(self.current)
+        self._serve(loaded, schema, verified=None, stale=True)
         log.warning(
             "registry unreachable at start: serving version %s from its on-disk copy (stale)",
             loaded.version,
@@ -237,18 +244,8 @@ class ModelWatcher:
             self._on_failed_swap()
             return
         previous = self.current.version if self.current else None
-        self._remember(loaded)
-        self.current = ServedModel(
-            version=loaded.version,
-            run_id=loaded.run_id,
-            engine=loaded.engine,
-            metrics=loaded.metrics,
-            loaded_at=datetime.now(UTC),
-            schema=schema,
-            verified=None if pinned is None else True,
-        )
+        self._serve(loaded, schema, verified=None if pinned is None else True, stale=False)
         self._failures, self.last_error = 0, None
-        self._on_swap(self.current)
         try:
             self._on_served(self._settings, version)
         except Exception as exc:  # noqa: BLE001 - the copy is a fallback; serving goes on
