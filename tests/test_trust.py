@@ -12,14 +12,18 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
 
 from churnops import ledger, lifecycle, registry, tracking_server
 from churnops.config import Settings
+from churnops.predict import Predictions
 from tests.conftest import (
     break_artifacts,
     free_port,
@@ -129,6 +133,39 @@ def test_the_gate_refuses_with_exit_2_when_the_champion_cannot_be_read_for_now(
     assert refused.exit_code == 2
     assert "could not compare with the champion v1" in refused.stderr and "retry" in refused.stderr
     assert registry.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
+
+
+def test_a_champion_that_loads_but_cannot_score_the_candidates_rows_fails_that_criterion(
+    cli: Callable[..., Result], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for seed in ("1", "2"):
+        _train(cli, "--seed", seed)
+    _ok(cli("promote", "--version", "1", "--json"))
+    real = registry.load_version
+
+    class Refuses:
+        kind, threshold = "sklearn", 0.5
+
+        def predict_columns(self, columns: dict[str, list[Any]]) -> Predictions:
+            raise ValueError("columns it was never trained on")
+
+        def predict_frame(self, frame: pd.DataFrame) -> Predictions:
+            raise ValueError("columns it was never trained on")
+
+    def champion_that_refuses(
+        settings: Settings, version: int, threads: int = 1
+    ) -> registry.LoadedModel:
+        loaded = real(settings, version, threads)
+        return replace(loaded, engine=Refuses()) if version == 1 else loaded
+
+    monkeypatch.setattr(registry, "load_version", champion_that_refuses)
+    refused = cli("promote", "--version", "2", "--json")
+    assert refused.exit_code == 1
+    criteria = {c["name"]: c for c in json.loads(refused.stdout)["gate"]["criteria"]}
+    champion = criteria["champion vs challenger"]
+    assert (champion["passed"], champion["value"]) == (False, "not comparable")
+    assert "columns it was never trained on" in champion["detail"]
+    assert registry.alias_version(settings) == 1
 
 
 def test_history_only_reads_and_shows_an_outside_move_as_unrecorded(

@@ -225,8 +225,16 @@ def _champion_criterion(
         champion_f1 = _f1(
             champion_engine.predict_frame(features.reindex(columns=wanted)).label, truth
         )
-    except Exception as exc:  # noqa: BLE001 - a champion that loads but cannot score: refuse
-        raise _could_not_compare(champion, exc) from None
+    except Exception as exc:  # noqa: BLE001 - a loaded champion failing here is no network error
+        # NB: a retry cannot help (the rows and the model are on this machine), so this is a
+        # failed criterion, overridable with --force like the signature one it usually joins.
+        return gate.Criterion(
+            name,
+            False,
+            "not comparable",
+            threshold,
+            f"v{champion} cannot score v{candidate.version}'s held-out split: {str(exc)[:300]}",
+        )
     candidate_f1 = _f1(engine.predict_frame(features).label, truth)
     return gate.check_champion(candidate_f1, champion_f1, champion, tolerance)
 
