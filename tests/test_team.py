@@ -77,8 +77,12 @@ def test_two_replicas_without_shared_disk_follow_a_promotion_and_a_rollback(
             stop_api(replica)
     for n in (1, 2):
         # Each replica loaded its models through the server, into temporary folders: none of
-        # the model's files, nor any store, is left in its working directory or HOME.
-        left = {p.name for p in (tmp_path / f"host{n}").rglob("*") if p.is_file()}
+        # the model's files, nor any store, is left in its working directory or HOME, except the
+        # digest-checked copy of what it served, under cache/ (for a restart without registry).
+        host = tmp_path / f"host{n}"
+        left = {p.name for p in host.rglob("*") if p.is_file() and "cache" not in p.parts}
         assert "serve.log" in left and "predictions.jsonl" in left
         model_files = {"MLmodel", "mlflow.db", "model.onnx", "holdout.parquet"}
         assert not left & model_files and not any(n.endswith(".skops") for n in left), left
+        cached = {p.parent.name for p in (host / "cache").rglob("manifest.json")}
+        assert cached and cached <= {f"v{v1.version}", f"v{v2.version}"}, cached

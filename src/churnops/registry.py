@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pandas as pd
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 from requests.exceptions import RequestException
 
@@ -112,6 +112,15 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
         raise TrackingUnavailableError(uri, f"/health answered {response.status_code}")
 
 
+def _answers(settings: Settings) -> bool:
+    """Whether the tracking server answers its health check right now."""
+    try:
+        ping(settings, timeout=2.0)
+    except TrackingUnavailableError:
+        return False
+    return settings.tracking_uri.startswith(("http://", "https://"))
+
+
 def access_error(settings: Settings, exc: MlflowException) -> ChurnopsError | None:
     """The churnops error for a refusal by an authenticating tracking server, else None."""
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
@@ -141,10 +150,20 @@ def mlflow_errors(settings: Settings) -> Iterator[None]:
         raise TrackingUnavailableError(settings.tracking_uri, type(exc).__name__) from None
     except MlflowException as exc:
         text = str(exc)
-        if "too many 5" in text or exc.error_code in _SERVER_FAILURES:
-            first = text.strip().splitlines()[0][:200] if text.strip() else exc.error_code
+        first = text.strip().splitlines()[0][:200] if text.strip() else exc.error_code
+        # NB: in this order: a RestException is the server's own answer (its text may quote
+        # the artifact store's "connection refused"); the client's retry error says "Max
+        # retries exceeded" for a server that kept answering 5xx too; and a connection failure
+        # carries INTERNAL_ERROR, MlflowException's default code, so the code alone says little.
+        answered = isinstance(exc, RestException) and exc.error_code in _SERVER_FAILURES
+        if answered or "too many 5" in text:
             raise TrackingServerError(settings.tracking_uri, first) from None
         if "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text:
+            # NB: a server that is up but cut the request (its artifact store is down, say)
+            # still answers its health check; one that is down does not.
+            if _answers(settings):
+                detail = "it cut the connection: " + text.rpartition("(Caused by ")[2][:160]
+                raise TrackingServerError(settings.tracking_uri, detail.rstrip(")")) from None
             raise TrackingUnavailableError(settings.tracking_uri, "connection failed") from None
         refused = access_error(settings, exc)
         if refused is not None:
