@@ -302,6 +302,7 @@ def test_the_api_refuses_a_version_larger_than_its_download_limit_before_downloa
         stop_api(api)
 
 
+@pytest.mark.slow
 def test_a_replica_restarted_while_the_registry_is_down_serves_its_last_version_marked_stale(
     tmp_path: Path,
 ) -> None:
