@@ -19,12 +19,12 @@ from pathlib import Path
 
 from churnops.config import Settings
 from churnops.registry import (
-    GATE_PASSED_TAG,
-    METRIC_TAGS,
     LoadedModel,
     VersionInfo,
     file_digests,
     load_files,
+    threshold_digest,
+    version_info,
 )
 
 log = logging.getLogger(__name__)
@@ -94,29 +94,11 @@ def load_served(settings: Settings, threads: int = 1) -> LoadedModel | None:
         folder = root / f"v{version}"
         manifest = json.loads((folder / MANIFEST).read_text())
         expected = dict(manifest["digests"])
-        found = file_digests(folder / FILES)
-        if any(expected.get(name) != digest for name, digest in found.items()) or (
-            {n for n in expected if not n.startswith("tag:")} != set(found)
-        ):
-            log.error("the cached copy of version %s does not match its digests", version)
-            return None
         tags = {str(k): str(v) for k, v in manifest["tags"].items()}
-        metrics = {}
-        for name in METRIC_TAGS:
-            with contextlib.suppress(KeyError, ValueError):
-                metrics[name] = float(tags[name])
-        info = VersionInfo(
-            version=version,
-            created=datetime.now(UTC),
-            run_id=manifest.get("run_id"),
-            gate_passed=tags.get(GATE_PASSED_TAG) == "true",
-            metrics=metrics,
-            aliases=(),
-            tags=tags,
-        )
-        loaded = load_files(settings, info, folder / FILES, threads)
-        if loaded.digests != expected:
+        # NB: checked before anything is deserialised; the loader then hashes what it loads.
+        if file_digests(folder / FILES) | threshold_digest(tags) != expected:
             log.error("the cached copy of version %s does not match its digests", version)
             return None
-        return loaded
+        info = version_info(version, manifest.get("run_id"), tags, datetime.now(UTC))
+        return load_files(settings, info, folder / FILES, threads)
     return None

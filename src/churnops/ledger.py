@@ -344,10 +344,9 @@ def _link(
         store.set_tag(run_id, "ledger.state", "lost the race; not part of the ledger")
         store.finish_run(run_id, "KILLED")
         return None
-    fields = {k.removeprefix("ledger."): v for k, v in tags.items()}
     return Entry(
         seq=seq,
-        time=fields["time"],
+        time=tags["ledger.time"],
         actor=intent.actor,
         alias=settings.alias,
         action=intent.action,
@@ -383,7 +382,6 @@ class Pending:
     """A linked, not yet finished move; the caller moves the alias, then leaves the block."""
 
     entry: Entry
-    moved: bool = False
 
 
 @contextlib.contextmanager

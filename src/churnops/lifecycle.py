@@ -351,7 +351,6 @@ def _move(
     with ledger.move(settings, intent, decided_from, registry.alias_version) as pending:
         _failpoint(settings, "after-intent")
         registry.set_alias(settings, target)
-        pending.moved = True
         _failpoint(settings, "after-alias")
     move = AliasMove(settings.model_name, settings.alias, decided_from, target)
     return MoveResult(move, report, pending.entry)

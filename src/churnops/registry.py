@@ -2,7 +2,8 @@
 verdict, reads and moves the serving alias, and loads a version for serving.
 
 The registry is the single source of truth: a version's metrics and gate verdict live in its tags,
-and which version serves lives in the alias. Nothing is cached on local disk.
+and which version serves lives in the alias. This module caches nothing on local disk (the API's
+fallback copy of the served version is churnops.cache's).
 """
 
 from __future__ import annotations
@@ -187,20 +188,36 @@ def _use_tracking_uri(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.tracking_uri)
 
 
-def _version_info(mv: Any, aliases: tuple[str, ...] | None = None) -> VersionInfo:
-    tags = dict(mv.tags or {})
+def version_info(
+    version: int,
+    run_id: str | None,
+    tags: dict[str, str],
+    created: datetime,
+    aliases: tuple[str, ...] = (),
+) -> VersionInfo:
+    """A version as churnops reads it from its tags: metrics and gate verdict."""
     metrics = {}
     for name in METRIC_TAGS:
         with contextlib.suppress(KeyError, ValueError):
             metrics[name] = float(tags[name])
     return VersionInfo(
-        version=int(mv.version),
-        created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
-        run_id=mv.run_id or None,
+        version=version,
+        created=created,
+        run_id=run_id,
         gate_passed=tags.get(GATE_PASSED_TAG) == "true",
         metrics=metrics,
-        aliases=tuple(sorted(mv.aliases or ())) if aliases is None else aliases,
+        aliases=aliases,
         tags=tags,
+    )
+
+
+def _version_info(mv: Any, aliases: tuple[str, ...] | None = None) -> VersionInfo:
+    return version_info(
+        int(mv.version),
+        mv.run_id or None,
+        dict(mv.tags or {}),
+        datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
+        tuple(sorted(mv.aliases or ())) if aliases is None else aliases,
     )
 
 
@@ -417,7 +434,7 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int
         try:
             path = Path(local) / ONNX_ARTIFACT
             if not path.exists():  # NB: a cached copy (see churnops.cache) has it already
-                _check_download_size(
+                _check_files(
                     settings, f"runs:/{info.run_id}/{Path(ONNX_ARTIFACT).parent}", info.version
                 )
                 path = Path(
@@ -434,32 +451,31 @@ def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int
     return SklearnEngine(safety.load_sklearn(local, info.version, settings.max_unpacked_bytes))
 
 
-def _artifact_bytes(repository: Any, path: str | None, depth: int = 0) -> int:
+def _artifact_bytes(repository: Any, items: list[Any], depth: int = 0) -> int:
     total = 0
-    for item in repository.list_artifacts(path):
+    for item in items:
         if item.is_dir:
             if depth >= 8:
                 raise ChurnopsError(f"artifact folders nest deeper than 8 levels at {item.path}")
-            total += _artifact_bytes(repository, item.path, depth + 1)
+            total += _artifact_bytes(repository, repository.list_artifacts(item.path), depth + 1)
         else:
             total += int(item.file_size or 0)
     return total
 
 
-def _check_download_size(settings: Settings, uri: str, version: int) -> None:
-    """UnsafeModelError when the files under ``uri`` exceed CHURNOPS_MAX_MODEL_BYTES; listed
-    before anything is downloaded."""
+def _check_files(settings: Settings, uri: str, version: int) -> None:
+    """Before anything is downloaded: ModelFilesMissingError when a model's files are gone,
+    UnsafeModelError when the files under ``uri`` exceed CHURNOPS_MAX_MODEL_BYTES."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     repository = get_artifact_repository(artifact_uri=uri, tracking_uri=settings.tracking_uri)
-    if uri.startswith("models:/") and not any(
-        Path(item.path).name == "MLmodel" for item in repository.list_artifacts(None)
-    ):
+    top = repository.list_artifacts(None)
+    if uri.startswith("models:/") and not any(Path(item.path).name == "MLmodel" for item in top):
         raise ModelFilesMissingError(
             f"version {version}'s model files are missing from the artifact store (no MLmodel "
             f"under {uri}); it cannot be loaded: train a new version"
         )
-    size = _artifact_bytes(repository, None)
+    size = _artifact_bytes(repository, top)
     if size > settings.max_model_bytes:
         raise UnsafeModelError(
             f"version {version}'s files at {uri} are {size:,} bytes, over the limit of "
@@ -481,7 +497,7 @@ def load_version(
     info = get_version(settings, version)
     with mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
         uri = f"models:/{settings.model_name}/{version}"
-        _check_download_size(settings, uri, version)
+        _check_files(settings, uri, version)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         loaded = load_files(settings, info, local, threads)
         if keep is not None:
@@ -502,8 +518,7 @@ def load_files(settings: Settings, info: VersionInfo, local: Path, threads: int)
     inputs = from_signature(logged.signature)
     raw_example = logged.load_input_example(str(local))
     engine = _load_engine(settings, info, str(local), threads)
-    digests = file_digests(local)
-    digests[f"tag:{THRESHOLD_TAG}"] = _sha256(info.tags.get(THRESHOLD_TAG, "").encode())
+    digests = file_digests(local) | threshold_digest(info.tags)
     example = None if raw_example is None else pd.DataFrame(raw_example)
     return LoadedModel(
         version=info.version,
@@ -516,8 +531,11 @@ def load_files(settings: Settings, info: VersionInfo, local: Path, threads: int)
     )
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def threshold_digest(tags: dict[str, str]) -> dict[str, str]:
+    """The digest entry pinning a version's decision threshold (a tag, not a file)."""
+    return {
+        f"tag:{THRESHOLD_TAG}": hashlib.sha256(tags.get(THRESHOLD_TAG, "").encode()).hexdigest()
+    }
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -572,7 +590,7 @@ def signature_inputs(settings: Settings, version: int) -> list[dict[str, str]]:
 
     _use_tracking_uri(settings)
     with mlflow_errors(settings):
-        _check_download_size(settings, f"models:/{settings.model_name}/{version}", version)
+        _check_files(settings, f"models:/{settings.model_name}/{version}", version)
         info = get_model_info(f"models:/{settings.model_name}/{version}")
     if info.signature is None:
         return []
@@ -615,7 +633,11 @@ class LedgerStore:
         """Rename; False when ``name`` is taken (the database refuses a duplicate name)."""
         try:
             self._client.rename_experiment(experiment_id, name)
-        except MlflowException:
+        except MlflowException as exc:
+            # NB: the database's unique-name refusal reaches the client as BAD_REQUEST; any
+            # other failure (a refused connection, a permission) is not "taken".
+            if exc.error_code not in ("BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"):
+                raise
             return False
         return True
 
