@@ -5,6 +5,8 @@ so tests share the server without sharing state.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import socket
@@ -88,16 +90,18 @@ def tracking_url(embedded_tracking_url: str) -> str:
 
 @dataclass
 class TeamBackend:
-    """The session's PostgreSQL + S3 tracking server and the stores behind it."""
+    """A PostgreSQL + S3 tracking server and the stores behind it."""
 
     url: str
     database_uri: str
     s3: Any
+    postgres: Any
 
 
-@pytest.fixture(scope="session")
-def team_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamBackend]:
-    """A real tracking server on PostgreSQL + S3 (SeaweedFS); only the server holds the S3 keys."""
+@contextlib.contextmanager
+def running_team_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamBackend]:
+    """Start a private PostgreSQL cluster, SeaweedFS S3 and a tracking server on them (only the
+    server holds the S3 keys); stop all three afterwards."""
     from tests.backends import S3, S3_BUCKET, Postgres
 
     postgres = Postgres.start()
@@ -114,13 +118,20 @@ def team_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamBacke
         server = tracking_server.start(
             settings, port=free_port(), quiet=True, extra_env=s3.server_env()
         )
-        yield TeamBackend(server.url, database, s3)
+        yield TeamBackend(server.url, database, s3, postgres)
     finally:
         if server is not None:
             server.stop()
         if s3 is not None:
             s3.stop()
         postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def team_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamBackend]:
+    """The session's PostgreSQL + S3 tracking server."""
+    with running_team_backend(tmp_path_factory) as backend:
+        yield backend
 
 
 @pytest.fixture
@@ -159,6 +170,17 @@ def cli(env: dict[str, str]) -> Callable[..., Result]:
         return runner.invoke(main, list(args), catch_exceptions=False)
 
     return invoke
+
+
+def ok(result: Result) -> dict:
+    """The JSON document of a CLI call that must succeed."""
+    assert result.exit_code == 0, result.output + result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def train_version(cli: Callable[..., Result], *args: str) -> int:
+    """Train through the CLI; the new version's number."""
+    return int(ok(cli("train", "--json", *args))["version"])
 
 
 def moved(document: dict[str, Any]) -> tuple[int | None, int]:

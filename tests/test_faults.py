@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,15 @@ from mlflow.tracking import MlflowClient
 
 from churnops import lifecycle, registry, tracking_server
 from churnops.config import Settings
-from tests.conftest import free_port, run_churnops, start_api, stop_api, wait_for
+from tests.conftest import (
+    TeamBackend,
+    free_port,
+    run_churnops,
+    running_team_backend,
+    start_api,
+    stop_api,
+    wait_for,
+)
 from tests.test_api import CUSTOMER
 from tests.test_lifecycle_e2e import Traffic
 from tests.test_trust import _assert_ledger_agrees_with_production
@@ -30,40 +37,11 @@ from tests.test_trust import _assert_ledger_agrees_with_production
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Fragile:
-    """A PostgreSQL + S3 tracking server of this module's own, to break at will."""
-
-    url: str
-    postgres: Any
-    s3: Any
-    log: Path
-
-
 @pytest.fixture(scope="module")
-def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fragile]:
-    from tests.backends import S3, S3_BUCKET, Postgres
-
-    postgres = Postgres.start()
-    s3 = server = None
-    try:
-        s3 = S3.start(tmp_path_factory.mktemp("fragile-s3"))
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("fragile"),
-            backend_store_uri=postgres.create_database("mlflow"),
-            artifacts_destination=f"s3://{S3_BUCKET}/artifacts",
-        )
-        log = settings.data_dir / "server.log"
-        server = tracking_server.start(
-            settings, port=free_port(), log_file=log, extra_env=s3.server_env()
-        )
-        yield Fragile(server.url, postgres, s3, log)
-    finally:
-        if server is not None:
-            server.stop()
-        if s3 is not None:
-            s3.stop()
-        postgres.stop()
+def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamBackend]:
+    """A PostgreSQL + S3 tracking server of this module's own, to break at will."""
+    with running_team_backend(tmp_path_factory) as backend:
+        yield backend
 
 
 def _promoter(env: dict[str, str], version: int) -> subprocess.Popen[str]:
@@ -101,7 +79,7 @@ def _settle(settings: Settings, api: Any, version: int) -> None:
 
 
 def test_postgresql_restarted_while_the_api_serves_and_a_promote_runs(
-    fragile: Fragile, tmp_path: Path
+    fragile: TeamBackend, tmp_path: Path
 ) -> None:
     name = f"churn_pg_{uuid.uuid4().hex[:6]}"
     settings = Settings(tracking_uri=fragile.url, model_name=name)
@@ -173,7 +151,7 @@ def test_the_tracking_server_killed_and_restarted_during_a_promote_loses_nothing
 
 
 def test_s3_stopped_during_train_is_a_clear_error_and_registers_no_version(
-    fragile: Fragile,
+    fragile: TeamBackend,
 ) -> None:
     # NB: last in the module: the bucket stays down.
     name = f"churn_s3down_{uuid.uuid4().hex[:6]}"

@@ -16,16 +16,7 @@ from click.testing import Result
 
 from churnops import data, ledger, registry
 from churnops.config import Settings
-from tests.conftest import break_artifacts, moved
-
-
-def _ok(result: Result) -> dict:
-    assert result.exit_code == 0, result.output + result.stderr
-    return json.loads(result.stdout)
-
-
-def _train(cli: Callable[..., Result], *args: str) -> int:
-    return int(_ok(cli("train", "--json", *args))["version"])
+from tests.conftest import break_artifacts, moved, ok, train_version
 
 
 def _refusal(cli: Callable[..., Result], *args: str) -> dict[str, bool]:
@@ -40,9 +31,9 @@ def _refusal(cli: Callable[..., Result], *args: str) -> dict[str, bool]:
 def test_a_candidate_below_its_f1_gate_is_refused_on_that_criterion_alone(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
-    _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
-    _train(cli, "--seed", "1", "--gate-f1", "0.99")
+    train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
+    train_version(cli, "--seed", "1", "--gate-f1", "0.99")
     verdicts = _refusal(cli)
     assert verdicts == {
         "held-out f1": False,
@@ -56,13 +47,13 @@ def test_a_candidate_below_its_f1_gate_is_refused_on_that_criterion_alone(
 def test_a_candidate_worse_than_the_champion_is_refused_on_that_criterion_alone(
     cli: Callable[..., Result], settings: Settings, tmp_path: Path
 ) -> None:
-    _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
+    train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
     # 120 rows: a weaker model that still clears its own gate (F1 0.70 on its held-out rows,
     # where the champion scores 0.76).
     small = tmp_path / "small.csv"
     data.write_generated(small, rows=120, seed=105)
-    _train(cli, "--data", str(small), "--seed", "5")
+    train_version(cli, "--data", str(small), "--seed", "5")
     verdicts = _refusal(cli)
     assert verdicts == {
         "held-out f1": True,
@@ -79,11 +70,11 @@ def test_a_candidate_worse_than_the_champion_is_refused_on_that_criterion_alone(
 def test_a_candidate_that_drops_an_input_column_is_refused_with_the_schema_difference(
     cli: Callable[..., Result], settings: Settings, tmp_path: Path
 ) -> None:
-    _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
+    train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
     narrow = tmp_path / "narrow.csv"
     data.generate(5000, seed=1).drop(columns=["region"]).to_csv(narrow, index=False)
-    _train(cli, "--data", str(narrow), "--seed", "1")
+    train_version(cli, "--data", str(narrow), "--seed", "1")
     verdicts = _refusal(cli)
     assert verdicts["signature compatible"] is False
     assert verdicts["held-out f1"] and verdicts["smoke test"]
@@ -95,9 +86,9 @@ def test_a_candidate_that_drops_an_input_column_is_refused_with_the_schema_diffe
 def test_a_candidate_that_cannot_load_fails_the_smoke_test(
     cli: Callable[..., Result], settings: Settings, tracking_store: Path
 ) -> None:
-    _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
-    broken = _train(cli, "--seed", "2")
+    train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
+    broken = train_version(cli, "--seed", "2")
     break_artifacts(tracking_store, settings, broken)
     # The champion comparisons need a candidate that loads, so the report leaves them out.
     assert _refusal(cli) == {"held-out f1": True, "smoke test": False}
@@ -107,18 +98,18 @@ def test_a_candidate_that_cannot_load_fails_the_smoke_test(
 def test_force_needs_a_reason_and_is_recorded_as_an_override(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
-    _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
-    _train(cli, "--seed", "1", "--gate-f1", "0.99")
+    train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
+    train_version(cli, "--seed", "1", "--gate-f1", "0.99")
     no_reason = cli("promote", "--force")
     assert no_reason.exit_code == 1
     assert "--force needs --reason TEXT" in no_reason.stderr
     assert registry.alias_version(settings) == 1
-    forced = _ok(
+    forced = ok(
         cli("promote", "--force", "--reason", "hotfix for ticket 7", "--actor", "dana", "--json")
     )
     assert moved(forced) == (1, 2) and forced["override"] is True
-    [latest, *_] = _ok(cli("history", "--json"))
+    [latest, *_] = ok(cli("history", "--json"))
     assert latest["override"] is True and latest["actor"] == "dana"
     assert latest["reason"] == "hotfix for ticket 7"
     assert latest["gate"]["passed"] is False
@@ -128,11 +119,11 @@ def test_history_lists_every_move_newest_first_with_actor_reason_and_gate(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--actor", "alice", "--reason", "first", "--json"))
-    _ok(cli("promote", "--version", "2", "--actor", "bob", "--reason", "better", "--json"))
-    _ok(cli("rollback", "--actor", "carol", "--reason", "alerts", "--json"))
-    entries = _ok(cli("history", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--actor", "alice", "--reason", "first", "--json"))
+    ok(cli("promote", "--version", "2", "--actor", "bob", "--reason", "better", "--json"))
+    ok(cli("rollback", "--actor", "carol", "--reason", "alerts", "--json"))
+    entries = ok(cli("history", "--json"))
     assert [
         (e["actor"], e["action"], e["from_version"], e["to_version"], e["reason"]) for e in entries
     ] == [
@@ -159,12 +150,12 @@ def test_undo_walks_back_through_earlier_production_versions_and_never_returns(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     for seed in range(1, 6):
-        _train(cli, "--seed", str(seed))
+        train_version(cli, "--seed", str(seed))
     for version in ("1", "3", "5"):
-        _ok(cli("promote", "--version", version, "--json"))
+        ok(cli("promote", "--version", version, "--json"))
     # Not v4 (adjacent) but v3, the version that held production before v5.
-    assert moved(_ok(cli("rollback", "--json"))) == (5, 3)
-    assert moved(_ok(cli("rollback", "--json"))) == (3, 1)
+    assert moved(ok(cli("rollback", "--json"))) == (5, 3)
+    assert moved(ok(cli("rollback", "--json"))) == (3, 1)
     last = cli("rollback")
     assert last.exit_code == 1
     assert "nothing earlier to roll back to" in last.stderr
@@ -192,8 +183,8 @@ for version in map(int, sys.argv[2:]):
 def test_concurrent_promotions_are_serialised_or_refused_and_the_ledger_chain_holds(
     env: dict[str, str], settings: Settings, cli: Callable[..., Result]
 ) -> None:
-    versions = [_train(cli, "--seed", str(seed)) for seed in range(1, 5)]
-    _ok(cli("promote", "--version", "1", "--json"))
+    versions = [train_version(cli, "--seed", str(seed)) for seed in range(1, 5)]
+    ok(cli("promote", "--version", "1", "--json"))
     movers = [
         subprocess.Popen(
             [sys.executable, "-c", MOVER, str(i)]

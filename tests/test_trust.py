@@ -28,21 +28,14 @@ from tests.conftest import (
     break_artifacts,
     free_port,
     moved,
+    ok,
     run_churnops,
     start_api,
     stop_api,
+    train_version,
     wait_for,
 )
 from tests.test_api import CUSTOMER
-
-
-def _ok(result: Result) -> dict:
-    assert result.exit_code == 0, result.output + result.stderr
-    return json.loads(result.stdout)
-
-
-def _train(cli: Callable[..., Result], *args: str) -> int:
-    return int(_ok(cli("train", "--json", *args))["version"])
 
 
 def _assert_ledger_agrees_with_production(settings: Settings) -> list[ledger.Entry]:
@@ -61,16 +54,16 @@ def test_promoting_the_version_in_production_again_changes_nothing_and_rollback_
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
-    _ok(cli("promote", "--version", "2", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--json"))
+    ok(cli("promote", "--version", "2", "--json"))
     again = cli("promote", "--version", "2")
     assert again.exit_code == 0
     assert "already v2; nothing changed" in again.stdout
-    assert _ok(cli("promote", "--version", "2", "--json"))["changed"] is False
+    assert ok(cli("promote", "--version", "2", "--json"))["changed"] is False
     assert len(ledger.entries(settings)) == 2
-    assert moved(_ok(cli("rollback", "--json"))) == (2, 1)
-    same = _ok(cli("rollback", "1", "--json"))
+    assert moved(ok(cli("rollback", "--json"))) == (2, 1)
+    same = ok(cli("rollback", "1", "--json"))
     assert same["changed"] is False and len(ledger.entries(settings)) == 3
 
 
@@ -78,8 +71,8 @@ def test_rollback_to_a_newer_version_is_refused_and_points_to_promote(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--json"))
     refused = cli("rollback", "2")
     assert refused.exit_code == 1
     assert "newer than production" in refused.stderr
@@ -90,9 +83,9 @@ def test_rollback_to_a_newer_version_is_refused_and_points_to_promote(
 def test_force_overrides_quality_but_never_the_smoke_test(
     cli: Callable[..., Result], settings: Settings, tracking_store: Path
 ) -> None:
-    _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
-    broken = _train(cli, "--seed", "2")
+    train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
+    broken = train_version(cli, "--seed", "2")
     break_artifacts(tracking_store, settings, broken)
     forced = cli("promote", "--force", "--reason", "ship it anyway", "--json")
     assert forced.exit_code == 1
@@ -104,7 +97,7 @@ def test_force_overrides_quality_but_never_the_smoke_test(
 def test_the_policy_floor_refuses_a_version_whose_trainer_lowered_its_own_gate(
     cli: Callable[..., Result], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    version = _train(cli, "--seed", "1", "--gate-f1", "0")
+    version = train_version(cli, "--seed", "1", "--gate-f1", "0")
     assert registry.get_version(settings, version).gate_passed
     monkeypatch.setenv("CHURNOPS_GATE_F1_MIN", "0.99")
     refused = cli("promote", "--json")
@@ -119,8 +112,8 @@ def test_the_gate_refuses_with_exit_2_when_the_champion_cannot_be_read_for_now(
     cli: Callable[..., Result], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--json"))
     real = registry.load_version
 
     def flaky(settings: Settings, version: int, threads: int = 1) -> registry.LoadedModel:
@@ -139,8 +132,8 @@ def test_a_champion_that_loads_but_cannot_score_the_candidates_rows_fails_that_c
     cli: Callable[..., Result], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--json"))
     real = registry.load_version
 
     class Refuses:
@@ -172,27 +165,27 @@ def test_history_only_reads_and_shows_an_outside_move_as_unrecorded(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--json"))
     MlflowClient(settings.tracking_uri).set_registered_model_alias(
         settings.model_name, "production", "2"
     )
-    [latest, _] = _ok(cli("history", "--json"))
+    [latest, _] = ok(cli("history", "--json"))
     assert (latest["state"], latest["action"], latest["to_version"]) == (
         "unrecorded",
         "external",
         2,
     )
     assert len(ledger.entries(settings)) == 1
-    assert moved(_ok(cli("rollback", "--json"))) == (2, 1)
+    assert moved(ok(cli("rollback", "--json"))) == (2, 1)
     assert [e.action for e in ledger.entries(settings)] == ["promote", "external", "undo"]
 
 
 def test_the_api_refuses_a_version_whose_threshold_changed_after_its_promotion(
     cli: Callable[..., Result], settings: Settings, env: dict[str, str], tmp_path: Path
 ) -> None:
-    version = _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
+    version = train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
     assert ledger.entries(settings)[-1].digests
     MlflowClient(settings.tracking_uri).set_model_version_tag(
         settings.model_name, str(version), "threshold", "0.99"
@@ -226,8 +219,8 @@ def test_a_promoter_killed_mid_move_is_finished_by_the_next_movers_with_its_own_
     cli: Callable[..., Result], settings: Settings, env: dict[str, str], step: str, outcome: str
 ) -> None:
     for seed in range(1, 6):
-        _train(cli, "--seed", str(seed))
-    _ok(cli("promote", "--version", "1", "--json"))
+        train_version(cli, "--seed", str(seed))
+    ok(cli("promote", "--version", "1", "--json"))
     fast = {**env, "CHURNOPS_LEASE_SECONDS": "2", "CHURNOPS_MOVE_TIMEOUT": "120"}
     _crash(fast, step, "promote", "--version", "2")
     [crashed] = [e for e in ledger.entries(settings) if e.seq == 2]
@@ -267,20 +260,20 @@ def test_a_promoter_killed_before_its_intent_leaves_no_trace(
     cli: Callable[..., Result], settings: Settings, env: dict[str, str]
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--json"))
     _crash(env, "before-intent", "promote", "--version", "2")
     assert registry.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
-    assert moved(_ok(cli("promote", "--version", "2", "--json"))) == (1, 2)
+    assert moved(ok(cli("promote", "--version", "2", "--json"))) == (1, 2)
 
 
 def test_a_deleted_ledger_entry_is_named_instead_of_skipped(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     for seed in ("1", "2"):
-        _train(cli, "--seed", seed)
-    _ok(cli("promote", "--version", "1", "--json"))
-    _ok(cli("promote", "--version", "2", "--json"))
+        train_version(cli, "--seed", seed)
+    ok(cli("promote", "--version", "1", "--json"))
+    ok(cli("promote", "--version", "2", "--json"))
     first = ledger.entries(settings)[0]
     MlflowClient(settings.tracking_uri).delete_run(first.run_id)
     broken = cli("history")
@@ -290,8 +283,8 @@ def test_a_deleted_ledger_entry_is_named_instead_of_skipped(
 def test_the_api_refuses_a_version_larger_than_its_download_limit_before_downloading(
     cli: Callable[..., Result], env: dict[str, str], tmp_path: Path
 ) -> None:
-    _train(cli, "--seed", "1")
-    _ok(cli("promote", "--json"))
+    train_version(cli, "--seed", "1")
+    ok(cli("promote", "--json"))
     capped = {**env, "CHURNOPS_MAX_MODEL_BYTES": "1000"}
     api = start_api(capped, tmp_path / "api.log", "--workers", "1")
     try:
