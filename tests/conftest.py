@@ -172,10 +172,10 @@ def cli(env: dict[str, str]) -> Callable[..., Result]:
     return invoke
 
 
-def ok(result: Result) -> dict:
+def ok(result: Result) -> Any:
     """The JSON document of a CLI call that must succeed."""
     assert result.exit_code == 0, result.output + result.stderr
-    return dict(json.loads(result.stdout))
+    return json.loads(result.stdout)
 
 
 def train_version(cli: Callable[..., Result], *args: str) -> int:
