@@ -72,7 +72,7 @@ def client_for(settings: Settings, pinned: dict[str, str] | None = None) -> Test
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    settings = Settings(tracking_uri="http://127.0.0.1:9", prediction_log=False)
+    settings = Settings(tracking_uri="http://127.0.0.1:9", store_predictions=False)
     yield client_for(settings)
 
 
@@ -97,7 +97,7 @@ def test_a_forged_host_is_refused_with_400_and_loopback_names_are_served(
 
 def test_allowed_hosts_come_from_settings() -> None:
     settings = Settings(
-        tracking_uri="http://127.0.0.1:9", prediction_log=False, api_allowed_hosts="api.internal"
+        tracking_uri="http://127.0.0.1:9", store_predictions=False, api_allowed_hosts="api.internal"
     )
     client = client_for(settings)
     assert client.get("/model", headers={"host": "api.internal:8000"}).status_code == 200
@@ -137,7 +137,9 @@ def test_a_request_id_is_kept_only_when_short_and_safe(client: TestClient) -> No
 
 def test_a_token_read_from_a_file_with_a_trailing_newline_still_matches() -> None:
     settings = Settings(
-        tracking_uri="http://127.0.0.1:9", prediction_log=False, api_token=SecretStr(TOKEN + "\n")
+        tracking_uri="http://127.0.0.1:9",
+        store_predictions=False,
+        api_token=SecretStr(TOKEN + "\n"),
     )
     client = client_for(settings)
     headers = {"authorization": f"Bearer {TOKEN}"}
@@ -148,7 +150,7 @@ def test_a_token_read_from_a_file_with_a_trailing_newline_still_matches() -> Non
 
 
 def test_a_version_whose_files_differ_from_its_pinned_digests_is_never_served() -> None:
-    settings = Settings(tracking_uri="http://127.0.0.1:9", prediction_log=False)
+    settings = Settings(tracking_uri="http://127.0.0.1:9", store_predictions=False)
     tampered = client_for(settings, pinned={"model.skops": "a", "tag:threshold": "other"})
     assert tampered.get("/ready").status_code == 503
     body = tampered.get("/model").json()

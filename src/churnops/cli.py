@@ -632,9 +632,11 @@ def server(
     help="Seconds between alias polls (default: CHURNOPS_POLL_INTERVAL or 1).",
 )
 @click.option(
-    "--prediction-log/--no-prediction-log",
+    "--store/--no-store",
+    "store_predictions",
     default=None,
-    help="Write every prediction as a JSON line to <data dir>/logs/ (default: on).",
+    help="Keep every prediction in the prediction store, CHURNOPS_PREDICTION_STORE "
+    "(default: on, under <data dir>/store).",
 )
 @command
 def serve(
@@ -642,7 +644,7 @@ def serve(
     port: int,
     workers: int | None,
     poll_interval: float | None,
-    prediction_log: bool | None,
+    store_predictions: bool | None,
 ) -> None:
     """Serve models:/churn_model@production over HTTP, following every alias move live.
 
@@ -655,7 +657,7 @@ def serve(
     overrides = {
         "workers": workers,
         "poll_interval": poll_interval,
-        "prediction_log": prediction_log,
+        "store_predictions": store_predictions,
     }
     settings = _settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     api = f"http://{host}:{port}"

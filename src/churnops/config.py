@@ -76,12 +76,39 @@ class Settings(BaseSettings):
         gt=0,
         description="API worker processes (CHURNOPS_WORKERS); default: one per core, at most 4.",
     )
-    prediction_log: bool = Field(
-        default=True, description="Write the prediction log (CHURNOPS_PREDICTION_LOG)."
+    store_predictions: bool = Field(
+        default=True,
+        description="Keep every scored row in the prediction store (CHURNOPS_STORE_PREDICTIONS).",
     )
-    prediction_log_path: Path | None = Field(
+    prediction_store: str | None = Field(
         default=None,
-        description="Prediction log file (default: <data dir>/logs/predictions.jsonl).",
+        description="Where predictions and churn outcomes are kept (CHURNOPS_PREDICTION_STORE): "
+        "a folder, or s3://bucket/prefix for replicas on several machines; "
+        "default: <data dir>/store.",
+    )
+    store_flush_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The API writes its buffered rows this often (CHURNOPS_STORE_FLUSH_SECONDS): "
+        "rows reach `monitor` within this delay, and a worker writes at most 86400 / this many "
+        "files a day.",
+    )
+    store_buffer_rows: int = Field(
+        default=100_000,
+        gt=0,
+        description="Rows a worker buffers before writing early (CHURNOPS_STORE_BUFFER_ROWS).",
+    )
+    store_retention_days: int = Field(
+        default=400,
+        gt=0,
+        description="Day partitions older than this are deleted (CHURNOPS_STORE_RETENTION_DAYS).",
+    )
+    churn_horizon_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="An outcome keyed by customer applies to that customer's predictions made "
+        "this many days before it, and 'retained' counts only once this long has passed since "
+        "the prediction (CHURNOPS_CHURN_HORIZON_DAYS).",
     )
     backend_store_uri: str | None = Field(
         default=None,
@@ -145,8 +172,6 @@ class Settings(BaseSettings):
         "comma-separated names without ports; * for any): others get 400, so a web page cannot "
         "reach a loopback API through a rebound DNS name.",
     )
-    prediction_log_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
-    prediction_log_backups: int = Field(default=5, ge=0)
 
     @field_validator("api_token")
     @classmethod
@@ -217,9 +242,14 @@ class Settings(BaseSettings):
         return self.data_dir / "data" / "churn.csv"
 
     @property
-    def prediction_log_file(self) -> Path:
-        """Where the API appends its JSON-lines prediction log."""
-        return self.prediction_log_path or self.data_dir / "logs" / "predictions.jsonl"
+    def store_uri(self) -> str:
+        """Where the prediction store lives."""
+        return self.prediction_store or str((self.data_dir / "store").resolve())
+
+    @property
+    def monitoring_experiment(self) -> str:
+        """The MLflow experiment monitor runs are logged to."""
+        return f"{self.model_name}-monitoring"
 
     def as_environment(self) -> dict[str, str]:
         """These settings as the environment variables that reproduce them in a child process."""

@@ -45,6 +45,12 @@ class Dataset:
         """Share of rows labelled as churned."""
         return float(self.target.mean())
 
+    @property
+    def id_column(self) -> str | None:
+        """The customer identifier column training dropped, if the table has one."""
+        found = [c for c, why in self.report.dropped_columns.items() if why == IDENTIFIER]
+        return str(found[0]) if found else None
+
 
 @dataclass(frozen=True)
 class DataReport:
@@ -85,20 +91,35 @@ class DataReport:
         return "\n".join(lines)
 
 
-def generate(rows: int = 5000, seed: int = 42) -> pd.DataFrame:
-    """Draw a synthetic churn table in the course's schema from a seeded logistic model."""
-    if rows < MIN_LABELLED_ROWS:
-        raise DataError(f"--rows must be at least {MIN_LABELLED_ROWS} (got {rows})")
+def generate(
+    rows: int = 5000,
+    seed: int = 42,
+    *,
+    first_id: int = 1,
+    covariate_shift: float = 0.0,
+    concept_drift: float = 0.0,
+) -> pd.DataFrame:
+    """Draw a synthetic churn table in the course's schema from a seeded logistic model, with a
+    ``customer_id`` column (an identifier, which training drops).
+
+    ``covariate_shift`` (0..1) moves the customers: shorter tenure, more complaints, shorter
+    sessions, more basic plans; churn still follows the same model of them. ``concept_drift``
+    (0..1) changes the model itself: complaints stop predicting churn and long tenure starts to.
+    """
+    if rows < 1:
+        raise DataError(f"rows must be at least 1 (got {rows})")
     rng = np.random.default_rng(seed)
-    tenure = rng.integers(1, 73, size=rows)
-    complaints = np.minimum(rng.poisson(0.9, size=rows), 10)
-    session = np.clip(rng.normal(32.0, 11.0, size=rows), 1.0, None).round(1)
-    plan = rng.choice(PLAN_TYPES, size=rows, p=[0.5, 0.3, 0.2])
+    s, c = covariate_shift, concept_drift
+    tenure = rng.integers(1, 73 - round(40 * s), size=rows)
+    complaints = np.minimum(rng.poisson(0.9 * (1 + 1.5 * s), size=rows), 10)
+    session = np.clip(rng.normal(32.0 - 10.0 * s, 11.0, size=rows), 1.0, None).round(1)
+    basic = 0.5 + 0.3 * s
+    plan = rng.choice(PLAN_TYPES, size=rows, p=[basic, (1 - basic) * 0.6, (1 - basic) * 0.4])
     region = rng.choice(REGIONS, size=rows, p=[0.35, 0.3, 0.15, 0.2])
     logit = (
         _INTERCEPT
-        - 0.1 * (tenure - 36)
-        + 1.6 * (complaints - 0.9)
+        - 0.1 * (1 - 2 * c) * (tenure - 36)
+        + 1.6 * (1 - 1.5 * c) * (complaints - 0.9)
         - 0.07 * (session - 32.0)
         + np.vectorize(_PLAN_EFFECT.__getitem__)(plan)
         + np.vectorize(_REGION_EFFECT.__getitem__)(region)
@@ -107,6 +128,7 @@ def generate(rows: int = 5000, seed: int = 42) -> pd.DataFrame:
     churn = rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))
     return pd.DataFrame(
         {
+            "customer_id": [f"C{i:07d}" for i in range(first_id, first_id + rows)],
             "tenure_months": tenure,
             "num_complaints": complaints,
             "avg_session_minutes": session,
@@ -119,6 +141,8 @@ def generate(rows: int = 5000, seed: int = 42) -> pd.DataFrame:
 
 def write_generated(path: Path, rows: int = 5000, seed: int = 42) -> pd.DataFrame:
     """Generate the built-in data set and write it to ``path`` atomically."""
+    if rows < MIN_LABELLED_ROWS:
+        raise DataError(f"--rows must be at least {MIN_LABELLED_ROWS} (got {rows})")
     frame = generate(rows=rows, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

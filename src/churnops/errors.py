@@ -15,6 +15,7 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── NoProductionModelError    exit 1  the alias is not set yet                 (HTTP 503)
     ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
     ├── UnsupportedMediaTypeError         a request body that is not JSON          (HTTP 415)
+    ├── EventTimeError                    a bad X-Event-Time header                (HTTP 422)
     ├── PortInUseError            exit 1  a server cannot bind its port
     ├── ServerStartError          exit 1  a server process died or did not answer in time
     └── TrackingUnavailableError  exit 2  the tracking server does not answer      (HTTP 503)
@@ -100,6 +101,12 @@ class UnsupportedMediaTypeError(ChurnopsError):
     """A request body sent as anything but application/json."""
 
     http_status = 415
+
+
+class EventTimeError(ChurnopsError):
+    """The X-Event-Time header is not an ISO 8601 time with a zone, or is in the future."""
+
+    http_status = 422
 
 
 class PortInUseError(ChurnopsError):

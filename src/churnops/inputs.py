@@ -80,6 +80,19 @@ def from_signature(signature: Any) -> tuple[InputField, ...]:
     return tuple(fields)
 
 
+# NB: the generic name a request may always use for the customer's identifier; the table's own
+# identifier column (the one training dropped, e.g. customerID) is accepted too.
+CUSTOMER_ID = "customer_id"
+MAX_ID_LENGTH = 128
+
+
+def identifier_names(id_column: str | None, fields: tuple[InputField, ...]) -> tuple[str, ...]:
+    """The request fields that carry a customer identifier, never a model feature."""
+    features = {f.name for f in fields}
+    names = [CUSTOMER_ID, *([id_column] if id_column else [])]
+    return tuple(dict.fromkeys(n for n in names if n not in features))
+
+
 class RequestSchema:
     """Validators for POST /predict and /predict/batch bodies, built from a version's fields.
 
@@ -88,13 +101,23 @@ class RequestSchema:
     """
 
     def __init__(
-        self, fields: tuple[InputField, ...], example: dict[str, Any] | None = None
+        self,
+        fields: tuple[InputField, ...],
+        example: dict[str, Any] | None = None,
+        id_names: tuple[str, ...] = (CUSTOMER_ID,),
     ) -> None:
         self.fields = fields
+        self.id_names = id_names
         annotations: dict[str, Any] = {}
         for f in fields:
             python_type = _PYTHON_TYPES[f.type]
             annotations[f.name] = python_type if f.required else NotRequired[python_type | None]
+        for name in id_names:
+            annotations[name] = NotRequired[
+                Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+                | Annotated[int, Field(strict=True)]
+                | None
+            ]
         customer = _typed_dict("Customer", annotations)
         extra: dict[str, Any] = {"description": self._description()}
         if example:
@@ -110,7 +133,11 @@ class RequestSchema:
 
     def _description(self) -> str:
         optional = [f.name for f in self.fields if not f.required]
-        text = "One customer, in the columns of the serving version's training table."
+        text = (
+            "One customer, in the columns of the serving version's training table. "
+            f"The customer's identifier may be given as {' or '.join(self.id_names)}: it is "
+            "stored with the prediction (to join churn outcomes later), never used as a feature."
+        )
         if optional:
             text += (
                 " These fields had missing values in training and may be omitted or null "
@@ -121,6 +148,24 @@ class RequestSchema:
     def columns(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
         """Validated rows as column lists, with None for omitted optional fields."""
         return {f.name: [row.get(f.name) for row in rows] for f in self.fields}
+
+    def customer_ids(self, rows: list[dict[str, Any]]) -> list[str | None] | None:
+        """Each row's customer identifier as text, or None when no row carries one."""
+        names = self.id_names
+        found = False
+        ids: list[str | None] = []
+        for row in rows:
+            value = None
+            for name in names:
+                value = row.get(name)
+                if value is not None:
+                    break
+            if value is not None:
+                found = True
+                ids.append(str(value))
+            else:
+                ids.append(None)
+        return ids if found else None
 
     @cached_property
     def json_schemas(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """What the API tells its operators: Prometheus metrics (aggregated across worker processes when
-PROMETHEUS_MULTIPROC_DIR is set), structured JSON logs, and the prediction log (JSON lines with
-size-based rotation). Nothing here runs at import time; the app factory builds what it needs.
+PROMETHEUS_MULTIPROC_DIR is set) and structured JSON logs. Scored rows go to the prediction store
+(churnops.monitoring.store). Nothing here runs at import time; the app factory builds what it
+needs.
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ import json
 import logging
 import logging.handlers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -128,60 +127,9 @@ def configure_json_logging(level: int = logging.INFO) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # NB: no line per request: /metrics counts them and the prediction log records predictions.
+    # NB: no line per request: /metrics counts them and the prediction store keeps the rows.
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False
     for noisy in ("mlflow", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-class PredictionLog:
-    """Appends one JSON line per scored row; rotates by size, keeping ``backups`` old files.
-
-    NB: each worker process writes a file of its own, since several processes rotating one file
-    would lose lines.
-    """
-
-    def __init__(self, path: Path, max_bytes: int, backups: int, per_process: bool) -> None:
-        if per_process:
-            path = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-        )
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
-
-    def write(
-        self,
-        request_id: str,
-        version: int,
-        rows: Iterable[Mapping[str, Any]],
-        probabilities: Iterable[float],
-        labels: Iterable[int],
-    ) -> None:
-        """Record each row with its score under one request id."""
-        now = datetime.now(UTC).isoformat()
-        # NB: orjson, because json.dumps made the log ~10 ms of a 1,000-row request's ~17 ms.
-        lines = b"\n".join(
-            orjson.dumps(
-                {
-                    "time": now,
-                    "request_id": request_id,
-                    "model_version": version,
-                    "inputs": row,
-                    "probability": p,
-                    "prediction": label,
-                }
-            )
-            for row, p, label in zip(rows, probabilities, labels, strict=True)
-        )
-        record = logging.LogRecord(
-            "churnops.predictions", logging.INFO, "", 0, lines.decode(), None, None
-        )
-        self._handler.handle(record)
-
-    def close(self) -> None:
-        """Flush and close the file."""
-        self._handler.close()

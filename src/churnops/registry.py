@@ -57,6 +57,7 @@ ONNX_ARTIFACT = "onnx/model.onnx"
 HOLDOUT_ARTIFACT = "eval/holdout.parquet"
 INFERENCE_TAG = "inference"
 THRESHOLD_TAG = "threshold"
+ID_COLUMN_TAG = "id_column"
 DATA_REPORT_ARTIFACT = "data_report.json"
 EVIDENCE_DIR = "evidence"
 
@@ -98,6 +99,8 @@ class LoadedModel:
     metrics: dict[str, float]
     inputs: tuple[InputField, ...]
     digests: dict[str, str] = field(default_factory=dict)
+    # NB: the table's identifier column training dropped: a request may carry it, never a feature.
+    id_column: str | None = None
 
 
 def ping(settings: Settings, timeout: float = 3.0) -> None:
@@ -346,6 +349,8 @@ def log_training(
                 INFERENCE_TAG: "onnx" if result.export.onnx is not None else "sklearn",
                 "onnx_check": result.export.reason,
             }
+            if dataset.id_column:
+                tags[ID_COLUMN_TAG] = dataset.id_column
             mv = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
     return RegisteredRun(run_id=run.info.run_id, version=int(mv.version))
 
@@ -528,6 +533,7 @@ def load_files(settings: Settings, info: VersionInfo, local: Path, threads: int)
         metrics=info.metrics,
         inputs=inputs,
         digests=digests,
+        id_column=info.tags.get(ID_COLUMN_TAG) or None,
     )
 
 

@@ -11,6 +11,10 @@ from pydantic import BaseModel, Field
 class Prediction(BaseModel):
     """One customer's score."""
 
+    prediction_id: str = Field(
+        description="Unique id of this prediction: send it back with the churn outcome "
+        "(`churnops labels add`)."
+    )
     prediction: int = Field(description="1 when the customer is predicted to churn.")
     probability: float = Field(description="Probability of churn, 0..1.")
 

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -38,12 +39,13 @@ from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
 from churnops.errors import (
     BatchTooLargeError,
     ChurnopsError,
+    EventTimeError,
     NoProductionModelError,
     UnsupportedMediaTypeError,
 )
+from churnops.monitoring.store import Batch, BufferedWriter, open_store
 from churnops.observability import (
     MULTIPROC_ENV,
-    PredictionLog,
     ServingMetrics,
     configure_json_logging,
 )
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = "X-Model-Version"
 REQUEST_ID_HEADER = "X-Request-ID"
+EVENT_TIME_HEADER = "X-Event-Time"
 # NB: request bodies are validated against the serving version's generated schema, which the
 # OpenAPI document references by these names and fills in from that version.
 CUSTOMER_SCHEMA = "Customer"
@@ -266,6 +269,31 @@ def _request_id(request: Request) -> str:
     return uuid.uuid4().hex
 
 
+# NB: how far ahead of this machine's clock an event time may be (clock skew between machines).
+MAX_EVENT_TIME_AHEAD = 300.0
+
+
+def _event_time(request: Request) -> float | None:
+    """The X-Event-Time header as epoch seconds: when the customer's data was observed, for
+    replaying past traffic (`churnops simulate`, a backfill); None when absent."""
+    given = request.headers.get(EVENT_TIME_HEADER)
+    if given is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(given.strip().replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise EventTimeError(
+            f"{EVENT_TIME_HEADER} must be an ISO 8601 time with a zone, e.g. "
+            f"2026-12-01T09:30:00Z; got {given[:64]!r}"
+        )
+    seconds = moment.timestamp()
+    if seconds > time.time() + MAX_EVENT_TIME_AHEAD:
+        raise EventTimeError(f"{EVENT_TIME_HEADER} {given[:64]!r} is in the future")
+    return seconds
+
+
 def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastAPI:
     """Build the API; its lifespan starts and stops the alias watcher and the prediction log."""
     metrics = ServingMetrics()
@@ -290,25 +318,29 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             fallback=cache.load_served if settings.serve_cache else lambda _: None,
             on_served=cache.mark_served if settings.serve_cache else lambda _s, _v: None,
         )
-    prediction_log: PredictionLog | None = None
+    store: BufferedWriter | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        nonlocal prediction_log
-        if settings.prediction_log:
-            prediction_log = PredictionLog(
-                settings.prediction_log_file,
-                settings.prediction_log_max_bytes,
-                settings.prediction_log_backups,
-                per_process=settings.workers > 1,
+        nonlocal store
+        if settings.store_predictions:
+            store = BufferedWriter(
+                open_store(settings.store_uri),
+                flush_seconds=settings.store_flush_seconds,
+                buffer_rows=settings.store_buffer_rows,
+                retention_days=settings.store_retention_days,
             )
+            store.start()
+            app.state.store = store
         watcher.start()
         try:
             yield
         finally:
             watcher.stop()
-            if prediction_log is not None:
-                prediction_log.close()
+            if store is not None:
+                # NB: after uvicorn has finished in-flight requests, so every answered row is
+                # written before the process exits.
+                await run_in_threadpool(store.close)
 
     app = FastAPI(
         title="churnops prediction API",
@@ -379,6 +411,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         served: ServedModel, customers: list[dict[str, Any]], request: Request, batch: bool
     ) -> Response:
         """Score the rows with one engine snapshot and answer with JSON built by orjson."""
+        event_time = _event_time(request)
         columns = served.schema.columns(customers)
         if served.engine.kind == "onnx":
             # NB: ~50 us per call: cheaper inline on the event loop than a hop to a thread.
@@ -388,19 +421,39 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         request_id = _request_id(request)
         labels, probabilities = result.label.tolist(), result.probability.tolist()
         metrics.observe_predictions(labels)
-        if prediction_log is not None:
-            prediction_log.write(request_id, served.version, customers, probabilities, labels)
+        # NB: one random base per request and the row's position: unique without a uuid per row.
+        base = uuid.uuid4().hex
+        ids = [f"{base}-{i}" for i in range(len(labels))]
+        if store is not None:
+            store.add(
+                Batch(
+                    time=event_time,
+                    served_at=time.time(),
+                    source="api",
+                    model=settings.model_name,
+                    version=served.version,
+                    alias=settings.alias,
+                    threshold=served.engine.threshold,
+                    prediction_ids=ids,
+                    probabilities=probabilities,
+                    labels=labels,
+                    customer_ids=served.schema.customer_ids(customers),
+                    request_id=request_id,
+                    columns=columns,
+                )
+            )
         if batch:
             document: dict[str, Any] = {
                 "predictions": [
-                    {"prediction": label, "probability": p}
-                    for label, p in zip(labels, probabilities, strict=True)
+                    {"prediction_id": i, "prediction": label, "probability": p}
+                    for i, label, p in zip(ids, labels, probabilities, strict=True)
                 ],
                 "model_version": served.version,
                 "request_id": request_id,
             }
         else:
             document = {
+                "prediction_id": ids[0],
                 "prediction": labels[0],
                 "probability": probabilities[0],
                 "model_version": served.version,

@@ -21,7 +21,7 @@ import pandas as pd
 from churnops import ledger, registry
 from churnops.config import Settings
 from churnops.errors import TrackingUnavailableError, UnsafeModelError
-from churnops.inputs import RequestSchema
+from churnops.inputs import RequestSchema, identifier_names
 from churnops.predict import Engine, smoke_test
 from churnops.registry import LoadedModel
 
@@ -58,7 +58,7 @@ def request_schema(loaded: LoadedModel) -> RequestSchema:
             str(k): None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)
             for k, v in row.items()
         }
-    return RequestSchema(loaded.inputs, example)
+    return RequestSchema(loaded.inputs, example, identifier_names(loaded.id_column, loaded.inputs))
 
 
 def check_pinned(loaded: LoadedModel, pinned: dict[str, str] | None) -> None:

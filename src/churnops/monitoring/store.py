@@ -1,0 +1,406 @@
+"""The prediction store: every scored row kept durably as Parquet, partitioned by day, in a local
+folder (default ``<data dir>/predictions``) or under ``s3://bucket/prefix`` for teams whose
+replicas run on several machines. Late churn outcomes live beside the predictions, under
+``labels/``.
+
+Layout::
+
+    <root>/predictions/date=2026-12-01/<ms>-<host>-<pid>-<n>.parquet
+    <root>/labels/<sha256 of the normalised outcomes>.parquet
+
+A file is written whole (a temporary name renamed on local disk; one PUT on S3), so a reader never
+sees half a file. The API hands rows to a :class:`BufferedWriter`, whose thread writes them every
+``flush_seconds`` (so rows are visible within that delay) and on shutdown; a worker therefore
+writes at most ``86400 / flush_seconds`` files a day, plus one per ``buffer_rows`` rows under
+heavy load. Retention is by age: day partitions older than ``retention_days`` are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+LABELS = "labels"
+INPUT_PREFIX = "input."
+# NB: the columns every prediction row has; a version's input fields follow as input.<name>.
+FIXED_COLUMNS = (
+    "prediction_id",
+    "time",
+    "served_at",
+    "source",
+    "model",
+    "version",
+    "alias",
+    "threshold",
+    "probability",
+    "label",
+    "customer_id",
+    "request_id",
+)
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where one model's predictions and outcomes live: a filesystem and a root path in it."""
+
+    fs: pafs.FileSystem
+    root: str
+    uri: str
+
+    def path(self, *parts: str) -> str:
+        """A path under the root."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+
+def open_store(uri: str) -> Store:
+    """The store at ``uri``: a local folder, or ``s3://bucket/prefix`` with the endpoint from
+    AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL and keys from the usual AWS_* variables."""
+    if uri.startswith("s3://"):
+        parsed = urlparse(uri)
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+        options: dict[str, Any] = {
+            "region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            # NB: a failed request fails the flush, which keeps its rows and retries later.
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2),
+            "connect_timeout": 5,
+            "request_timeout": 20,
+        }
+        if endpoint:
+            endpoint_url = urlparse(endpoint)
+            options["endpoint_override"] = endpoint_url.netloc or endpoint
+            options["scheme"] = endpoint_url.scheme or "https"
+        fs = pafs.S3FileSystem(**options)
+        return Store(fs, f"{parsed.netloc}{parsed.path}".rstrip("/"), uri)
+    local = os.path.abspath(uri)
+    return Store(pafs.LocalFileSystem(), local, uri)
+
+
+def _write_table(store: Store, path: str, table: pa.Table) -> None:
+    parent = path.rpartition("/")[0]
+    store.fs.create_dir(parent, recursive=True)
+    if isinstance(store.fs, pafs.LocalFileSystem):
+        partial = f"{path}.partial"
+        pq.write_table(table, partial, filesystem=store.fs, compression="zstd")
+        store.fs.move(partial, path)
+    else:
+        pq.write_table(table, path, filesystem=store.fs, compression="zstd")
+
+
+def _files(store: Store, folder: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(store.path(folder), allow_not_found=True, recursive=True)
+    found = store.fs.get_file_info(selector)
+    return [f for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet")]
+
+
+def _day_of(info: pafs.FileInfo) -> date | None:
+    for part in info.path.split("/"):
+        if part.startswith("date="):
+            with contextlib.suppress(ValueError):
+                return date.fromisoformat(part[5:])
+    return None
+
+
+@dataclass
+class Batch:
+    """The rows of one request (or one scored chunk), as the serving path hands them over."""
+
+    time: float | None
+    served_at: float
+    source: str
+    model: str
+    version: int
+    alias: str
+    threshold: float
+    prediction_ids: list[str]
+    probabilities: list[float]
+    labels: list[int]
+    customer_ids: list[str | None] | None
+    request_id: str
+    columns: dict[str, list[Any]]
+
+
+def _timestamps(seconds: Sequence[float]) -> pa.Array:
+    return pa.array([round(s * 1_000_000) for s in seconds], type=pa.int64()).cast(TIMESTAMP)
+
+
+def to_table(batches: Sequence[Batch]) -> pa.Table:
+    """Many batches as one table (batches of one version share its input columns)."""
+    groups: dict[tuple[str, ...], list[Batch]] = {}
+    for batch in batches:
+        groups.setdefault(tuple(batch.columns), []).append(batch)
+    tables = [_group_table(list(names), group) for names, group in groups.items()]
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+def _group_table(names: list[str], group: list[Batch]) -> pa.Table:
+    ids: list[str] = []
+    times: list[float] = []
+    served: list[float] = []
+    probabilities: list[float] = []
+    labels: list[int] = []
+    customers: list[str | None] = []
+    repeated: dict[str, list[Any]] = {k: [] for k in ("source", "model", "alias", "request_id")}
+    versions: list[int] = []
+    thresholds: list[float] = []
+    inputs: dict[str, list[Any]] = {name: [] for name in names}
+    for b in group:
+        n = len(b.prediction_ids)
+        ids += b.prediction_ids
+        times += [b.time if b.time is not None else b.served_at] * n
+        served += [b.served_at] * n
+        probabilities += b.probabilities
+        labels += b.labels
+        customers += b.customer_ids if b.customer_ids is not None else [None] * n
+        for key in repeated:
+            repeated[key] += [getattr(b, key)] * n
+        versions += [b.version] * n
+        thresholds += [b.threshold] * n
+        for name in names:
+            inputs[name] += b.columns[name]
+    columns: dict[str, pa.Array] = {
+        "prediction_id": pa.array(ids, pa.string()),
+        "time": _timestamps(times),
+        "served_at": _timestamps(served),
+        "source": pa.array(repeated["source"], pa.string()),
+        "model": pa.array(repeated["model"], pa.string()),
+        "version": pa.array(versions, pa.int64()),
+        "alias": pa.array(repeated["alias"], pa.string()),
+        "threshold": pa.array(thresholds, pa.float64()),
+        "probability": pa.array(probabilities, pa.float64()),
+        "label": pa.array(labels, pa.int8()),
+        "customer_id": pa.array(customers, pa.string()),
+        "request_id": pa.array(repeated["request_id"], pa.string()),
+    }
+    for name in names:
+        columns[INPUT_PREFIX + name] = _input_array(inputs[name])
+    return pa.table(columns)
+
+
+def _input_array(values: list[Any]) -> pa.Array:
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # NB: a column mixing kinds (never from one validated version) is kept as text.
+        array = pa.array([None if v is None else str(v) for v in values], pa.string())
+    if pa.types.is_integer(array.type):
+        # NB: one type per column across files: JSON integers in a float field are floats.
+        array = array.cast(pa.float64())
+    return array
+
+
+_SEQUENCE = iter(range(1, 1 << 62))
+_SEQUENCE_LOCK = threading.Lock()
+
+
+def _file_name(now: float) -> str:
+    with _SEQUENCE_LOCK:
+        n = next(_SEQUENCE)
+    host = socket.gethostname().replace("/", "_")[:40]
+    return f"{int(now * 1000)}-{host}-{os.getpid()}-{n}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def write_predictions(store: Store, table: pa.Table) -> list[str]:
+    """Write rows into their day partitions (by event time); return the files written."""
+    if table.num_rows == 0:
+        return []
+    now = time.time()
+    days = pc.strftime(table["time"], format="%Y-%m-%d")
+    written = []
+    for day in sorted(set(days.to_pylist())):
+        part = table.filter(pc.equal(days, day))
+        path = store.path(PREDICTIONS, f"date={day}", _file_name(now))
+        _write_table(store, path, part)
+        written.append(path)
+    return written
+
+
+def apply_retention(store: Store, retention_days: int, today: date | None = None) -> int:
+    """Delete day partitions older than ``retention_days``; return how many files went."""
+    today = today or datetime.now(UTC).date()
+    cutoff = today - timedelta(days=retention_days)
+    removed = 0
+    for info in _files(store, PREDICTIONS):
+        day = _day_of(info)
+        if day is not None and day < cutoff:
+            store.fs.delete_file(info.path)
+            removed += 1
+    return removed
+
+
+def read_predictions(
+    store: Store,
+    model: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    columns: Iterable[str] | None = None,
+) -> pa.Table:
+    """Every stored prediction of ``model`` with ``since <= time < until``, in time order."""
+    files = []
+    for info in _files(store, PREDICTIONS):
+        day = _day_of(info)
+        if day is None:
+            continue
+        if since is not None and day < since.astimezone(UTC).date():
+            continue
+        if until is not None and day > until.astimezone(UTC).date():
+            continue
+        files.append(info.path)
+    wanted = list(columns) if columns is not None else None
+    tables = []
+    for path in sorted(files):
+        table = pq.read_table(path, filesystem=store.fs)
+        if wanted is not None:
+            table = table.select([c for c in table.column_names if c in wanted])
+        tables.append(table)
+    if not tables:
+        return empty_predictions()
+    table = pa.concat_tables(tables, promote_options="permissive")
+    mask = pc.equal(table["model"], model)
+    if since is not None:
+        mask = pc.and_(mask, pc.greater_equal(table["time"], _scalar(since)))
+    if until is not None:
+        mask = pc.and_(mask, pc.less(table["time"], _scalar(until)))
+    table = table.filter(mask)
+    return table.sort_by("time")
+
+
+def _scalar(moment: datetime) -> pa.Scalar:
+    return pa.scalar(moment.astimezone(UTC), type=TIMESTAMP)
+
+
+def empty_predictions() -> pa.Table:
+    """A table with the fixed columns and no rows."""
+    types = {
+        "time": TIMESTAMP,
+        "served_at": TIMESTAMP,
+        "version": pa.int64(),
+        "threshold": pa.float64(),
+        "probability": pa.float64(),
+        "label": pa.int8(),
+    }
+    return pa.table({c: pa.array([], types.get(c, pa.string())) for c in FIXED_COLUMNS})
+
+
+def write_labels(store: Store, name: str, table: pa.Table) -> tuple[str, bool]:
+    """Write one normalised outcome file under its content name; (path, whether it is new)."""
+    path = store.path(LABELS, f"{name}.parquet")
+    if store.fs.get_file_info(path).type == pafs.FileType.File:
+        return path, False
+    _write_table(store, path, table)
+    return path, True
+
+
+def read_labels(store: Store) -> pa.Table | None:
+    """Every outcome file, concatenated; None when there are none."""
+    tables = [pq.read_table(f.path, filesystem=store.fs) for f in _files(store, LABELS)]
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+@dataclass
+class BufferedWriter:
+    """Takes rows from the request path without blocking it and writes them from a thread.
+
+    ``add`` only appends to a list under a lock. The thread writes every ``flush_seconds``, and
+    sooner once ``buffer_rows`` rows wait; ``close`` writes everything left. A failed write
+    (S3 down) keeps the rows and tries again at the next flush, and is logged.
+    """
+
+    store: Store
+    flush_seconds: float
+    buffer_rows: int
+    retention_days: int
+    _pending: list[Batch] = field(default_factory=list)
+    _rows: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    written_rows: int = 0
+    failed_flushes: int = 0
+
+    def start(self) -> None:
+        """Start the writer thread (and apply retention once)."""
+        try:
+            apply_retention(self.store, self.retention_days)
+        except OSError as exc:
+            log.warning("prediction store retention failed: %s", exc)
+        self._thread = threading.Thread(
+            target=self._run, name="churnops-prediction-store", daemon=True
+        )
+        self._thread.start()
+
+    def add(self, batch: Batch) -> None:
+        """Queue one request's rows (cheap: the request path calls this)."""
+        with self._lock:
+            self._pending.append(batch)
+            self._rows += len(batch.prediction_ids)
+            full = self._rows >= self.buffer_rows
+        if full:
+            self._wake.set()
+
+    def _run(self) -> None:
+        last_retention = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+            if time.monotonic() - last_retention > 86_400:
+                last_retention = time.monotonic()
+                with contextlib.suppress(OSError):
+                    apply_retention(self.store, self.retention_days)
+
+    def flush(self) -> int:
+        """Write every queued row now; return how many were written."""
+        with self._lock:
+            batches, self._pending, self._rows = self._pending, [], 0
+        if not batches:
+            return 0
+        try:
+            table = to_table(batches)
+            write_predictions(self.store, table)
+        except (OSError, pa.ArrowException) as exc:
+            self.failed_flushes += 1
+            log.warning(
+                "could not write %d predictions to %s: %s", len(batches), self.store.uri, exc
+            )
+            with self._lock:
+                self._pending[:0] = batches
+                self._rows += sum(len(b.prediction_ids) for b in batches)
+            return 0
+        self.written_rows += table.num_rows
+        return table.num_rows
+
+    def close(self) -> None:
+        """Stop the thread and write everything still queued."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for _ in range(3):
+            self.flush()
+            with self._lock:
+                if not self._pending:
+                    return
+            time.sleep(0.5)
+        log.error("prediction store: %d rows could not be written at shutdown", self._rows)

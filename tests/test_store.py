@@ -1,0 +1,149 @@
+"""The prediction store without servers: the API's rows (ids, customer ids, event times, inputs)
+written by the background writer and all there after shutdown, day partitions, retention by age."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+
+from churnops.config import Settings
+from churnops.monitoring import store
+from churnops.serving import create_app
+from tests.test_api_edges import CUSTOMER, loaded, watcher_for
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return Settings(
+        tracking_uri="http://127.0.0.1:9",
+        data_dir=tmp_path,
+        store_flush_seconds=60,
+    )
+
+
+def serve(settings: Settings) -> TestClient:
+    watcher = watcher_for(settings, None, loaded())
+    watcher.poll_once()
+    return TestClient(create_app(settings, watcher), base_url="http://127.0.0.1:8000")
+
+
+def stored(settings: Settings) -> pa.Table:
+    return store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+
+
+def test_every_answered_row_is_in_the_store_with_its_prediction_id_after_shutdown(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    answered = []
+    with serve(settings) as client:
+        for i in range(30):
+            body = client.post("/predict", json={**CUSTOMER, "customer_id": f"c{i}"}).json()
+            answered.append(body["prediction_id"])
+        batch = client.post(
+            "/predict/batch", json={"customers": [CUSTOMER, {**CUSTOMER, "customer_id": 7}]}
+        ).json()
+        answered += [p["prediction_id"] for p in batch["predictions"]]
+        # NB: the flush interval is 60 s: nothing is written until shutdown flushes it.
+        assert stored(settings).num_rows == 0
+    rows = stored(settings).to_pylist()
+    assert sorted(r["prediction_id"] for r in rows) == sorted(answered)
+    assert len(set(answered)) == 32
+    by_id = {r["prediction_id"]: r for r in rows}
+    assert by_id[answered[3]]["customer_id"] == "c3"
+    assert by_id[answered[-1]]["customer_id"] == "7" and by_id[answered[-2]]["customer_id"] is None
+    first = by_id[answered[0]]
+    assert first["source"] == "api" and first["version"] == 1 and first["alias"] == "production"
+    assert first["probability"] == 0.5 and first["label"] == 1 and first["threshold"] == 0.5
+    assert first["input.tenure_months"] == 3 and first["input.plan_type"] == "basic"
+    assert "input.customer_id" not in first
+
+
+def test_a_customer_id_is_accepted_but_never_reaches_the_model(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    model = loaded()
+    original = model.engine.predict_columns
+
+    def recording(columns):  # type: ignore[no-untyped-def]
+        seen.append(sorted(columns))
+        return original(columns)
+
+    model.engine.predict_columns = recording  # type: ignore[method-assign]
+    settings = settings_for(tmp_path).model_copy(update={"store_predictions": False})
+    watcher = watcher_for(settings, None, model)
+    watcher.poll_once()
+    client = TestClient(create_app(settings, watcher), base_url="http://127.0.0.1:8000")
+    response = client.post("/predict", json={**CUSTOMER, "customer_id": "C42"})
+    assert response.status_code == 200
+    assert seen[-1] == ["plan_type", "tenure_months"]
+    too_long = client.post("/predict", json={**CUSTOMER, "customer_id": "x" * 129})
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["loc"][:2] == ["body", "customer_id"]
+
+
+def test_an_event_time_header_dates_the_stored_row_and_a_bad_one_is_a_422(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    with serve(settings) as client:
+        ok = client.post("/predict", json=CUSTOMER, headers={"X-Event-Time": "2026-01-05T10:00Z"})
+        assert ok.status_code == 200
+        for bad in ("yesterday", "2026-01-05T10:00", "2999-01-01T00:00Z"):
+            refused = client.post("/predict", json=CUSTOMER, headers={"X-Event-Time": bad})
+            assert refused.status_code == 422, bad
+            assert "X-Event-Time" in refused.json()["detail"]
+    [row] = stored(settings).to_pylist()
+    assert row["time"] == datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    assert row["served_at"] > row["time"]
+    day_folders = list((tmp_path / "store" / "predictions").iterdir())
+    assert [f.name for f in day_folders] == ["date=2026-01-05"]
+
+
+def test_retention_deletes_day_partitions_older_than_the_limit_only(tmp_path: Path) -> None:
+    target = store.open_store(str(tmp_path))
+    today = date(2026, 12, 1)
+    for days_ago in (0, 10, 11, 40):
+        moment = datetime.combine(today - timedelta(days=days_ago), datetime.min.time(), UTC)
+        batch = store.Batch(
+            time=moment.timestamp(),
+            served_at=moment.timestamp(),
+            source="batch",
+            model="m",
+            version=1,
+            alias="",
+            threshold=0.5,
+            prediction_ids=[f"p{days_ago}"],
+            probabilities=[0.1],
+            labels=[0],
+            customer_ids=None,
+            request_id="r",
+            columns={"x": [1.0]},
+        )
+        store.write_predictions(target, store.to_table([batch]))
+    assert store.apply_retention(target, retention_days=10, today=today) == 2
+    left = store.read_predictions(target, "m")["prediction_id"].to_pylist()
+    assert sorted(left) == ["p0", "p10"]
+
+
+@pytest.mark.parametrize("value", [[1, 2.5, None], ["a", None, "b"], [None, None, None]])
+def test_input_columns_of_any_kind_round_trip_through_parquet(tmp_path: Path, value: list) -> None:
+    target = store.open_store(str(tmp_path))
+    batch = store.Batch(
+        time=None,
+        served_at=datetime.now(UTC).timestamp(),
+        source="api",
+        model="m",
+        version=2,
+        alias="production",
+        threshold=0.4,
+        prediction_ids=["a", "b", "c"],
+        probabilities=[0.1, 0.5, 0.9],
+        labels=[0, 1, 1],
+        customer_ids=None,
+        request_id="r",
+        columns={"x": value},
+    )
+    store.write_predictions(target, store.to_table([batch]))
+    table = store.read_predictions(target, "m")
+    assert table["input.x"].to_pylist() == [None if v is None else v for v in value]
