@@ -67,7 +67,7 @@ def test_a_customer_id_is_accepted_but_never_reaches_the_model(tmp_path: Path) -
     model = loaded()
     original = model.engine.predict_columns
 
-    def recording(columns):  # type: ignore[no-untyped-def]
+    def recording(columns):
         seen.append(sorted(columns))
         return original(columns)
 

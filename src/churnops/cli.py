@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -470,6 +471,13 @@ def history() -> tuple[Any, str]:
     show_default=True,
     help="Rows read, scored and written at a time (bounds memory).",
 )
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="ISO 8601 time the table's data describes (a past snapshot), recorded with the "
+    "stored predictions.  [default: now]",
+)
 @command
 def score(
     source: Path,
@@ -478,6 +486,7 @@ def score(
     alias: str | None,
     id_column: str | None,
     chunk_rows: int,
+    as_of: str | None,
 ) -> tuple[dict[str, Any], str]:
     """Score a customer table (CSV or Parquet) into OUTPUT.
 
@@ -486,12 +495,14 @@ def score(
     required value, text where a number belongs) go to OUTPUT's rejects file (scores.csv ->
     scores.rejects.csv) with the reason and their row number, so every input row is in exactly
     one of the two files. Columns the model does not use, the target included, are ignored.
-    Both files appear only once the whole table is scored.
+    Both files appear only once the whole table is scored. Every scored row is also kept in
+    the prediction store with its prediction_id, for `churnops labels add` and `monitor`.
     """
     from churnops import scoring
 
     if version is not None and alias is not None:
         raise click.UsageError("give --version or --alias, not both")
+    event_time = _moment(as_of, "--as-of").timestamp() if as_of else None
     settings = _settings()
     if alias is not None:
         settings = settings.model_copy(update={"alias": alias})
@@ -507,6 +518,7 @@ def score(
             id_column=id_column,
             chunk_rows=chunk_rows,
             on_chunk=bar.update,
+            event_time=event_time,
         )
     text = (
         f"scored {report.rows_scored} of {report.rows_read} rows of {report.source} with "
@@ -516,6 +528,18 @@ def score(
         f"rejects: {report.rejects} ({report.rows_rejected} rows)"
     )
     return report.to_dict(), text
+
+
+def _moment(text: str, option: str) -> datetime:
+    """An ISO 8601 option value as an aware time (UTC when no zone is given)."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 time, e.g. 2026-12-01 or 2026-12-01T09:30:00Z",
+            param_hint=option,
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _redacted(uri: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from sklearn.metrics import f1_score
 
@@ -125,7 +126,13 @@ def train(
         seed,
     )
     registered = registry.log_training(
-        settings, result, version_label=version_label, seed=seed, dataset=dataset, evidence=proof
+        settings,
+        result,
+        version_label=version_label,
+        seed=seed,
+        dataset=dataset,
+        evidence=proof,
+        reference=monitoring_reference(result, seed),
     )
     log.info("registered %s version %s", settings.model_name, registered.version)
     return TrainReport(
@@ -139,6 +146,30 @@ def train(
         result.cv_f1,
         result.seconds,
     )
+
+
+REFERENCE_ROWS = 10_000
+
+
+def monitoring_reference(result: training.TrainingResult, seed: int) -> registry.Reference:
+    """What monitoring will compare this version's traffic with: up to 10,000 training rows,
+    the held-out probabilities and outcomes, and the calibration fitted on them."""
+    from churnops.monitoring.estimate import fit_calibration
+
+    rows = result.train_features
+    if len(rows) > REFERENCE_ROWS:
+        rows = rows.sample(REFERENCE_ROWS, random_state=seed)
+    probability = result.model.predict_proba(result.holdout_features)[:, 1]
+    truth = result.holdout_target
+    scores = pd.DataFrame(
+        {
+            "probability": probability,
+            "label": (probability >= result.threshold).astype(int),
+            "outcome": truth,
+        }
+    )
+    calibration = fit_calibration(probability, truth, seed)
+    return registry.Reference(rows.reset_index(drop=True), scores, calibration.to_dict())
 
 
 def actor_of(settings: Settings) -> tuple[str, str | None]:

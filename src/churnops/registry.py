@@ -59,6 +59,10 @@ INFERENCE_TAG = "inference"
 THRESHOLD_TAG = "threshold"
 ID_COLUMN_TAG = "id_column"
 DATA_REPORT_ARTIFACT = "data_report.json"
+REFERENCE_DIR = "monitoring"
+REFERENCE_ROWS = "reference.parquet"
+REFERENCE_SCORES = "reference_scores.parquet"
+CALIBRATION = "calibration.json"
 EVIDENCE_DIR = "evidence"
 
 
@@ -250,6 +254,7 @@ def log_training(
     seed: int,
     dataset: Dataset,
     evidence: Evidence | None = None,
+    reference: Reference | None = None,
 ) -> RegisteredRun:
     """Log one training as a run in the experiment and register it as a new version.
 
@@ -312,6 +317,8 @@ def log_training(
                     "gate_reason": result.verdict.reason,
                 }
             )
+            if reference is not None:
+                _log_reference(reference)
             with tempfile.TemporaryDirectory() as tmp:
                 export = Path(tmp) / f"{settings.model_name}.skops"
                 skops.io.dump(result.model, export)
@@ -353,6 +360,104 @@ def log_training(
                 tags[ID_COLUMN_TAG] = dataset.id_column
             mv = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
     return RegisteredRun(run_id=run.info.run_id, version=int(mv.version))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What monitoring compares a version's traffic with: a snapshot of its training rows, its
+    held-out probabilities and outcomes, and its probability calibration."""
+
+    rows: pd.DataFrame
+    scores: pd.DataFrame
+    calibration: dict[str, Any]
+
+
+def _log_reference(reference: Reference) -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, frame in ((REFERENCE_ROWS, reference.rows), (REFERENCE_SCORES, reference.scores)):
+            path = Path(tmp) / name
+            frame.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
+    mlflow.log_dict(reference.calibration, f"{REFERENCE_DIR}/{CALIBRATION}")
+
+
+def load_reference(settings: Settings, info: VersionInfo) -> Reference | None:
+    """A version's monitoring reference; for a version trained before churnops logged one, its
+    held-out split stands in for the rows (no scores, no calibration). None without either."""
+    import mlflow.artifacts
+
+    if not info.run_id:
+        return None
+    with mlflow_errors(settings), tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=info.run_id,
+                    artifact_path=REFERENCE_DIR,
+                    dst_path=tmp,
+                    tracking_uri=settings.tracking_uri,
+                )
+            )
+        except (MlflowException, OSError):
+            holdout = load_holdout(settings, info)
+            if holdout is None:
+                return None
+            return Reference(holdout, pd.DataFrame(), {})
+        import json
+
+        return Reference(
+            pd.read_parquet(folder / REFERENCE_ROWS),
+            pd.read_parquet(folder / REFERENCE_SCORES),
+            json.loads((folder / CALIBRATION).read_text()),
+        )
+
+
+def set_version_tags(settings: Settings, version: int, tags: dict[str, str]) -> None:
+    """Set tags on one version (monitoring's latest figures)."""
+    client = _client(settings)
+    with mlflow_errors(settings):
+        for key, value in tags.items():
+            client.set_model_version_tag(settings.model_name, str(version), key, value)
+
+
+@dataclass(frozen=True)
+class MonitorLog:
+    """One monitor run as MLflow gets it: per-window metrics stamped with the window's end,
+    tags, a JSON report and files (figures, the HTML page)."""
+
+    metrics: list[tuple[str, float, int, int]]
+    tags: dict[str, str]
+    report: dict[str, Any]
+    files: dict[str, bytes]
+
+
+def log_monitoring(settings: Settings, entry: MonitorLog) -> str:
+    """Log a monitor run to the experiment ``<model>-monitoring``; return the run id."""
+    from mlflow.entities import Metric
+
+    client = _client(settings)
+    with mlflow_errors(settings):
+        experiment = client.get_experiment_by_name(settings.monitoring_experiment)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(settings.monitoring_experiment)
+        )
+        run = client.create_run(experiment_id, tags=entry.tags, run_name="monitor")
+        run_id = run.info.run_id
+        metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in entry.metrics]
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        client.log_dict(run_id, entry.report, "report.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in entry.files.items():
+                path = Path(tmp) / name
+                path.write_bytes(content)
+                client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id)
+    return run_id
 
 
 def list_versions(settings: Settings) -> list[VersionInfo]:

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from churnops.config import DEFAULT_CHUNK_ROWS, Settings
 from churnops.data import IDENTIFIER, MISSING_MARKERS
 from churnops.errors import DataError, NoProductionModelError
 from churnops.inputs import MAX_TEXT_LENGTH, InputField, out_of_range, range_rule
-from churnops.predict import Engine
+from churnops.monitoring import store
+from churnops.predict import Engine, Predictions
 
 # NB: DEFAULT_CHUNK_ROWS (config) is large, because a gradient-boosting predict_proba costs ~35 ms
 # per call whatever the rows (100 trees, one parallel region each): 10,000-row chunks scored at
@@ -39,7 +41,7 @@ from churnops.predict import Engine
 # rows x 20 columns is ~30 MB.
 # NB: "NA" means missing only in numeric columns; as text it is a region code (North America).
 NUMERIC_MISSING = (*MISSING_MARKERS, "NA", "na")
-OUTPUT_COLUMNS = ("probability", "prediction", "model_version")
+OUTPUT_COLUMNS = ("prediction_id", "probability", "prediction", "model_version")
 
 
 @dataclass(frozen=True)
@@ -337,9 +339,13 @@ def score_engine(
     id_column: str | None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_chunk: Callable[[int], object] = lambda _: None,
+    on_scored: Callable[[list[str], Predictions, pd.DataFrame, np.ndarray | None], object] = (
+        lambda *_: None
+    ),
 ) -> tuple[int, int, int]:
     """Score ``source`` into ``output`` and its rejects file; return rows (read, scored,
-    rejected). Nothing appears under either name unless every row was handled."""
+    rejected). Nothing appears under either name unless every row was handled. ``on_scored``
+    gets each chunk's prediction ids, predictions, model inputs and customer ids."""
     header = _header(source)
     absent = [f.name for f in fields if f.required and f.name not in header]
     if absent:
@@ -363,13 +369,19 @@ def score_engine(
             chunk.index = pd.RangeIndex(read + 1, read + 1 + len(chunk))
             good = problems.good()
             if good.any():
-                result = engine.predict_frame(features[good])
-                frame = pd.DataFrame({"probability": result.probability})
+                inputs = features[good]
+                result = engine.predict_frame(inputs)
+                base = uuid.uuid4().hex
+                ids = [f"{base}-{i}" for i in range(len(result.label))]
+                frame = pd.DataFrame({"prediction_id": ids, "probability": result.probability})
                 frame["prediction"] = result.label
                 frame["model_version"] = version
+                customers = None
                 if id_column:
-                    frame.insert(0, id_column, _text(chunk.loc[good, id_column]))
+                    customers = _text(chunk.loc[good, id_column])
+                    frame.insert(0, id_column, customers)
                 scored_out.write(frame)
+                on_scored(ids, result, inputs, customers)
             if not good.all():
                 bad = chunk.loc[~good]
                 rows = pd.DataFrame({"row": bad.index.to_numpy()})
@@ -434,8 +446,10 @@ def score_file(
     id_column: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_chunk: Callable[[int], object] = lambda _: None,
+    event_time: float | None = None,
 ) -> ScoreReport:
-    """Score a customer table with a version (default: the one the alias points at)."""
+    """Score a customer table with a version (default: the one the alias points at); every
+    scored row also goes to the prediction store, dated ``event_time`` (default: now)."""
     for written in (output, rejects_path(output)):
         if source.resolve() == written.resolve():
             raise DataError(
@@ -448,6 +462,18 @@ def score_file(
     ident = _id_column(settings, info, _header(source), id_column)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    kept: list[pa.Table] = []
+
+    def keep(
+        ids: list[str], result: Predictions, inputs: pd.DataFrame, customers: np.ndarray | None
+    ) -> None:
+        if settings.store_predictions:
+            alias = settings.alias if version is None else ""
+            rows = _Scored(ids, result, inputs, customers)
+            kept.append(
+                _stored_rows(settings, number, alias, loaded.engine.threshold, rows, event_time)
+            )
+
     read, scored, rejected = score_engine(
         loaded.engine,
         loaded.inputs,
@@ -457,7 +483,14 @@ def score_file(
         id_column=ident,
         chunk_rows=chunk_rows,
         on_chunk=on_chunk,
+        on_scored=keep,
     )
+    if kept:
+        # NB: written once the outputs exist, so a failed run leaves no rows whose ids nobody has.
+        store.write_predictions(
+            store.open_store(settings.store_uri),
+            pa.concat_tables(kept, promote_options="default"),
+        )
     return ScoreReport(
         source=str(source),
         output=str(output),
@@ -470,3 +503,42 @@ def score_file(
         seconds=time.perf_counter() - started,
         inference=loaded.engine.kind,
     )
+
+
+@dataclass(frozen=True)
+class _Scored:
+    ids: list[str]
+    result: Predictions
+    inputs: pd.DataFrame
+    customers: np.ndarray | None
+
+
+def _stored_rows(
+    settings: Settings,
+    version: int,
+    alias: str,
+    threshold: float,
+    scored: _Scored,
+    event_time: float | None,
+) -> pa.Table:
+    """One scored chunk as prediction-store rows."""
+    ids, result, inputs, customers = scored.ids, scored.result, scored.inputs, scored.customers
+    batch = store.Batch(
+        time=event_time,
+        served_at=time.time(),
+        source="batch",
+        model=settings.model_name,
+        version=version,
+        alias=alias,
+        threshold=threshold,
+        prediction_ids=ids,
+        probabilities=result.probability.tolist(),
+        labels=result.label.tolist(),
+        customer_ids=None if customers is None else [c or None for c in customers.tolist()],
+        request_id=ids[0].rpartition("-")[0],
+        columns={
+            str(c): inputs[c].astype(object).where(inputs[c].notna(), None).tolist()
+            for c in inputs.columns
+        },
+    )
+    return store.to_table([batch])
