@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -790,3 +790,221 @@ def generate(rows: int, seed: int, out: Path | None) -> tuple[dict[str, Any], st
         {"path": str(path), "rows": len(frame), "positive_rate": rate},
         f"wrote {len(frame)} rows to {path} (churn rate {rate:.1%})",
     )
+
+
+@main.group(name="labels")
+def labels_group() -> None:
+    """Churn outcomes that arrive after the predictions (late labels)."""
+
+
+@labels_group.command(name="add")
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--target",
+    default=TARGET,
+    show_default=True,
+    help="The outcome column, named like training's --target (yes/no, true/false, 1/0, "
+    "churned/retained ...).",
+)
+@click.option(
+    "--id-column",
+    default=None,
+    help="The customer identifier column when it is not called customer_id.",
+)
+@command
+def labels_add(source: Path, target: str, id_column: str | None) -> tuple[dict[str, Any], str]:
+    """Add churn outcomes from SOURCE (CSV or Parquet) to the prediction store.
+
+    Outcomes are keyed by a prediction_id column (as the API and `score` return it; final as
+    given), or by customer_id plus a time column (ISO 8601: when the outcome was observed). A
+    customer's outcome applies to that customer's predictions made within the churn horizon
+    (CHURNOPS_CHURN_HORIZON_DAYS, 30) before it; "retained" counts only once the horizon after
+    the prediction has passed. Adding the same file again changes nothing; when one key has
+    conflicting outcomes the latest added wins. Outcomes no stored prediction matches are
+    counted, not refused. A file with a problem is refused whole.
+    """
+    from churnops.monitoring import labels
+
+    settings = _settings()
+    report = labels.add(settings.store_uri, settings.model_name, source, target, id_column)
+    lines = [
+        (
+            f"added {report.rows} outcomes ({report.churned} churned) keyed by {report.keyed_by} "
+            f"from {report.source}"
+        )
+        if report.added
+        else f"{report.source}: these {report.rows} outcomes were already added; nothing changed",
+    ]
+    if report.conflicts:
+        lines.append(
+            f"  {report.conflicts} key(s) have conflicting outcomes in this file: the last wins"
+        )
+    if report.unknown:
+        lines.append(
+            f"  {report.unknown} outcome(s) match no stored prediction (yet): kept, not counted"
+        )
+    return report.to_dict(), "\n".join(lines)
+
+
+def _window(text: str) -> timedelta:
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or value <= 0:
+        raise click.BadParameter(
+            f"{text!r} is not a window length: write e.g. 1d, 12h or 30m", param_hint="--window"
+        )
+    return timedelta(**{units[unit]: value})
+
+
+def _monitor_text(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['model']}@{report['alias']}: serving v{report['serving_version']}; "
+        f"{report['rows']} stored predictions from {report['since'] or 'the start'} to "
+        f"{report['until']} ({report['immature']} with an immature 'retained' outcome)",
+        f"{'version':>7}  {'rows':>8}  {'labelled':>8}  {'realised f1 (95% interval)':<28}  "
+        f"{'estimated f1':>12}  {'gate f1':>7}  drift",
+    ]
+    for v in report["versions"]:
+        f1 = v["realised"].get("f1")
+        realised_text = (
+            f"{f1['value']:.4f} ({f1['low']:.4f}-{f1['high']:.4f})" if f1 else "no outcomes yet"
+        )
+        estimated = f"{v['estimated']['f1']:.4f}" if v["estimated"] else "-"
+        gate_f1 = f"{v['gate_f1']:.4f}" if v["gate_f1"] is not None else "-"
+        drifted = [c["column"] for c in v["drift"]["columns"] if c["drifted"]]
+        few = all(c["drifted"] is None for c in v["drift"]["columns"])
+        drift_text = "too few rows" if few else (", ".join(drifted) if drifted else "none")
+        lines.append(
+            f"{v['version']:>7}  {v['rows']:>8}  {v['labelled']:>8}  {realised_text:<28}  "
+            f"{estimated:>12}  {gate_f1:>7}  {drift_text}"
+        )
+    lines += [f"ALERT: {a['message']}" for a in report["alerts"]] or ["no alerts"]
+    if report.get("advice"):
+        lines.append(f"advice: {report['advice']['message']}")
+    if report.get("rolled_back"):
+        moved = report["rolled_back"]
+        lines.append(f"rolled back: v{moved['from_version']} -> v{moved['to_version']}")
+    if report.get("run_id"):
+        lines.append(f"logged as run {report['run_id']} in {report['model']}-monitoring")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--since", default=None, help="Start of the range (ISO 8601).  [default: all]")
+@click.option("--until", default=None, help="End of the range (ISO 8601).  [default: now]")
+@click.option("--window", default="1d", show_default=True, help="Window length: 1d, 12h, 30m.")
+@click.option(
+    "--auto-rollback",
+    is_flag=True,
+    help="When the advice is to roll back, do it (through the gate and the ledger, as "
+    "churnops-monitor, with the numbers as the reason).",
+)
+@click.option("--no-log", is_flag=True, help="Do not log the run to MLflow or tag versions.")
+@command
+def monitor(
+    since: str | None, until: str | None, window: str, auto_rollback: bool, no_log: bool
+) -> None:
+    """How each version is really doing: realised quality from the late outcomes (with 95%
+    intervals, beside the gate's F1), estimated quality before outcomes (CBPE), drift of every
+    input column and of the predicted probability against the version's training reference,
+    alerts and rollback advice.
+
+    Exits 0 when healthy and 3 when any alert fires (for cron, CI, Airflow). Each run is logged
+    to the MLflow experiment <model>-monitoring with charts and an HTML report.
+    """
+    from churnops.monitoring import monitor as monitoring
+
+    settings = _settings()
+    options = monitoring.Options(
+        since=_moment(since, "--since") if since else None,
+        until=_moment(until, "--until") if until else None,
+        window=_window(window),
+        auto_rollback=auto_rollback,
+        log_to_mlflow=not no_log,
+    )
+    result = monitoring.run(settings, options)
+    meta = click.get_current_context().meta
+    out = meta["churnops.stdout"]
+    as_json = meta["churnops.json"]
+    out.write(
+        (json.dumps(result.report, default=str) if as_json else _monitor_text(result.report)) + "\n"
+    )
+    out.flush()
+    if not result.healthy:
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--api", default="http://127.0.0.1:8000", show_default=True, help="The API.")
+@click.option("--days", default=60, show_default=True, type=click.IntRange(1, 400))
+@click.option("--rows-per-day", default=500, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--shift-day", type=click.IntRange(min=0), help="Covariate shift from this day.")
+@click.option("--concept-day", type=click.IntRange(min=0), help="Concept drift from this day.")
+@click.option(
+    "--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Of drift."
+)
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--labels-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where the outcome file goes.  [default: <data dir>/data/outcomes.csv]",
+)
+@click.option(
+    "--add-labels/--no-add-labels",
+    default=True,
+    show_default=True,
+    help="Add the outcomes to the store right away (`churnops labels add`).",
+)
+@command
+def simulate(
+    api: str,
+    days: int,
+    rows_per_day: int,
+    shift_day: int | None,
+    concept_day: int | None,
+    strength: float,
+    seed: int,
+    labels_out: Path | None,
+    add_labels: bool,
+) -> tuple[dict[str, Any], str]:
+    """Send DAYS of simulated customers to the running API (dated in the past with
+    X-Event-Time), with optional covariate shift and concept drift, and write the churn outcomes
+    known by now; then `churnops monitor` shows the whole loop."""
+    from churnops.monitoring import labels
+    from churnops.monitoring import simulate as simulation
+
+    settings = _settings()
+    out = labels_out or settings.data_dir / "data" / "outcomes.csv"
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    report = simulation.simulate(
+        api,
+        out,
+        days=days,
+        rows_per_day=rows_per_day,
+        shift_day=shift_day,
+        concept_day=concept_day,
+        strength=strength,
+        horizon_days=settings.churn_horizon_days,
+        seed=seed,
+        token=token,
+    )
+    document: dict[str, Any] = report.to_dict()
+    text = (
+        f"sent {report.rows} customers over {report.days} days ({report.requests} requests, "
+        f"{report.start} to {report.end}) to {api}\n"
+        f"wrote {report.outcomes} outcomes known by now ({report.churned} churned) to "
+        f"{report.labels_file}"
+    )
+    if add_labels:
+        added = labels.add(settings.store_uri, settings.model_name, out, TARGET)
+        document["labels"] = added.to_dict()
+        text += f"\nadded them to the store ({added.unknown} not matched yet)"
+    text += (
+        f"\nrows reach the store within {settings.store_flush_seconds:g} s; "
+        "then run `churnops monitor`"
+    )
+    return document, text

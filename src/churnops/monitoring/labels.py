@@ -221,3 +221,24 @@ def join(
         frame.loc[retained & mature, "outcome"] = 0.0
         frame.loc[retained & ~mature, "immature"] = True
     return Joined(frame, conflicts, int(frame["immature"].sum()))
+
+
+def add(uri: str, model: str, path: Path, target: str, id_column: str | None = None) -> AddReport:
+    """`churnops labels add`: check an outcome file, keep it in the store at ``uri`` (once:
+    adding it again changes nothing) and count the outcomes no stored prediction matches."""
+    outcomes = read_outcomes(path, target, id_column)
+    where = store.open_store(uri)
+    known = store.read_predictions(
+        where, model, columns=["prediction_id", "customer_id", "model", "time"]
+    ).to_pandas()
+    written, added = keep(where, outcomes)
+    return AddReport(
+        source=str(path),
+        keyed_by=outcomes.keyed_by,
+        rows=len(outcomes.frame),
+        churned=int(outcomes.frame["outcome"].sum()),
+        added=added,
+        conflicts=outcomes.conflicts,
+        unknown=unknown_keys(outcomes, known),
+        path=written,
+    )

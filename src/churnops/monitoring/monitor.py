@@ -1,0 +1,426 @@
+"""`churnops monitor`: how each version of the model is really doing.
+
+Reads the stored predictions served under the alias (the version recorded with each row is the
+one that answered it, so the cut by version is the ledger's cut by production period), joins the
+late outcomes, and per version and per window reports realised quality with intervals, CBPE's
+estimate, and drift against the version's reference. Alerts name their evidence; advice says when
+the serving version is worse than the one before it, beyond the intervals, and which rollback to
+run. The run is logged to MLflow (experiment ``<model>-monitoring``) and the latest figures go on
+each version as tags.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnops import ledger, registry
+from churnops.config import Settings
+from churnops.monitoring import drift, estimate, labels, realised, report, store
+from churnops.monitoring.estimate import Calibration
+
+log = logging.getLogger(__name__)
+
+# NB: below this many labelled rows a window's realised metrics are not reported (too noisy).
+MIN_LABELLED = 30
+MONITOR_ACTOR = "churnops-monitor"
+Z95 = 1.96
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to monitor: the time range, the window length, and whether to act on advice."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    window: timedelta = timedelta(days=1)
+    auto_rollback: bool = False
+    log_to_mlflow: bool = True
+
+
+@dataclass
+class Result:
+    """A monitor run: the JSON report, and what it did."""
+
+    report: dict[str, Any]
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
+    rolled_back: dict[str, Any] | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """True when no alert fired."""
+        return not self.alerts
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+
+def _realised(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
+    labelled = rows[rows["outcome"].notna()]
+    if len(labelled) < MIN_LABELLED:
+        return {}
+    intervals = realised.with_intervals(
+        labelled["outcome"].to_numpy(dtype=int),
+        labelled["label"].to_numpy(dtype=int),
+        labelled["probability"].to_numpy(dtype=float),
+        seed=seed,
+    )
+    return {name: interval.to_dict() for name, interval in intervals.items()}
+
+
+def _estimated(rows: pd.DataFrame, calibration: Calibration | None) -> dict[str, float] | None:
+    if calibration is None or rows.empty:
+        return None
+    probability = rows["probability"].to_numpy(dtype=float)
+    values = estimate.estimate(
+        calibration.apply(probability), rows["label"].to_numpy(dtype=int), probability
+    )
+    return {k: round(v, 4) for k, v in values.items()}
+
+
+@dataclass
+class _Version:
+    info: registry.VersionInfo | None
+    reference: registry.Reference | None
+
+    @property
+    def calibration(self) -> Calibration | None:
+        if self.reference is None or not self.reference.calibration:
+            return None
+        return Calibration.from_dict(self.reference.calibration)
+
+    @property
+    def scores(self) -> pd.DataFrame | None:
+        if self.reference is None or self.reference.scores.empty:
+            return None
+        return self.reference.scores
+
+
+def _band(known: _Version, rows: int) -> dict[str, float] | None:
+    scores = known.scores
+    if scores is None or rows == 0:
+        return None
+    reference, low, high = estimate.f1_band(
+        scores["outcome"].to_numpy(), scores["label"].to_numpy(), rows
+    )
+    return {"reference_f1": round(reference, 4), "low": round(low, 4), "high": round(high, 4)}
+
+
+def _drift(known: _Version, rows: pd.DataFrame) -> dict[str, Any]:
+    if known.reference is None:
+        return {"columns": [], "dataset_drift": None, "prediction": None, "note": "no reference"}
+    reference = known.reference.rows
+    columns = [c for c in reference.columns if f"{store.INPUT_PREFIX}{c}" in rows.columns]
+    current = rows[[f"{store.INPUT_PREFIX}{c}" for c in columns]]
+    current.columns = columns
+    results, dataset = drift.table_drift(reference, current, columns)
+    prediction = None
+    if known.scores is not None:
+        prediction = drift.column_drift(
+            "probability", known.scores["probability"], rows["probability"]
+        ).to_dict()
+    return {
+        "columns": [r.to_dict() for r in results],
+        "dataset_drift": dataset,
+        "prediction": prediction,
+    }
+
+
+def _windows(rows: pd.DataFrame, known: _Version, window: timedelta, seed: int) -> list[dict]:
+    out = []
+    starts = rows["time"].dt.floor(pd.Timedelta(window))
+    for start, group in rows.groupby(starts, sort=True):
+        end = start + pd.Timedelta(window)
+        quality = _realised(group, seed)
+        estimated = _estimated(group, known.calibration)
+        labelled = int(group["outcome"].notna().sum())
+        out.append(
+            {
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "rows": len(group),
+                "labelled": labelled,
+                "immature": int(group["immature"].sum()),
+                "realised_f1": _r((quality.get("f1") or {}).get("value")),
+                "realised_f1_low": _r((quality.get("f1") or {}).get("low")),
+                "realised_f1_high": _r((quality.get("f1") or {}).get("high")),
+                "estimated_f1": None if estimated is None else estimated["f1"],
+                "band": _band(known, len(group)),
+            }
+        )
+    return out
+
+
+def _estimate_error(rows: pd.DataFrame, known: _Version) -> float | None:
+    """Estimated minus realised F1 on the rows that have outcomes."""
+    labelled = rows[rows["outcome"].notna()]
+    if len(labelled) < MIN_LABELLED:
+        return None
+    estimated = _estimated(labelled, known.calibration)
+    if estimated is None:
+        return None
+    truth = labelled["outcome"].to_numpy(dtype=int)
+    actual = realised.point(truth, labelled["label"].to_numpy(dtype=int), truth.astype(float))
+    return round(estimated["f1"] - actual["f1"], 4)
+
+
+def _version_report(
+    version: int, rows: pd.DataFrame, known: _Version, options: Options, seed: int
+) -> dict[str, Any]:
+    labelled = int(rows["outcome"].notna().sum())
+    info = known.info
+    estimated = _estimated(rows, known.calibration)
+    return {
+        "version": version,
+        "rows": len(rows),
+        "labelled": labelled,
+        "immature": int(rows["immature"].sum()),
+        "coverage": labelled / len(rows) if len(rows) else 0.0,
+        "first": rows["time"].min().isoformat(),
+        "last": rows["time"].max().isoformat(),
+        "gate_f1": None if info is None else info.metrics.get("f1"),
+        "realised": _realised(rows, seed),
+        "estimated": estimated,
+        "estimate_error": _estimate_error(rows, known),
+        "band": _band(known, len(rows)),
+        "calibrated": None if known.calibration is None else known.calibration.used,
+        "drift": _drift(known, rows),
+        "windows": _windows(rows, known, options.window, seed),
+    }
+
+
+def _alerts(serving: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if serving is None:
+        return []
+    found = []
+    v = serving["version"]
+    f1 = serving["realised"].get("f1")
+    gate_f1 = serving["gate_f1"]
+    if f1 and f1["high"] is not None and gate_f1 is not None and f1["high"] < gate_f1:
+        found.append(
+            {
+                "kind": "realised_f1_below_gate",
+                "version": v,
+                "message": f"v{v}: realised F1 {f1['value']:.4f} (95% interval "
+                f"{f1['low']:.4f}-{f1['high']:.4f}, {serving['labelled']} labelled rows) is "
+                f"below the F1 the gate measured, {gate_f1:.4f}",
+                "evidence": {"realised_f1": f1, "gate_f1": gate_f1},
+            }
+        )
+    latest = next((w for w in reversed(serving["windows"]) if w["estimated_f1"] is not None), None)
+    if latest is not None and latest["band"] and latest["estimated_f1"] < latest["band"]["low"]:
+        found.append(
+            {
+                "kind": "estimated_f1_below_band",
+                "version": v,
+                "message": f"v{v}: estimated F1 {latest['estimated_f1']:.4f} in the window from "
+                f"{latest['start']} is below the reference band "
+                f"{latest['band']['low']:.4f}-{latest['band']['high']:.4f} "
+                f"({latest['rows']} rows)",
+                "evidence": {"window": latest},
+            }
+        )
+    prediction = serving["drift"].get("prediction")
+    if prediction and prediction["drifted"]:
+        found.append(
+            {
+                "kind": "prediction_drift",
+                "version": v,
+                "message": f"v{v}: predicted probabilities drifted from the held-out split's "
+                f"({prediction['test']} {prediction['statistic']:.4f}, threshold "
+                f"{prediction['threshold']})",
+                "evidence": prediction,
+            }
+        )
+    if serving["drift"].get("dataset_drift"):
+        drifted = [c["column"] for c in serving["drift"]["columns"] if c["drifted"]]
+        found.append(
+            {
+                "kind": "dataset_drift",
+                "version": v,
+                "message": f"v{v}: dataset drift: {len(drifted)} of "
+                f"{len(serving['drift']['columns'])} columns drifted ({', '.join(drifted)})",
+                "evidence": {"drifted_columns": drifted},
+            }
+        )
+    return found
+
+
+def _quality(version: dict[str, Any]) -> tuple[str, float, float, float] | None:
+    """(kind, value, low, high) of a version's F1 over its period: realised when there are
+    outcomes, else estimated with the reference spread for that many rows."""
+    f1 = version["realised"].get("f1")
+    if f1 and f1["low"] is not None:
+        return "realised", f1["value"], f1["low"], f1["high"]
+    estimated, band = version["estimated"], version["band"]
+    if estimated is None or band is None:
+        return None
+    half = (band["high"] - band["low"]) / 6 * Z95
+    return "estimated", estimated["f1"], estimated["f1"] - half, estimated["f1"] + half
+
+
+def _advice(
+    settings: Settings, serving: dict[str, Any] | None, previous: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    if serving is None or previous is None:
+        return None
+    now, before = _quality(serving), _quality(previous)
+    if now is None or before is None:
+        return None
+    if now[0] != before[0]:
+        # NB: realised against estimated would compare two different things; use estimates.
+        now = _quality({**serving, "realised": {}})
+        before = _quality({**previous, "realised": {}})
+        if now is None or before is None:
+            return None
+    if not now[3] < before[2]:
+        return None
+    sv, pv = serving["version"], previous["version"]
+    reason = (
+        f"monitor: v{sv} {now[0]} F1 {now[1]:.4f} ({now[2]:.4f}-{now[3]:.4f}) below v{pv}'s "
+        f"{before[1]:.4f} ({before[2]:.4f}-{before[3]:.4f})"
+    )
+    return {
+        "rollback_to": pv,
+        "basis": now[0],
+        "serving": {"version": sv, "f1": now[1], "low": now[2], "high": now[3]},
+        "previous": {"version": pv, "f1": before[1], "low": before[2], "high": before[3]},
+        "reason": reason,
+        "command": f'churnops rollback --reason "{reason}"',
+        "message": f"roll back to v{pv}: {reason[len('monitor: ') :]}; run "
+        f'churnops rollback --reason "{reason}"',
+    }
+
+
+def _moves(settings: Settings) -> tuple[list[dict[str, Any]], list[int]]:
+    entries = [e for e in ledger.entries(settings) if e.alias == settings.alias]
+    moves = [
+        {
+            "time": e.time,
+            "action": e.action,
+            "from_version": e.from_version,
+            "to_version": e.to_version,
+        }
+        for e in entries
+        if e.state == "done"
+    ]
+    return moves, ledger.production_stack(entries)
+
+
+def _metrics(versions: list[dict[str, Any]]) -> list[tuple[str, float, int, int]]:
+    """Per-window metrics stamped with each window's end, so the MLflow UI charts them."""
+    out = []
+    for v in versions:
+        for step, w in enumerate(v["windows"]):
+            stamp = int(datetime.fromisoformat(w["end"]).timestamp() * 1000)
+            prefix = f"v{v['version']}"
+            out.append((f"{prefix}.rows", float(w["rows"]), stamp, step))
+            out.append((f"{prefix}.label_coverage", w["labelled"] / max(1, w["rows"]), stamp, step))
+            for key in ("realised_f1", "estimated_f1"):
+                if w[key] is not None:
+                    out.append((f"{prefix}.{key}", float(w[key]), stamp, step))
+    return out
+
+
+def run(settings: Settings, options: Options, now: datetime | None = None) -> Result:
+    """Monitor the model's versions over the range; log the run unless told not to."""
+    from churnops import lifecycle
+
+    now = now or datetime.now(UTC)
+    until = options.until or now
+    target = store.open_store(settings.store_uri)
+    table = store.read_predictions(target, settings.model_name, options.since, until)
+    frame = table.to_pandas()
+    frame = frame[frame["alias"] == settings.alias]
+    stored_labels = store.read_labels(target)
+    joined = labels.join(
+        frame,
+        None if stored_labels is None else stored_labels.to_pandas(),
+        pd.Timedelta(days=settings.churn_horizon_days),
+        pd.Timestamp(now),
+    )
+    frame = joined.frame
+    serving_version = registry.alias_version(settings)
+    moves, stack = _moves(settings)
+    versions = []
+    for version in sorted(int(v) for v in frame["version"].unique()):
+        try:
+            info: registry.VersionInfo | None = registry.get_version(settings, version)
+        except registry.VersionNotFoundError:
+            info = None
+        reference = None if info is None else registry.load_reference(settings, info)
+        rows = frame[frame["version"] == version]
+        versions.append(_version_report(version, rows, _Version(info, reference), options, 0))
+    by_version = {v["version"]: v for v in versions}
+    serving = by_version.get(serving_version) if serving_version else None
+    previous_version = stack[-2] if len(stack) >= 2 and stack[-1] == serving_version else None
+    previous = by_version.get(previous_version) if previous_version else None
+    alerts = _alerts(serving)
+    advice = _advice(settings, serving, previous)
+    document: dict[str, Any] = {
+        "model": settings.model_name,
+        "alias": settings.alias,
+        "since": options.since.isoformat() if options.since else None,
+        "until": until.isoformat(),
+        "window": str(options.window),
+        "horizon_days": settings.churn_horizon_days,
+        "serving_version": serving_version,
+        "previous_version": previous_version,
+        "rows": len(frame),
+        "label_conflicts": joined.conflicts,
+        "immature": joined.immature,
+        "versions": versions,
+        "alerts": alerts,
+        "advice": advice,
+        "moves": moves,
+    }
+    result = Result(document, alerts)
+    if advice is not None and options.auto_rollback:
+        mover = settings.model_copy(update={"actor": MONITOR_ACTOR})
+        moved = lifecycle.rollback(mover, reason=advice["reason"])
+        result.rolled_back = {
+            "from_version": moved.move.from_version,
+            "to_version": moved.move.to_version,
+            "changed": moved.changed,
+        }
+        document["rolled_back"] = result.rolled_back
+    if options.log_to_mlflow:
+        result.run_id = _log(settings, document, serving)
+        document["run_id"] = result.run_id
+    return result
+
+
+def _log(settings: Settings, document: dict[str, Any], serving: dict[str, Any] | None) -> str:
+    images = {"f1_over_time.png": report.f1_over_time(document)}
+    if serving is not None and serving["drift"]["columns"]:
+        images["drift.png"] = report.drift_bars(serving["drift"]["columns"], serving["version"])
+    files = dict(images) | {"report.html": report.page(document, images)}
+    tags = {
+        "version": str(document["serving_version"]),
+        "alerts": str(len(document["alerts"])),
+        "churnops.monitor": "true",
+    }
+    run_id = registry.log_monitoring(
+        settings, registry.MonitorLog(_metrics(document["versions"]), tags, document, files)
+    )
+    for v in document["versions"]:
+        latest_estimate = next(
+            (w["estimated_f1"] for w in reversed(v["windows"]) if w["estimated_f1"] is not None),
+            None,
+        )
+        f1 = (v["realised"].get("f1") or {}).get("value")
+        figures = {
+            "monitor.label_coverage": f"{v['coverage']:.4f}",
+            "monitor.realised_f1": "-" if f1 is None else f"{f1:.4f}",
+            "monitor.estimated_f1": "-" if latest_estimate is None else f"{latest_estimate:.4f}",
+            "monitor.at": document["until"],
+        }
+        registry.set_version_tags(settings, v["version"], figures)
+    return run_id

@@ -1,0 +1,136 @@
+"""What a monitor run shows a person: F1 over time (realised and estimated, with the ledger's
+promotions and rollbacks marked) and drift per column, as PNG figures, and one HTML page holding
+them that opens in the MLflow UI's artifact view. Figures use matplotlib's object API only."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from matplotlib.dates import date2num
+from matplotlib.figure import Figure
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def f1_over_time(report: dict[str, Any]) -> bytes:
+    """Realised and estimated F1 per window for every version, with ledger moves marked."""
+    from datetime import datetime
+
+    figure = Figure(figsize=(9, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    for version in report["versions"]:
+        windows = version["windows"]
+        ends = date2num([datetime.fromisoformat(w["end"]) for w in windows])
+        realised = [w["realised_f1"] for w in windows]
+        estimated = [w["estimated_f1"] for w in windows]
+        label = f"v{version['version']}"
+        if any(v is not None for v in realised):
+            axes.plot(
+                ends,
+                [float("nan") if v is None else v for v in realised],
+                "o-",
+                label=f"{label} realised",
+            )
+        if any(v is not None for v in estimated):
+            axes.plot(
+                ends,
+                [float("nan") if v is None else v for v in estimated],
+                "x--",
+                label=f"{label} estimated",
+            )
+        if version.get("gate_f1") is not None:
+            axes.axhline(version["gate_f1"], color="grey", linewidth=0.6, linestyle=":")
+    for move in report.get("moves", []):
+        moment = float(date2num(datetime.fromisoformat(move["time"])))
+        axes.axvline(moment, color="crimson", linewidth=0.8)
+        axes.annotate(
+            f"{move['action']} v{move['to_version']}",
+            (moment, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            fontsize=7,
+        )
+    axes.xaxis_date()
+    axes.set_ylabel("F1 at the served threshold")
+    axes.set_title("Realised vs estimated F1 per window (dotted: the gate's held-out F1)")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7, loc="lower left")
+    figure.autofmt_xdate()
+    return _png(figure)
+
+
+def drift_bars(drift: list[dict[str, Any]], version: int) -> bytes:
+    """Each column's drift statistic against its threshold for one version."""
+    judged = [d for d in drift if d["statistic"] is not None]
+    figure = Figure(figsize=(7, max(2.5, 0.35 * len(judged) + 1.2)), layout="constrained")
+    axes = figure.add_subplot()
+    names = [f"{d['column']} ({d['test']})" for d in judged]
+    # NB: p-value tests drift when small; shown as 1 - p so that longer bars mean more drift.
+    values = [
+        d["statistic"] if d["test"] in ("wasserstein", "jensenshannon") else 1 - d["statistic"]
+        for d in judged
+    ]
+    colours = ["crimson" if d["drifted"] else "steelblue" for d in judged]
+    axes.barh(names, values, color=colours)
+    axes.set_xlabel("distance (or 1 - p-value); red: drifted")
+    axes.set_title(f"Drift of v{version}'s traffic against its training reference")
+    return _png(figure)
+
+
+def page(report: dict[str, Any], images: dict[str, bytes]) -> bytes:
+    """One self-contained HTML page: the alerts, advice, per-version table and the figures."""
+    rows = []
+    for v in report["versions"]:
+        realised = v["realised"].get("f1") or {}
+        estimated = v.get("estimated") or {}
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(x))}</td>"
+                for x in (
+                    f"v{v['version']}",
+                    v["rows"],
+                    v["labelled"],
+                    f"{v['coverage']:.1%}",
+                    _fmt(realised.get("value")),
+                    f"[{_fmt(realised.get('low'))}, {_fmt(realised.get('high'))}]",
+                    _fmt(estimated.get("f1")),
+                    _fmt(v.get("gate_f1")),
+                )
+            )
+            + "</tr>"
+        )
+    alerts = "".join(f"<li>{html.escape(a['message'])}</li>" for a in report["alerts"]) or (
+        "<li>none</li>"
+    )
+    advice = report.get("advice")
+    figures = "".join(
+        f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
+        f'src="data:image/png;base64,{base64.b64encode(content).decode()}">'
+        for name, content in images.items()
+    )
+    text = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>churnops monitor: {html.escape(report["model"])}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}td,th{{padding:2px 8px;text-align:right}}
+</style></head><body>
+<h1>{html.escape(report["model"])}: monitor report</h1>
+<p>{html.escape(report["since"] or "start")} to {html.escape(report["until"])}, windows of
+{html.escape(report["window"])}; serving v{report["serving_version"]}</p>
+<h2>Alerts</h2><ul>{alerts}</ul>
+<h2>Advice</h2><p>{html.escape(advice["message"]) if advice else "none"}</p>
+<h2>Versions</h2><table><tr><th>version</th><th>rows</th><th>labelled</th><th>coverage</th>
+<th>realised F1</th><th>95% interval</th><th>estimated F1</th><th>gate F1</th></tr>
+{"".join(rows)}</table>{figures}</body></html>"""
+    return text.encode()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
