@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from churnops import lifecycle, registry
 from churnops.config import Settings
+from churnops.monitoring import store
 from tests.conftest import break_artifacts, start_api, stop_api, wait_for, worker_versions
 from tests.test_api import CUSTOMER
 
@@ -140,7 +141,7 @@ def test_metrics_parse_as_prometheus_text_with_requests_latency_versions_and_cla
         stop_api(api)
 
 
-def test_oversized_bodies_get_413_and_predictions_are_logged_as_json_lines(
+def test_oversized_bodies_get_413_and_answered_rows_reach_the_prediction_store(
     tracking_url: str, tmp_path: Path
 ) -> None:
     settings, env = _settings(tracking_url)
@@ -158,34 +159,25 @@ def test_oversized_bodies_get_413_and_predictions_are_logged_as_json_lines(
         assert ok.status_code == 200
     finally:
         stop_api(api)
-    lines = [
-        json.loads(line)
-        for line in (tmp_path / "logs" / "predictions.jsonl").read_text().splitlines()
-    ]
-    assert len(lines) == 3
-    assert {line["request_id"] for line in lines} == {"req-42"}
-    assert lines[0]["inputs"] == CUSTOMER and lines[0]["model_version"] == 1
-    assert set(lines[0]) == {
-        "time",
-        "request_id",
-        "model_version",
-        "inputs",
-        "probability",
-        "prediction",
-    }
+    rows = store.read_predictions(store.open_store(str(tmp_path / "store")), settings.model_name)
+    assert rows.num_rows == 3
+    assert set(rows["request_id"].to_pylist()) == {"req-42"}
+    first = rows.to_pylist()[0]
+    assert {k.removeprefix("input."): first[k] for k in first if k.startswith("input.")} == CUSTOMER
+    assert first["version"] == 1 and first["source"] == "api"
 
 
-def test_no_prediction_log_writes_nothing(tracking_url: str, tmp_path: Path) -> None:
+def test_no_store_keeps_no_predictions(tracking_url: str, tmp_path: Path) -> None:
     settings, env = _settings(tracking_url)
     _train_and_promote(settings, seed=1)
     env |= {"CHURNOPS_DATA_DIR": str(tmp_path)}
-    api = start_api(env, tmp_path / "serve.log", "--workers", "1", "--no-prediction-log")
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1", "--no-store")
     try:
         wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
         assert api.client.post("/predict", json=CUSTOMER).status_code == 200
     finally:
         stop_api(api)
-    assert not (tmp_path / "logs").exists()
+    assert not (tmp_path / "store").exists()
 
 
 def test_sigterm_lets_an_in_flight_request_finish_before_the_api_exits(

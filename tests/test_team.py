@@ -81,7 +81,8 @@ def test_two_replicas_without_shared_disk_follow_a_promotion_and_a_rollback(
         # digest-checked copy of what it served, under cache/ (for a restart without registry).
         host = tmp_path / f"host{n}"
         left = {p.name for p in host.rglob("*") if p.is_file() and "cache" not in p.parts}
-        assert "serve.log" in left and "predictions.jsonl" in left
+        assert "serve.log" in left
+        assert list((host / "store" / "predictions").rglob("*.parquet")), "no stored predictions"
         model_files = {"MLmodel", "mlflow.db", "model.onnx", "holdout.parquet"}
         assert not left & model_files and not any(n.endswith(".skops") for n in left), left
         cached = {p.parent.name for p in (host / "cache").rglob("manifest.json")}

@@ -9,7 +9,8 @@ no concept drift (P(churn | customer) unchanged); under concept drift it is wron
 the gap to realised quality is itself the signal.
 
 Calibration is fitted on the version's held-out split at training time: isotonic regression,
-kept only when it lowers the cross-validated Brier score there (else the raw scores are used).
+kept only when it lowers the cross-validated Brier score there by 0.5% (else the raw scores are
+used).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CALIBRATION_FOLDS = 5
+# NB: isotonic regression fitted out of fold beats even perfectly calibrated scores by a hair
+# (measured: 0.1776 vs 0.1778 on 4,000 rows); calibration must lower the Brier score by 0.5%.
+MIN_BRIER_GAIN = 0.005
 BAND_SIGMAS = 3.0
 BAND_RESAMPLES = 200
 
@@ -66,7 +70,7 @@ def fit_calibration(probability: np.ndarray, truth: np.ndarray, seed: int = 0) -
         model.fit(probability[fit_rows], truth[fit_rows])
         out_of_fold[test_rows] = model.predict(probability[test_rows])
     brier_calibrated = float(np.mean((out_of_fold - truth) ** 2))
-    if brier_calibrated >= brier_raw:
+    if brier_calibrated >= brier_raw * (1 - MIN_BRIER_GAIN):
         return Calibration(False, brier_raw=brier_raw, brier_calibrated=brier_calibrated)
     model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(probability, truth)
     return Calibration(

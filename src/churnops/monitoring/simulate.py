@@ -57,12 +57,14 @@ def simulate(
     horizon_days: float = 30.0,
     seed: int = 7,
     token: str | None = None,
+    end: datetime | None = None,
     now: datetime | None = None,
 ) -> SimulationReport:
-    """Send ``days`` of traffic ending now to the API at ``api``; write the outcomes known by
-    now to ``labels_file`` (CSV keyed by customer_id and time)."""
+    """Send ``days`` of traffic ending at ``end`` (default: now) to the API at ``api``; write
+    the outcomes observed by ``now`` to ``labels_file`` (CSV keyed by customer_id and time)."""
     now = now or datetime.now(UTC)
-    start = (now - timedelta(days=days)).replace(microsecond=0)
+    end = end or now
+    start = (end - timedelta(days=days)).replace(microsecond=0)
     rng = np.random.default_rng(seed)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     outcomes = []
@@ -124,5 +126,5 @@ def simulate(
         churned=int((table[TARGET] == "churned").sum()),
         labels_file=str(labels_file),
         start=start.isoformat(),
-        end=now.isoformat(),
+        end=end.isoformat(),
     )

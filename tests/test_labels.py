@@ -1,0 +1,169 @@
+"""Late churn outcomes without servers: both join rules (prediction id; customer within the
+horizon, with immature "retained" outcomes left out), conflicts, and `churnops labels add`:
+idempotent, unknown ids counted, bad files refused whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from churnops.cli import main
+from churnops.monitoring import labels, store
+
+T0 = pd.Timestamp("2026-10-01T00:00:00Z")
+HORIZON = pd.Timedelta(days=30)
+
+
+def predictions(*rows: tuple[str, str | None, int]) -> pd.DataFrame:
+    """(prediction_id, customer_id, day) rows."""
+    return pd.DataFrame(
+        {
+            "prediction_id": [r[0] for r in rows],
+            "customer_id": [r[1] for r in rows],
+            "time": [T0 + pd.Timedelta(days=r[2]) for r in rows],
+        }
+    )
+
+
+def outcomes(*rows: tuple[str, str, int, float | None], added: int = 0) -> pd.DataFrame:
+    """(key kind, key, outcome, day or None) rows."""
+    return pd.DataFrame(
+        {
+            "key_kind": [r[0] for r in rows],
+            "key": [r[1] for r in rows],
+            "outcome": [r[2] for r in rows],
+            "time": [pd.NaT if r[3] is None else T0 + pd.Timedelta(days=r[3]) for r in rows],
+            "added_at": [T0 + pd.Timedelta(seconds=added)] * len(rows),
+            "row": np.arange(len(rows)),
+        }
+    )
+
+
+def test_an_outcome_keyed_by_prediction_id_is_final_as_given() -> None:
+    joined = labels.join(
+        predictions(("p1", None, 0), ("p2", "c2", 50)),
+        outcomes(("prediction_id", "p1", 1, None), ("prediction_id", "p2", 0, None)),
+        HORIZON,
+        now=T0 + pd.Timedelta(days=51),
+    )
+    assert joined.frame["outcome"].tolist() == [1.0, 0.0]
+    assert joined.immature == 0
+
+
+def test_a_customer_outcome_applies_to_predictions_within_the_horizon_before_it() -> None:
+    frame = predictions(
+        ("before", "c1", 0),  # churn on day 20: within 30 days after -> 1
+        ("too-early", "c2", 0),  # churn on day 45: beyond the horizon -> unlabelled
+        ("after", "c3", 25),  # churn on day 20: before the prediction -> unlabelled
+        ("mature", "c4", 0),  # retained seen on day 10; day 30 has passed by now -> 0
+        ("immature", "c5", 40),  # retained seen on day 45; day 70 has not passed -> immature
+        ("unknown", "c6", 0),
+    )
+    found = outcomes(
+        ("customer_id", "c1", 1, 20),
+        ("customer_id", "c2", 1, 45),
+        ("customer_id", "c3", 1, 20),
+        ("customer_id", "c4", 0, 10),
+        ("customer_id", "c5", 0, 45),
+    )
+    joined = labels.join(frame, found, HORIZON, now=T0 + pd.Timedelta(days=50))
+    result = dict(zip(joined.frame["prediction_id"], joined.frame["outcome"], strict=True))
+    assert result["before"] == 1.0 and result["mature"] == 0.0
+    assert all(np.isnan(result[k]) for k in ("too-early", "after", "immature", "unknown"))
+    assert joined.immature == 1
+    assert joined.frame.set_index("prediction_id").loc["immature", "immature"]
+
+
+def test_the_latest_of_conflicting_outcomes_wins_and_is_counted() -> None:
+    first = outcomes(("prediction_id", "p1", 0, None), added=0)
+    second = outcomes(("prediction_id", "p1", 1, None), added=10)
+    joined = labels.join(predictions(("p1", None, 0)), pd.concat([second, first]), HORIZON, now=T0)
+    assert joined.frame["outcome"].tolist() == [1.0]
+    assert joined.conflicts == 1
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CHURNOPS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    target = store.open_store(str(tmp_path / "store"))
+    batch = store.Batch(
+        time=None,
+        served_at=T0.timestamp(),
+        source="api",
+        model="churn_model",
+        version=1,
+        alias="production",
+        threshold=0.5,
+        prediction_ids=["a-0", "a-1"],
+        probabilities=[0.2, 0.7],
+        labels=[0, 1],
+        customer_ids=["c1", "c2"],
+        request_id="r",
+        columns={"x": [1.0, 2.0]},
+    )
+    store.write_predictions(target, store.to_table([batch]))
+    return tmp_path
+
+
+def add(*args: str) -> tuple[int, dict, str]:
+    result = CliRunner().invoke(main, ["labels", "add", "--json", *args])
+    return result.exit_code, json.loads(result.stdout or "{}"), result.stderr
+
+
+def label_files(project: Path) -> list[Path]:
+    return sorted((project / "store" / "labels").glob("*.parquet"))
+
+
+def test_adding_the_same_outcomes_twice_changes_nothing(project: Path) -> None:
+    path = project / "outcomes.csv"
+    path.write_text("prediction_id,churn\na-0,no\na-1,Yes\nzz-9,TRUE\n")
+    code, first, _ = add(str(path))
+    assert code == 0 and first["added"] and first["rows"] == 3 and first["churned"] == 2
+    assert first["unknown"] == 1
+    code, second, _ = add(str(path))
+    assert code == 0 and not second["added"]
+    assert len(label_files(project)) == 1
+
+
+def test_customer_outcomes_need_a_time_and_count_conflicts(project: Path) -> None:
+    path = project / "by_customer.csv"
+    path.write_text(
+        "customer_id,time,churn\nc1,2026-10-05,churned\nc1,2026-10-05,retained\nc9,2026-10-06,0\n"
+    )
+    code, report, _ = add(str(path))
+    assert code == 0 and report["keyed_by"] == "customer_id"
+    assert report["conflicts"] == 1 and report["unknown"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("prediction_id,outcome\na-0,1\n", "outcome column 'churn' not found"),
+        ("prediction_id,churn\na-0,maybe\n", "not a churn label"),
+        ("prediction_id,churn\na-0,\n", "no outcome in 'churn' on line(s) 2"),
+        ("customer_id,churn\nc1,1\n", "need a 'time' column"),
+        ("customer_id,time,churn\nc1,last week,1\n", "'time' on line 2 is not an ISO 8601"),
+        ("who,churn\nc1,1\n", "no key column"),
+        ("prediction_id,churn\n", "no outcome rows"),
+    ],
+)
+def test_a_bad_label_file_is_refused_whole_with_a_clear_error(
+    project: Path, content: str, message: str
+) -> None:
+    path = project / "bad.csv"
+    path.write_text(content)
+    code, _, stderr = add(str(path))
+    assert code == 1
+    assert message in stderr and stderr.startswith("error: ")
+    assert label_files(project) == []
+
+
+def test_a_missing_label_file_is_a_clear_error(project: Path) -> None:
+    code, _, stderr = add(str(project / "nope.csv"))
+    assert code == 1 and "does not exist" in stderr
