@@ -31,6 +31,7 @@ def test_realised_metrics_equal_scikit_learn_on_the_same_rows() -> None:
     assert found["brier"].value == pytest.approx(brier_score_loss(truth, probability))
     for interval in found.values():
         assert interval.low is not None and interval.high is not None
+        assert interval.value is not None
         assert interval.low <= interval.value <= interval.high
 
 
@@ -79,6 +80,7 @@ def test_isotonic_calibration_is_kept_only_when_it_lowers_the_brier_score() -> N
     truth = (rng.random(4000) < true_p).astype(int)
     overconfident = true_p**3
     fitted = estimate.fit_calibration(overconfident, truth)
+    assert fitted.brier_calibrated is not None and fitted.brier_raw is not None
     assert fitted.used and fitted.brier_calibrated < fitted.brier_raw
     assert np.mean((fitted.apply(overconfident) - truth) ** 2) < fitted.brier_raw
     assert not estimate.fit_calibration(true_p, truth).used

@@ -95,9 +95,9 @@ def open_store(uri: str) -> Store:
 
 
 def _write_table(store: Store, path: str, table: pa.Table) -> None:
-    parent = path.rpartition("/")[0]
-    store.fs.create_dir(parent, recursive=True)
     if isinstance(store.fs, pafs.LocalFileSystem):
+        # NB: only on disk: on S3 a "directory" would be an empty marker object per folder.
+        store.fs.create_dir(path.rpartition("/")[0], recursive=True)
         partial = f"{path}.partial"
         pq.write_table(table, partial, filesystem=store.fs, compression="zstd")
         store.fs.move(partial, path)

@@ -1,0 +1,227 @@
+"""The feedback loop end to end, with a real tracking server and real `churnops serve`
+processes: simulated traffic through the API into the prediction store, late outcomes joined
+back, `monitor`'s realised metrics equal to scikit-learn's on the joined rows, an alert exit
+code, a rollback advised and done through the gate and the ledger, the run in MLflow; every
+answered row stored after SIGTERM; the team store on S3."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import Result
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import f1_score, roc_auc_score
+
+from churnops.config import Settings
+from churnops.monitoring import simulate, store
+from tests.conftest import ApiProcess, TeamBackend, ok, start_api, stop_api, train_version, wait_for
+from tests.test_api import CUSTOMER
+
+HORIZON_DAYS = 5
+
+
+def joined_by_hand(rows: pd.DataFrame, outcomes: pd.DataFrame, now: datetime) -> pd.Series:
+    """The customer-time join rule written out row by row, as a reference."""
+    by_customer: dict[str, list[tuple[pd.Timestamp, int]]] = {}
+    for customer, moment, outcome in outcomes.itertuples(index=False):
+        by_customer.setdefault(customer, []).append(
+            (pd.Timestamp(moment), 1 if outcome == "churned" else 0)
+        )
+    horizon = pd.Timedelta(days=HORIZON_DAYS)
+    labels = []
+    for customer, moment in zip(rows["customer_id"], rows["time"], strict=True):
+        seen = [o for t, o in by_customer.get(customer, []) if moment <= t <= moment + horizon]
+        if 1 in seen:
+            labels.append(1.0)
+        elif 0 in seen and moment + horizon <= pd.Timestamp(now):
+            labels.append(0.0)
+        else:
+            labels.append(float("nan"))
+    return pd.Series(labels, index=rows.index)
+
+
+def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
+    cli: Callable[..., Result],
+    env: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = {"CHURNOPS_STORE_FLUSH_SECONDS": "0.3", "CHURNOPS_CHURN_HORIZON_DAYS": "5"}
+    for key, value in loop.items():
+        monkeypatch.setenv(key, value)
+    first = train_version(cli)
+    ok(cli("promote", "--json", "--version", str(first), "--reason", "first"))
+    api = start_api(env | loop, tmp_path / "serve.log", "--workers", "1")
+    now = datetime.now(UTC)
+    try:
+        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=60)
+        simulate.simulate(
+            api.url,
+            tmp_path / "before.csv",
+            days=15,
+            rows_per_day=200,
+            horizon_days=HORIZON_DAYS,
+            end=now - timedelta(days=15),
+            now=now,
+        )
+        second = train_version(cli)
+        ok(cli("promote", "--json", "--version", str(second), "--reason", "same recipe"))
+        wait_for(lambda: api.client.get("/model").json()["version"] == second, timeout=30)
+        simulate.simulate(
+            api.url,
+            tmp_path / "after.csv",
+            days=15,
+            rows_per_day=200,
+            concept_day=0,
+            horizon_days=HORIZON_DAYS,
+            end=now,
+            now=now,
+            seed=8,
+        )
+    finally:
+        stop_api(api)
+    for name in ("before.csv", "after.csv"):
+        ok(cli("labels", "add", "--json", str(tmp_path / name)))
+
+    result = cli("monitor", "--json")
+    assert result.exit_code == 3, result.output
+    report = json.loads(result.stdout)
+    rows = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    frame = rows.to_pandas()
+    outcomes = pd.concat([pd.read_csv(tmp_path / n) for n in ("before.csv", "after.csv")])
+    outcomes["time"] = pd.to_datetime(outcomes["time"], utc=True)
+    frame["outcome"] = joined_by_hand(frame, outcomes, datetime.now(UTC))
+    assert report["rows"] == len(frame) == 6000
+    versions = {v["version"]: v for v in report["versions"]}
+    for version in (first, second):
+        mine = frame[(frame["version"] == version) & frame["outcome"].notna()]
+        found = versions[version]["realised"]
+        assert versions[version]["labelled"] == len(mine)
+        assert found["f1"]["value"] == pytest.approx(f1_score(mine["outcome"], mine["label"]))
+        assert found["roc_auc"]["value"] == pytest.approx(
+            roc_auc_score(mine["outcome"], mine["probability"])
+        )
+    kinds = {a["kind"] for a in report["alerts"]}
+    assert "realised_f1_below_gate" in kinds
+    assert report["advice"]["rollback_to"] == first
+    assert report["advice"]["command"].startswith("churnops rollback --reason")
+
+    acted = cli("monitor", "--json", "--auto-rollback")
+    assert acted.exit_code == 3
+    assert json.loads(acted.stdout)["rolled_back"] == {
+        "from_version": second,
+        "to_version": first,
+        "changed": True,
+    }
+    status = ok(cli("status", "--json"))
+    assert status["production_version"] == first
+    [latest, *_] = ok(cli("history", "--json"))
+    assert latest["actor"] == "churnops-monitor" and latest["reason"].startswith("monitor: ")
+    assert latest["gate"] is not None and latest["to_version"] == first
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(f"{settings.model_name}-monitoring")
+    assert experiment is not None
+    [run, _] = client.search_runs([experiment.experiment_id])
+    files = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"report.html", "report.json", "f1_over_time.png", "drift.png"} <= files
+    history = client.get_metric_history(run.info.run_id, f"v{second}.estimated_f1")
+    ends = {
+        int(datetime.fromisoformat(w["end"]).timestamp() * 1000)
+        for w in versions[second]["windows"]
+    }
+    assert history and {m.timestamp for m in history} <= ends
+    tags = client.get_model_version(settings.model_name, str(second)).tags
+    assert float(tags["monitor.realised_f1"]) == pytest.approx(
+        versions[second]["realised"]["f1"]["value"], abs=1e-4
+    )
+
+
+def test_every_answered_row_is_stored_after_sigterm_with_two_workers(
+    cli: Callable[..., Result], env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    version = train_version(cli)
+    ok(cli("promote", "--json", "--version", str(version), "--reason", "first"))
+    # NB: a long flush interval, so the rows reach the store only through the shutdown flush.
+    slow_flush = {"CHURNOPS_STORE_FLUSH_SECONDS": "600"}
+    api = start_api(env | slow_flush, tmp_path / "serve.log", "--workers", "2")
+    answered: list[str] = []
+    lock = threading.Lock()
+
+    def send(n: int) -> None:
+        for i in range(40):
+            if i % 4 == 0:
+                body = {"customers": [CUSTOMER] * 5}
+                response = api.client.post("/predict/batch", json=body)
+                ids = [p["prediction_id"] for p in response.json()["predictions"]]
+            else:
+                ids = [api.client.post("/predict", json=CUSTOMER).json()["prediction_id"]]
+            with lock:
+                answered.extend(ids)
+
+    try:
+        api.wait_until_every_worker_serves()
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        stop_api(api)
+    stored = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    assert len(answered) == 6 * (10 * 5 + 30)
+    assert sorted(stored["prediction_id"].to_pylist()) == sorted(answered)
+    files = list((Path(settings.store_uri) / "predictions").rglob("*.parquet"))
+    assert len(files) == 2  # one per worker: everything was flushed once, at shutdown
+
+
+def ready(api: ApiProcess) -> bool:
+    return api.client.get("/ready").status_code == 200
+
+
+def test_replicas_write_one_prediction_store_on_s3(
+    cli: Callable[..., Result],
+    env: dict[str, str],
+    settings: Settings,
+    team_backend: TeamBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    version = train_version(cli)
+    ok(cli("promote", "--json", "--version", str(version), "--reason", "first"))
+    uri = f"s3://churnops/predictions-{uuid.uuid4().hex[:8]}"
+    s3 = team_backend.s3.server_env() | {"CHURNOPS_PREDICTION_STORE": uri}
+    replicas = []
+    try:
+        for n in (1, 2):
+            folder = tmp_path / f"host{n}"
+            folder.mkdir()
+            replicas.append(start_api(env | s3, folder / "serve.log", "--workers", "1"))
+        ids = []
+        for replica in replicas:
+            wait_for(lambda: ready(replica), timeout=60)
+            body = {**CUSTOMER, "customer_id": "C1"}
+            ids += [replica.client.post("/predict", json=body).json()["prediction_id"]]
+    finally:
+        for replica in replicas:
+            stop_api(replica)
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    stored = store.read_predictions(store.open_store(uri), settings.model_name)
+    assert sorted(stored["prediction_id"].to_pylist()) == sorted(ids)
+    assert stored["customer_id"].to_pylist() == ["C1", "C1"]
+    objects = team_backend.s3.objects(uri.removeprefix("s3://churnops/"))
+    assert len(objects) == 2 and all("/predictions/date=" in o for o in objects)
+    labels_file = tmp_path / "outcomes.csv"
+    labels_file.write_text("prediction_id,churn\n" + "".join(f"{i},yes\n" for i in ids))
+    added = ok(cli("labels", "add", "--json", str(labels_file)))
+    assert added["added"] and added["unknown"] == 0
+    assert any("/labels/" in o for o in team_backend.s3.objects(uri.removeprefix("s3://churnops/")))
