@@ -6,6 +6,7 @@ answered row stored after SIGTERM; the team store on S3."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import uuid
@@ -207,7 +208,7 @@ def test_replicas_write_one_prediction_store_on_s3(
             replicas.append(start_api(env | s3, folder / "serve.log", "--workers", "1"))
         ids = []
         for replica in replicas:
-            wait_for(lambda: ready(replica), timeout=60)
+            wait_for(functools.partial(ready, replica), timeout=60)
             body = {**CUSTOMER, "customer_id": "C1"}
             ids += [replica.client.post("/predict", json=body).json()["prediction_id"]]
     finally:
