@@ -15,6 +15,7 @@ from churnops.errors import DataError
 def test_generated_data_has_the_course_schema_and_about_a_quarter_churners() -> None:
     frame = data.generate(rows=5000, seed=42)
     assert list(frame.columns) == [
+        "customer_id",
         "tenure_months",
         "num_complaints",
         "avg_session_minutes",
@@ -26,6 +27,13 @@ def test_generated_data_has_the_course_schema_and_about_a_quarter_churners() -> 
     assert set(frame["plan_type"]) == set(data.PLAN_TYPES)
     assert set(frame["region"]) == set(data.REGIONS)
     assert (frame["tenure_months"] >= 0).all() and (frame["avg_session_minutes"] > 0).all()
+    assert frame["customer_id"].is_unique
+
+
+def test_the_customer_id_is_dropped_from_the_features_as_an_identifier() -> None:
+    dataset = data.from_frame(data.generate(rows=500, seed=1))
+    assert "customer_id" not in dataset.features.columns
+    assert dataset.id_column == "customer_id"
 
 
 def test_generation_is_reproducible_for_a_seed_and_differs_across_seeds() -> None:
@@ -70,7 +78,7 @@ def test_a_csv_without_the_target_column_is_refused_with_the_columns_listed(tmp_
     data.generate(100).drop(columns=["churn"]).to_csv(path, index=False)
     with pytest.raises(
         DataError,
-        match="target column 'churn' not found; the columns are: tenure_months, num_complaints",
+        match="target column .churn. not found; the columns are: customer_id, tenure_months",
     ):
         data.load_table(path)
 
@@ -131,7 +139,6 @@ def test_identifier_and_constant_columns_are_dropped_but_never_a_float_measureme
     tmp_path: Path,
 ) -> None:
     frame = data.generate(300, seed=4)
-    frame.insert(0, "customer_id", [f"C{i:05d}" for i in range(300)])
     frame["row_number"] = range(300)
     frame["country"] = "DE"
     frame["salary"] = np.linspace(1000.0, 9000.0, 300)  # all distinct, but a measurement
