@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test check bench lock clean
+.PHONY: help install up test check bench bench-peers lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,11 @@ bench: $(STAMP) ## Run the benchmarks in bench/
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/server.py
+	$(BIN)/python bench/monitor.py
+
+bench-peers: ## Bench-only venv (.venv-peers) with Evidently and NannyML for bench/monitor.py
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-peers.txt
 
 lock: $(STAMP) ## Re-pin requirements.lock from the current .venv
 	( echo '# Pinned versions of every dependency (runtime and dev). Regenerate with `make lock`.'; \

@@ -60,7 +60,13 @@ def test_predict_answers_with_probability_version_header_and_request_id(api: Api
     response = api.client.post("/predict", json=CUSTOMER)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"prediction", "probability", "model_version", "request_id"}
+    assert set(body) == {
+        "prediction_id",
+        "prediction",
+        "probability",
+        "model_version",
+        "request_id",
+    }
     assert body["prediction"] in (0, 1) and 0.0 <= body["probability"] <= 1.0
     threshold = api.client.get("/model").json()["threshold"]
     assert body["prediction"] == int(body["probability"] >= threshold)
