@@ -161,12 +161,16 @@ def status() -> tuple[dict[str, Any], str]:
     if not st.versions:
         lines.append("no versions yet: run `churnops train`")
     else:
-        lines.append(f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  aliases")
+        lines.append(
+            f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  "
+            f"{'live f1 (realised/estimated, coverage)':<38}  aliases"
+        )
         for v in st.versions:
             f1 = f"{v.f1:.4f}" if v.f1 is not None else "-"
             lines.append(
                 f"{v.version:>7}  {v.created:%Y-%m-%d %H:%M:%S}  {f1:>6}  "
-                f"{'pass' if v.gate_passed else 'FAIL':<4}  {','.join(v.aliases)}"
+                f"{'pass' if v.gate_passed else 'FAIL':<4}  {_live(v.tags):<38}  "
+                f"{','.join(v.aliases)}"
             )
     document = {
         "tracking_uri": st.tracking_uri,
@@ -182,11 +186,27 @@ def status() -> tuple[dict[str, Any], str]:
                 "gate_passed": v.gate_passed,
                 "aliases": list(v.aliases),
                 "run_id": v.run_id,
+                "monitor": {
+                    k.removeprefix("monitor."): val
+                    for k, val in v.tags.items()
+                    if k.startswith("monitor.")
+                },
             }
             for v in st.versions
         ],
     }
     return document, "\n".join(lines)
+
+
+def _live(tags: dict[str, str]) -> str:
+    """A version's latest monitored F1 from its tags, as `churnops monitor` left them."""
+    if "monitor.label_coverage" not in tags:
+        return "-"
+    coverage = float(tags["monitor.label_coverage"])
+    return (
+        f"{tags.get('monitor.realised_f1', '-')}/{tags.get('monitor.estimated_f1', '-')}, "
+        f"{coverage:.0%}"
+    )
 
 
 @main.command()
