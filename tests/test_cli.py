@@ -63,7 +63,7 @@ def test_train_with_a_csv_without_the_target_fails_and_registers_nothing(
     data.generate(100).drop(columns=["churn"]).to_csv(path, index=False)
     result = cli("train", "--data", str(path))
     assert result.exit_code == 1
-    assert "target column 'churn' not found; the columns are: tenure_months" in result.stderr
+    assert "target column 'churn' not found; the columns are: customer_id, tenure" in result.stderr
     assert registry.list_versions(settings) == []
 
 

@@ -78,7 +78,7 @@ def test_a_csv_without_the_target_column_is_refused_with_the_columns_listed(tmp_
     data.generate(100).drop(columns=["churn"]).to_csv(path, index=False)
     with pytest.raises(
         DataError,
-        match="target column .churn. not found; the columns are: customer_id, tenure_months",
+        match="target column 'churn' not found; the columns are: customer_id, tenure_months",
     ):
         data.load_table(path)
 

@@ -13,6 +13,7 @@ from click.testing import Result
 
 from churnops import data, lifecycle, registry, scoring
 from churnops.config import Settings
+from churnops.monitoring import store
 
 
 def _json(result: Result) -> dict:
@@ -23,7 +24,6 @@ def _json(result: Result) -> dict:
 def _train_with_ids_and_gaps(settings: Settings, tmp_path: Path) -> int:
     """A promoted version trained on a table with a customer id and missing session lengths."""
     frame = data.generate(rows=1200, seed=5)
-    frame.insert(0, "customer_id", [f"C{i:05d}" for i in range(len(frame))])
     frame.loc[::7, "avg_session_minutes"] = np.nan
     path = tmp_path / "train.csv"
     frame.to_csv(path, index=False)
@@ -59,8 +59,23 @@ def test_a_messy_table_gives_one_scored_row_or_one_reject_per_input_row(
     assert report["version"] == version and report["rows_per_second"] > 0
 
     scored = pd.read_csv(out)
-    assert list(scored.columns) == ["customer_id", "probability", "prediction", "model_version"]
+    assert list(scored.columns) == [
+        "customer_id",
+        "prediction_id",
+        "probability",
+        "prediction",
+        "model_version",
+    ]
     assert scored["customer_id"].tolist() == ["A1", "A2", "A6"]
+    # Every scored row is in the prediction store too, with its id, customer and inputs.
+    kept = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    by_id = {r["prediction_id"]: r for r in kept.to_pylist()}
+    assert sorted(by_id) == sorted(scored["prediction_id"])
+    for row in scored.itertuples():
+        stored = by_id[row.prediction_id]
+        assert stored["customer_id"] == row.customer_id and stored["source"] == "batch"
+        assert stored["probability"] == pytest.approx(row.probability)
+        assert stored["version"] == version and stored["alias"] == "production"
     assert (scored["model_version"] == version).all()
     rejects = pd.read_csv(tmp_path / "out" / "scores.rejects.csv", keep_default_na=False)
     assert rejects["row"].tolist() == [3, 4, 5, 7]

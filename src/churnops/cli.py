@@ -161,16 +161,18 @@ def status() -> tuple[dict[str, Any], str]:
     if not st.versions:
         lines.append("no versions yet: run `churnops train`")
     else:
+        # NB: the live column appears once `churnops monitor` has tagged a version.
+        live = any("monitor.label_coverage" in v.tags for v in st.versions)
+        heading = "live f1 (realised/estimated, coverage)  " if live else ""
         lines.append(
-            f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  "
-            f"{'live f1 (realised/estimated, coverage)':<38}  aliases"
+            f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  {heading}aliases"
         )
         for v in st.versions:
             f1 = f"{v.f1:.4f}" if v.f1 is not None else "-"
+            cell = f"{_live(v.tags):<38}  " if live else ""
             lines.append(
                 f"{v.version:>7}  {v.created:%Y-%m-%d %H:%M:%S}  {f1:>6}  "
-                f"{'pass' if v.gate_passed else 'FAIL':<4}  {_live(v.tags):<38}  "
-                f"{','.join(v.aliases)}"
+                f"{'pass' if v.gate_passed else 'FAIL':<4}  {cell}{','.join(v.aliases)}".rstrip()
             )
     document = {
         "tracking_uri": st.tracking_uri,
