@@ -147,3 +147,33 @@ def test_input_columns_of_any_kind_round_trip_through_parquet(tmp_path: Path, va
     store.write_predictions(target, store.to_table([batch]))
     table = store.read_predictions(target, "m")
     assert table["input.x"].to_pylist() == [None if v is None else v for v in value]
+
+
+def test_a_failed_write_keeps_the_rows_and_the_next_flush_writes_them(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.write_text("not a folder yet")  # every write fails while this file is in the way
+    writer = store.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400)
+    for i in range(5):
+        writer.add(
+            store.Batch(
+                time=None,
+                served_at=datetime.now(UTC).timestamp(),
+                source="api",
+                model="m",
+                version=1,
+                alias="production",
+                threshold=0.5,
+                prediction_ids=[f"p{i}"],
+                probabilities=[0.5],
+                labels=[1],
+                customer_ids=None,
+                request_id="r",
+                columns={"x": [1.0]},
+            )
+        )
+    assert writer.flush() == 0 and writer.failed_flushes == 1
+    assert writer.unwritten() == 5
+    root.unlink()
+    assert writer.flush() == 5 and writer.unwritten() == 0
+    rows = store.read_predictions(store.open_store(str(root)), "m")
+    assert sorted(rows["prediction_id"].to_pylist()) == [f"p{i}" for i in range(5)]
