@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hmac
 import logging
 import math
@@ -333,6 +334,10 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             store.start()
             app.state.store = store
         watcher.start()
+        # NB: rows wait for the store's writer a fraction of a second, long enough to survive
+        # into the older GC generations, and a full collection then scanned every object the
+        # imports made (~0.1 s stalls: p99 63 ms at one connection). Frozen objects are skipped.
+        gc.freeze()
         try:
             yield
         finally:
