@@ -32,6 +32,7 @@ import pandas as pd
 
 from churnops import data, lifecycle, registry, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
+from churnops.monitoring import store
 
 ROW = {
     "tenure_months": 3,
@@ -53,6 +54,16 @@ class WrkResult:
     requests: int
     non_2xx: int
     socket_errors: int
+
+
+def predictions_counted(api: str) -> int:
+    """Rows scored, from the API's churnops_predictions counter (summed over workers)."""
+    text = httpx.get(f"{api}/metrics").text
+    return int(
+        sum(
+            float(v) for v in re.findall(r"^churnops_predictions_total\{[^}]*\} (\S+)$", text, re.M)
+        )
+    )
 
 
 def free_port() -> int:
@@ -340,6 +351,14 @@ def main() -> None:
                 anchor_follows = anchor_serves(anchor, frame, settings, v1.version, v2.version)
         load.send_signal(signal.SIGINT)
         under_load = parse_wrk(load.communicate(timeout=60)[0])
+        # Rows the API scored (its own counter, summed over workers), then, after a graceful
+        # stop, rows in the prediction store: the two must be equal.
+        scored_rows = predictions_counted(api)
+        os.killpg(ours.pid, signal.SIGTERM)
+        ours.wait(timeout=60)
+        stored_rows = store.read_predictions(
+            store.open_store(settings.store_uri), settings.model_name, columns=["model", "time"]
+        ).num_rows
     finally:
         for proc in procs:
             try:
@@ -350,6 +369,10 @@ def main() -> None:
         server.stop()
 
     report_table(results, rss, follow, under_load, bool(anchor_follows), args, workers)
+    print(
+        f"prediction store: {stored_rows} rows stored of {scored_rows} scored "
+        f"({scored_rows - stored_rows} lost)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -366,6 +389,7 @@ def main() -> None:
                     side: {str(k): round(v, 1) for k, v in procs_.items()}
                     for side, procs_ in rss.items()
                 },
+                "store": {"scored_rows": scored_rows, "stored_rows": stored_rows},
                 "alias_moves": {
                     "follow_seconds": follow,
                     "worst": max(follow),
