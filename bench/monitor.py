@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -113,16 +112,33 @@ def traffic(
     return pd.concat(frames, ignore_index=True)
 
 
-def peak_rss_mib(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run ``command``; (wall seconds, peak RSS MiB of the child, stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+# NB: the child reports its own peak RSS: RUSAGE_CHILDREN in this process would also count any
+# earlier child of it.
+MEASURED = """
+import resource, runpy, sys
+sys.argv = ["churnops", *sys.argv[1:]]
+try:
+    runpy.run_module("churnops", run_name="__main__")
+finally:
+    print(f"peak_rss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+"""
+
+
+def peak_rss_mib(arguments: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run `churnops ARGUMENTS`; (wall seconds, its peak RSS in MiB, its stdout)."""
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED, *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if done.returncode not in (0, 3):
-        raise RuntimeError(f"{command} failed: {done.stderr[-2000:]}")
-    return seconds, max(peak, before) / 1024, done.stdout
+        raise RuntimeError(f"churnops {arguments} failed: {done.stderr[-2000:]}")
+    peak = int(done.stderr.rpartition("peak_rss_kib=")[2].split()[0])
+    return seconds, peak / 1024, done.stdout
 
 
 def ours(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> dict:
@@ -174,9 +190,7 @@ def main() -> None:
         assert reference is not None
         calibration = Calibration.from_dict(reference.calibration)
 
-        monitor_seconds, monitor_rss, stdout = peak_rss_mib(
-            [sys.executable, "-m", "churnops", "monitor", "--no-log", "--json"], env
-        )
+        monitor_seconds, monitor_rss, stdout = peak_rss_mib(["monitor", "--no-log", "--json"], env)
         report = json.loads(stdout)
 
         columns = list(reference.rows.columns)

@@ -262,10 +262,15 @@ def read_predictions(
     since: datetime | None = None,
     until: datetime | None = None,
     columns: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    ordered: bool = True,
 ) -> pa.Table:
-    """Every stored prediction of ``model`` with ``since <= time < until``, in time order."""
-    files = []
-    for info in _files(store, PREDICTIONS):
+    """Every stored prediction of ``model`` with ``since <= time < until`` (in time order
+    unless ``ordered`` is false), with only ``columns`` if given, and without ``skip``."""
+    wanted = None if columns is None else set(columns)
+    skipped = set(skip)
+    tables = []
+    for info in sorted(_files(store, PREDICTIONS), key=lambda f: f.path):
         day = _day_of(info)
         if day is None:
             continue
@@ -273,24 +278,26 @@ def read_predictions(
             continue
         if until is not None and day > until.astimezone(UTC).date():
             continue
-        files.append(info.path)
-    wanted = list(columns) if columns is not None else None
-    tables = []
-    for path in sorted(files):
-        table = pq.read_table(path, filesystem=store.fs)
-        if wanted is not None:
-            table = table.select([c for c in table.column_names if c in wanted])
-        tables.append(table)
+        names = pq.read_schema(info.path, filesystem=store.fs).names
+        keep = [n for n in names if (wanted is None or n in wanted) and n not in skipped]
+        read = sorted(set(keep) | {"model", "time"}, key=names.index)
+        table = pq.read_table(info.path, columns=read, filesystem=store.fs)
+        # NB: filtered file by file, so memory holds the matching rows only, never every file.
+        mask = pc.equal(table["model"], model)
+        if since is not None:
+            mask = pc.and_(mask, pc.greater_equal(table["time"], _scalar(since)))
+        if until is not None:
+            mask = pc.and_(mask, pc.less(table["time"], _scalar(until)))
+        tables.append(table.filter(mask).select(keep))
     if not tables:
-        return empty_predictions()
+        empty = empty_predictions()
+        return empty.select([c for c in empty.column_names if c not in skipped])
     table = pa.concat_tables(tables, promote_options="permissive")
-    mask = pc.equal(table["model"], model)
-    if since is not None:
-        mask = pc.and_(mask, pc.greater_equal(table["time"], _scalar(since)))
-    if until is not None:
-        mask = pc.and_(mask, pc.less(table["time"], _scalar(until)))
-    table = table.filter(mask)
-    return table.sort_by("time")
+    del tables
+    if ordered and "time" in table.column_names:
+        table = table.sort_by("time")
+    pa.default_memory_pool().release_unused()
+    return table
 
 
 def _scalar(moment: datetime) -> pa.Scalar:
