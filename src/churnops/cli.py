@@ -969,6 +969,13 @@ def monitor(
 @click.option(
     "--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Of drift."
 )
+@click.option(
+    "--ending-days-ago",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="The simulated days end this many days ago (replay an earlier period).",
+)
 @click.option("--seed", default=7, show_default=True)
 @click.option(
     "--labels-out",
@@ -989,6 +996,7 @@ def simulate(
     shift_day: int | None,
     concept_day: int | None,
     strength: float,
+    ending_days_ago: float,
     seed: int,
     labels_out: Path | None,
     add_labels: bool,
@@ -1013,6 +1021,7 @@ def simulate(
         horizon_days=settings.churn_horizon_days,
         seed=seed,
         token=token,
+        end=datetime.now(UTC) - timedelta(days=ending_days_ago),
     )
     document: dict[str, Any] = report.to_dict()
     text = (

@@ -134,7 +134,12 @@ def _drift(known: _Version, rows: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _windows(rows: pd.DataFrame, known: _Version, window: timedelta, seed: int) -> list[dict]:
+def _windows(
+    rows: pd.DataFrame, known: _Version, window: timedelta, matured: pd.Timestamp, seed: int
+) -> list[dict]:
+    """Per window: rows, outcomes, realised and estimated F1. A window is *mature* once the churn
+    horizon has passed since its end: every outcome about it has had time to arrive, so its
+    realised quality no longer leans towards the churners, whose outcomes come first."""
     out = []
     starts = rows["time"].dt.floor(pd.Timedelta(window))
     for start, group in rows.groupby(starts, sort=True):
@@ -149,6 +154,7 @@ def _windows(rows: pd.DataFrame, known: _Version, window: timedelta, seed: int) 
                 "rows": len(group),
                 "labelled": labelled,
                 "immature": int(group["immature"].sum()),
+                "mature": bool(end <= matured),
                 "realised_f1": _r((quality.get("f1") or {}).get("value")),
                 "realised_f1_low": _r((quality.get("f1") or {}).get("low")),
                 "realised_f1_high": _r((quality.get("f1") or {}).get("high")),
@@ -173,7 +179,12 @@ def _estimate_error(rows: pd.DataFrame, known: _Version) -> float | None:
 
 
 def _version_report(
-    version: int, rows: pd.DataFrame, known: _Version, options: Options, seed: int
+    version: int,
+    rows: pd.DataFrame,
+    known: _Version,
+    options: Options,
+    matured: pd.Timestamp,
+    seed: int,
 ) -> dict[str, Any]:
     labelled = int(rows["outcome"].notna().sum())
     info = known.info
@@ -193,7 +204,7 @@ def _version_report(
         "band": _band(known, len(rows)),
         "calibrated": None if known.calibration is None else known.calibration.used,
         "drift": _drift(known, rows),
-        "windows": _windows(rows, known, options.window, seed),
+        "windows": _windows(rows, known, options.window, matured, seed),
     }
 
 
@@ -213,6 +224,27 @@ def _alerts(serving: dict[str, Any] | None) -> list[dict[str, Any]]:
                 f"{f1['low']:.4f}-{f1['high']:.4f}, {serving['labelled']} labelled rows) is "
                 f"below the F1 the gate measured, {gate_f1:.4f}",
                 "evidence": {"realised_f1": f1, "gate_f1": gate_f1},
+            }
+        )
+    recent = next(
+        (w for w in reversed(serving["windows"]) if w["mature"] and w["realised_f1"] is not None),
+        None,
+    )
+    if (
+        recent is not None
+        and gate_f1 is not None
+        and recent["realised_f1_high"] is not None
+        and recent["realised_f1_high"] < gate_f1
+    ):
+        found.append(
+            {
+                "kind": "realised_f1_below_gate",
+                "version": v,
+                "message": f"v{v}: realised F1 {recent['realised_f1']:.4f} (95% interval "
+                f"{recent['realised_f1_low']:.4f}-{recent['realised_f1_high']:.4f}, "
+                f"{recent['labelled']} labelled rows) in the latest mature window, from "
+                f"{recent['start']}, is below the F1 the gate measured, {gate_f1:.4f}",
+                "evidence": {"window": recent, "gate_f1": gate_f1},
             }
         )
     latest = next((w for w in reversed(serving["windows"]) if w["estimated_f1"] is not None), None)
@@ -360,6 +392,7 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
     del stored_labels
     frame = joined.frame
     serving_version = registry.alias_version(settings)
+    matured = pd.Timestamp(now) - pd.Timedelta(days=settings.churn_horizon_days)
     moves, stack = _moves(settings)
     versions = []
     for version in sorted(int(v) for v in frame["version"].unique()):
@@ -369,7 +402,9 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
             info = None
         reference = None if info is None else registry.load_reference(settings, info)
         rows = frame[frame["version"] == version]
-        versions.append(_version_report(version, rows, _Version(info, reference), options, 0))
+        versions.append(
+            _version_report(version, rows, _Version(info, reference), options, matured, 0)
+        )
     by_version = {v["version"]: v for v in versions}
     serving = by_version.get(serving_version) if serving_version else None
     previous_version = stack[-2] if len(stack) >= 2 and stack[-1] == serving_version else None
