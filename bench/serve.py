@@ -262,6 +262,17 @@ def main() -> None:
             start_new_session=True,
         )
         procs.append(ours)
+        # NB: the same API without the prediction store, for the store's cost in the same run.
+        bare_port = free_port()
+        bare_api = f"http://127.0.0.1:{bare_port}"
+        bare = subprocess.Popen(
+            [sys.executable, "-m", "churnops", "serve", "--port", str(bare_port), "--no-store"],
+            env=env,
+            stdout=(log_dir / "churnops-no-store.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(bare)
         theirs = subprocess.Popen(
             [
                 sys.executable,
@@ -285,6 +296,7 @@ def main() -> None:
         )
         procs.append(theirs)
         wait_http(f"{api}/ready", ours, 120)
+        wait_http(f"{bare_api}/ready", bare, 120)
         records = {"dataframe_records": [ROW]}
         wait_http(f"{anchor}/invocations", theirs, 120, "POST", records)
         workers = len(worker_versions(httpx.Client(base_url=api)))
@@ -318,6 +330,19 @@ def main() -> None:
                 "mlflow": run_wrk(wrk, anchor_url, scripts[f"anchor_{key}"], conns, args.duration),
             }
         rss = {"churnops": tree_rss_mib(ours.pid), "mlflow": tree_rss_mib(theirs.pid)}
+        print("measuring the store's cost (same API, --no-store) ...", file=sys.stderr)
+        run_wrk(wrk, f"{bare_api}/predict", scripts["ours_one"], 4, 2)
+        store_cost = {
+            "single row, 64 connections": (
+                results["single row, 64 connections"]["churnops"],
+                run_wrk(wrk, f"{bare_api}/predict", scripts["ours_one"], 64, args.duration),
+            ),
+            "1,000-row batch, 8 connections": (
+                results["1,000-row batch, 8 connections"]["churnops"],
+                run_wrk(wrk, f"{bare_api}/predict/batch", scripts["ours_batch"], 8, args.duration),
+            ),
+        }
+        os.killpg(bare.pid, signal.SIGTERM)
 
         print(f"moving the alias {args.moves} times under 16-connection load ...", file=sys.stderr)
         load = subprocess.Popen(
@@ -373,6 +398,13 @@ def main() -> None:
         f"prediction store: {stored_rows} rows stored of {scored_rows} scored "
         f"({scored_rows - stored_rows} lost)"
     )
+    print("\nthe store's cost: churnops with the store (default) vs the same with --no-store")
+    for name, (with_store, without) in store_cost.items():
+        print(
+            f"  {name}: {with_store.requests_per_s:.1f} vs {without.requests_per_s:.1f} req/s "
+            f"({with_store.requests_per_s / without.requests_per_s:.1%}); p99 "
+            f"{with_store.p99_ms:.1f} vs {without.p99_ms:.1f} ms"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -389,7 +421,11 @@ def main() -> None:
                     side: {str(k): round(v, 1) for k, v in procs_.items()}
                     for side, procs_ in rss.items()
                 },
-                "store": {"scored_rows": scored_rows, "stored_rows": stored_rows},
+                "store": {
+                    "scored_rows": scored_rows,
+                    "stored_rows": stored_rows,
+                    "cost": {k: [asdict(a), asdict(b)] for k, (a, b) in store_cost.items()},
+                },
                 "alias_moves": {
                     "follow_seconds": follow,
                     "worst": max(follow),
