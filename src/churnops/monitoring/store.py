@@ -132,8 +132,8 @@ class Batch:
     alias: str
     threshold: float
     prediction_ids: list[str]
-    probabilities: list[float]
-    labels: list[int]
+    probabilities: Sequence[float] | np.ndarray
+    labels: Sequence[int] | np.ndarray
     customer_ids: list[str | None] | None
     request_id: str
     columns: dict[str, list[Any]]
@@ -171,17 +171,16 @@ def _group_table(names: list[str], group: list[Batch]) -> pa.Table:
     counts = np.fromiter((len(b.prediction_ids) for b in group), dtype=np.int64, count=len(group))
     repeated = per_batch.take(pa.array(np.repeat(np.arange(len(group)), counts)))
     ids: list[str] = []
-    probabilities: list[float] = []
-    labels: list[int] = []
     customers: list[str | None] = []
     inputs: dict[str, list[Any]] = {name: [] for name in names}
     for b in group:
         ids += b.prediction_ids
-        probabilities += b.probabilities
-        labels += b.labels
         customers += b.customer_ids if b.customer_ids is not None else [None] * len(b.labels)
         for name in names:
             inputs[name] += b.columns[name]
+    # NB: the request path hands over the engine's numpy arrays: no Python float per row.
+    probabilities = np.concatenate([np.asarray(b.probabilities, dtype=float) for b in group])
+    labels = np.concatenate([np.asarray(b.labels, dtype=np.int8) for b in group])
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         "prediction_id": pa.array(ids, pa.string()),
         "time": repeated["time"],
