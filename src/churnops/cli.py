@@ -890,6 +890,11 @@ def _monitor_text(report: dict[str, Any]) -> str:
         f"{'version':>7}  {'rows':>8}  {'labelled':>8}  {'realised f1 (95% interval)':<28}  "
         f"{'estimated f1':>12}  {'gate f1':>7}  drift",
     ]
+    if not report["versions"]:
+        lines.append(
+            f"no stored predictions of {report['model']}@{report['alias']} in this range: serve "
+            "traffic (`churnops serve`, `churnops score`), or try `churnops simulate`"
+        )
     for v in report["versions"]:
         f1 = v["realised"].get("f1")
         realised_text = (
