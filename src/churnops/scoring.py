@@ -15,7 +15,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from churnops import registry
@@ -265,7 +265,7 @@ class _CsvOut:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="churnops-writer")
         self._pending: Future[None] | None = None
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, frame: pd.DataFrame | pa.Table) -> None:
         self._wait()
         self._pending = self._thread.submit(self._write, frame)
 
@@ -274,8 +274,12 @@ class _CsvOut:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def _write(self, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+    def _write(self, frame: pd.DataFrame | pa.Table) -> None:
+        table = (
+            frame
+            if isinstance(frame, pa.Table)
+            else pa.Table.from_pandas(frame, preserve_index=False)
+        )
         if self._writer is None or self._schema is None:
             self._schema = table.schema
             self._writer = pa_csv.CSVWriter(str(self.path), table.schema)
@@ -339,7 +343,7 @@ def score_engine(
     id_column: str | None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_chunk: Callable[[int], object] = lambda _: None,
-    on_scored: Callable[[list[str], Predictions, pd.DataFrame, np.ndarray | None], object] = (
+    on_scored: Callable[[pa.Array, Predictions, pd.DataFrame, np.ndarray | None], object] = (
         lambda *_: None
     ),
 ) -> tuple[int, int, int]:
@@ -371,16 +375,20 @@ def score_engine(
             if good.any():
                 inputs = features[good]
                 result = engine.predict_frame(inputs)
-                base = uuid.uuid4().hex
-                ids = [f"{base}-{i}" for i in range(len(result.label))]
-                frame = pd.DataFrame({"prediction_id": ids, "probability": result.probability})
-                frame["prediction"] = result.label
-                frame["model_version"] = version
+                ids = prediction_ids(len(result.label))
+                # NB: built as Arrow columns, the form the CSV writer takes: through pandas,
+                # 100,000 id strings cost more than scoring them.
+                out: dict[str, pa.Array] = {
+                    "prediction_id": ids,
+                    "probability": pa.array(result.probability),
+                    "prediction": pa.array(result.label),
+                    "model_version": pa.repeat(pa.scalar(version, pa.int64()), len(ids)),
+                }
                 customers = None
                 if id_column:
                     customers = _text(chunk.loc[good, id_column])
-                    frame.insert(0, id_column, customers)
-                scored_out.write(frame)
+                    out = {id_column: pa.array(customers, pa.string()), **out}
+                scored_out.write(pa.table(out))
                 on_scored(ids, result, inputs, customers)
             if not good.all():
                 bad = chunk.loc[~good]
@@ -406,6 +414,12 @@ def score_engine(
     partial_out.replace(output)
     partial_rejects.replace(rejects)
     return read, scored, rejected
+
+
+def prediction_ids(rows: int) -> pa.Array:
+    """``<random base>-0`` ... ``-<rows-1>``: unique ids for one scored chunk, made in Arrow."""
+    base = pa.repeat(pa.scalar(os.urandom(12).hex() + "-"), rows)
+    return pc.binary_join_element_wise(base, pc.cast(pa.array(np.arange(rows)), pa.string()), "")
 
 
 # NB: a spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
@@ -465,7 +479,7 @@ def score_file(
     kept: list[pa.Table] = []
 
     def keep(
-        ids: list[str], result: Predictions, inputs: pd.DataFrame, customers: np.ndarray | None
+        ids: pa.Array, result: Predictions, inputs: pd.DataFrame, customers: np.ndarray | None
     ) -> None:
         if settings.store_predictions:
             alias = settings.alias if version is None else ""
@@ -507,7 +521,7 @@ def score_file(
 
 @dataclass(frozen=True)
 class _Scored:
-    ids: list[str]
+    ids: pa.Array
     result: Predictions
     inputs: pd.DataFrame
     customers: np.ndarray | None
@@ -521,24 +535,32 @@ def _stored_rows(
     scored: _Scored,
     event_time: float | None,
 ) -> pa.Table:
-    """One scored chunk as prediction-store rows."""
-    ids, result, inputs, customers = scored.ids, scored.result, scored.inputs, scored.customers
-    batch = store.Batch(
-        time=event_time,
-        served_at=time.time(),
-        source="batch",
-        model=settings.model_name,
-        version=version,
-        alias=alias,
-        threshold=threshold,
-        prediction_ids=ids,
-        probabilities=result.probability.tolist(),
-        labels=result.label.tolist(),
-        customer_ids=None if customers is None else [c or None for c in customers.tolist()],
-        request_id=ids[0].rpartition("-")[0],
-        columns={
-            str(c): inputs[c].astype(object).where(inputs[c].notna(), None).tolist()
-            for c in inputs.columns
-        },
+    """One scored chunk as prediction-store rows, built column by column from the arrays.
+
+    NB: not through store.Batch's Python lists: for 100,000-row chunks that path cost more
+    than scoring itself (measured: `score` at 0.21x the model's own speed, from 0.8x).
+    """
+    now = time.time()
+    rows = len(scored.ids)
+    customers = (
+        pa.nulls(rows, pa.string())
+        if scored.customers is None
+        else pa.array([c or None for c in scored.customers.tolist()], pa.string())
     )
-    return store.to_table([batch])
+    return store.rows_table(
+        store.RowsMeta(
+            time=now if event_time is None else event_time,
+            served_at=now,
+            source="batch",
+            model=settings.model_name,
+            version=version,
+            alias=alias,
+            threshold=threshold,
+            request_id=str(scored.ids[0]).rpartition("-")[0],
+        ),
+        scored.ids,
+        scored.result.probability,
+        scored.result.label,
+        customers,
+        {str(c): pa.Array.from_pandas(scored.inputs[c]) for c in scored.inputs.columns},
+    )

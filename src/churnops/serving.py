@@ -438,7 +438,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         labels, probabilities = result.label.tolist(), result.probability.tolist()
         metrics.observe_predictions(labels)
         # NB: one random base per request and the row's position: unique without a uuid per row.
-        base = uuid.uuid4().hex
+        base = os.urandom(12).hex()  # NB: 96 random bits, ~4x cheaper than uuid4().hex
         ids = [base + suffix for suffix in row_suffixes(len(labels))]
         if store is not None:
             store.add(

@@ -200,6 +200,56 @@ def _group_table(names: list[str], group: list[Batch]) -> pa.Table:
     return pa.table(columns)
 
 
+@dataclass(frozen=True)
+class RowsMeta:
+    """What every row of one scored chunk shares."""
+
+    time: float
+    served_at: float
+    source: str
+    model: str
+    version: int
+    alias: str
+    threshold: float
+    request_id: str
+
+
+def rows_table(
+    meta: RowsMeta,
+    ids: pa.Array,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    customers: pa.Array,
+    inputs: dict[str, pa.Array],
+) -> pa.Table:
+    """Prediction-store rows from arrays (batch scoring's chunks): the same columns as
+    :func:`to_table` builds from the API's requests."""
+    rows = len(ids)
+
+    def same(value: Any, kind: pa.DataType) -> pa.Array:
+        return pa.repeat(pa.scalar(value, kind), rows)
+
+    columns: dict[str, pa.Array] = {
+        "prediction_id": ids,
+        "time": same(round(meta.time * 1_000_000), pa.int64()).cast(TIMESTAMP),
+        "served_at": same(round(meta.served_at * 1_000_000), pa.int64()).cast(TIMESTAMP),
+        "source": same(meta.source, pa.string()),
+        "model": same(meta.model, pa.string()),
+        "version": same(meta.version, pa.int64()),
+        "alias": same(meta.alias, pa.string()),
+        "threshold": same(meta.threshold, pa.float64()),
+        "probability": pa.array(np.asarray(probabilities, dtype=float)),
+        "label": pa.array(np.asarray(labels, dtype=np.int8)),
+        "customer_id": customers,
+        "request_id": same(meta.request_id, pa.string()),
+    }
+    for name, values in inputs.items():
+        if pa.types.is_integer(values.type):
+            values = values.cast(pa.float64())
+        columns[INPUT_PREFIX + name] = values
+    return pa.table(columns)
+
+
 def _input_array(values: list[Any]) -> pa.Array:
     try:
         array = pa.array(values)
