@@ -95,15 +95,29 @@ def open_store(uri: str) -> Store:
     return Store(pafs.LocalFileSystem(), local, uri)
 
 
+# NB: unique per row: dictionary-encoding them is wasted work (a third of a file's write time).
+_DISTINCT = frozenset({"prediction_id", "customer_id", "probability"})
+
+
+def _dictionary_columns(table: pa.Table) -> list[str]:
+    return [
+        f.name
+        for f in table.schema
+        if f.name not in _DISTINCT
+        and not (f.name.startswith(INPUT_PREFIX) and pa.types.is_floating(f.type))
+    ]
+
+
 def _write_table(store: Store, path: str, table: pa.Table) -> None:
+    options = {"compression": "zstd", "use_dictionary": _dictionary_columns(table)}
     if isinstance(store.fs, pafs.LocalFileSystem):
         # NB: only on disk: on S3 a "directory" would be an empty marker object per folder.
         store.fs.create_dir(path.rpartition("/")[0], recursive=True)
         partial = f"{path}.partial"
-        pq.write_table(table, partial, filesystem=store.fs, compression="zstd")
+        pq.write_table(table, partial, filesystem=store.fs, **options)
         store.fs.move(partial, path)
     else:
-        pq.write_table(table, path, filesystem=store.fs, compression="zstd")
+        pq.write_table(table, path, filesystem=store.fs, **options)
 
 
 def _files(store: Store, folder: str) -> list[pafs.FileInfo]:
@@ -282,11 +296,13 @@ def write_predictions(store: Store, table: pa.Table) -> list[str]:
     if table.num_rows == 0:
         return []
     now = time.time()
-    days = pc.strftime(table["time"], format="%Y-%m-%d")
+    # NB: days as integer division of the microseconds: strftime on every row cost ~0.15 s per
+    # 100,000 rows.
+    days = pc.divide(table["time"].cast(pa.int64()), 86_400_000_000)
     written = []
-    for day in sorted(set(days.to_pylist())):
+    for day in sorted(days.unique().to_pylist()):
         part = table.filter(pc.equal(days, day))
-        path = store.path(PREDICTIONS, f"date={day}", _file_name(now))
+        path = store.path(PREDICTIONS, f"date={_day(day * 86_400.0)}", _file_name(now))
         _write_table(store, path, part)
         written.append(path)
     return written
