@@ -12,6 +12,7 @@ ratios and writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -349,6 +350,7 @@ def main() -> None:
                 for _ in range(STORE_PAIRS)
             ]
         os.killpg(bare.pid, signal.SIGTERM)
+        bare.wait(timeout=60)
 
         print(f"moving the alias {args.moves} times under 16-connection load ...", file=sys.stderr)
         load = subprocess.Popen(
@@ -392,11 +394,14 @@ def main() -> None:
         ).num_rows
     finally:
         for proc in procs:
+            if proc.poll() is not None:
+                continue
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=20)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         server.stop()
 
     report_table(results, rss, follow, under_load, bool(anchor_follows), args, workers)
