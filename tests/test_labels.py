@@ -145,7 +145,7 @@ def test_customer_outcomes_need_a_time_and_count_conflicts(project: Path) -> Non
     ("content", "message"),
     [
         ("prediction_id,outcome\na-0,1\n", "outcome column 'churn' not found"),
-        ("prediction_id,churn\na-0,maybe\n", "not a churn label"),
+        ("prediction_id,churn\na-0,maybe\n", "values that are not a churn outcome: 'maybe'; write"),
         ("prediction_id,churn\na-0,\n", "no outcome in 'churn' on line(s) 2"),
         ("customer_id,churn\nc1,1\n", "need a 'time' column"),
         ("customer_id,time,churn\nc1,last week,1\n", "'time' on line 2 is not an ISO 8601"),

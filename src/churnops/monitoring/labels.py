@@ -99,7 +99,15 @@ def read_outcomes(path: Path, target: str, id_column: str | None = None) -> Outc
     if missing_key.any():
         rows = ", ".join(str(i + 2) for i in np.flatnonzero(missing_key.to_numpy())[:5])
         raise DataError(f"{path}: {keyed_by} is empty on line(s) {rows}")
-    outcome = normalise_target(frame[target], target)
+    try:
+        outcome = normalise_target(frame[target], target)
+    except DataError as exc:
+        # NB: training's message suggests --positive-label, which `labels add` does not take.
+        shown = str(exc).partition(": ")[2].partition(";")[0]
+        raise DataError(
+            f"{path}: outcome column {target!r} has values that are not a churn outcome: "
+            f"{shown}; write churned/retained, yes/no, true/false or 1/0"
+        ) from None
     if outcome.isna().any():
         rows = ", ".join(str(i + 2) for i in np.flatnonzero(outcome.isna().to_numpy())[:5])
         raise DataError(f"{path}: no outcome in {target!r} on line(s) {rows}")
