@@ -307,7 +307,7 @@ def _event_time(request: Request) -> float | None:
 
 
 def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastAPI:
-    """Build the API; its lifespan starts and stops the alias watcher and the prediction log."""
+    """Build the API; its lifespan starts and stops the alias watcher and the store's writer."""
     metrics = ServingMetrics()
 
     def swapped(served: ServedModel) -> None:
