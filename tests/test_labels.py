@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from churnops.cli import main
 from churnops.monitoring import labels, store
+from tests.test_store import batch
 
 T0 = pd.Timestamp("2026-10-01T00:00:00Z")
 HORIZON = pd.Timedelta(days=30)
@@ -92,22 +93,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CHURNOPS_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     target = store.open_store(str(tmp_path / "store"))
-    batch = store.Batch(
-        time=None,
-        served_at=T0.timestamp(),
-        source="api",
-        model="churn_model",
-        version=1,
-        alias="production",
-        threshold=0.5,
-        prediction_ids=["a-0", "a-1"],
-        probabilities=[0.2, 0.7],
-        labels=[0, 1],
-        customer_ids=["c1", "c2"],
-        request_id="r",
-        columns={"x": [1.0, 2.0]},
+    served = batch(
+        ["a-0", "a-1"], served_at=T0.timestamp(), model="churn_model", customer_ids=["c1", "c2"]
     )
-    store.write_predictions(target, store.to_table([batch]))
+    store.write_predictions(target, store.to_table([served]))
     return tmp_path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -28,6 +29,26 @@ def serve(settings: Settings) -> TestClient:
     watcher = watcher_for(settings, None, loaded())
     watcher.poll_once()
     return TestClient(create_app(settings, watcher), base_url="http://127.0.0.1:8000")
+
+
+def batch(ids: list[str], **given: Any) -> store.Batch:
+    """A batch of ``ids`` with sane defaults; ``given`` overrides any field."""
+    fields: dict[str, Any] = {
+        "time": None,
+        "served_at": datetime.now(UTC).timestamp(),
+        "source": "api",
+        "model": "m",
+        "version": 1,
+        "alias": "production",
+        "threshold": 0.5,
+        "prediction_ids": ids,
+        "probabilities": [0.5] * len(ids),
+        "labels": [1] * len(ids),
+        "customer_ids": None,
+        "request_id": "r",
+        "columns": {"x": [1.0] * len(ids)},
+    }
+    return store.Batch(**(fields | given))
 
 
 def stored(settings: Settings) -> pa.Table:
@@ -105,22 +126,8 @@ def test_retention_deletes_day_partitions_older_than_the_limit_only(tmp_path: Pa
     today = date(2026, 12, 1)
     for days_ago in (0, 10, 11, 40):
         moment = datetime.combine(today - timedelta(days=days_ago), datetime.min.time(), UTC)
-        batch = store.Batch(
-            time=moment.timestamp(),
-            served_at=moment.timestamp(),
-            source="batch",
-            model="m",
-            version=1,
-            alias="",
-            threshold=0.5,
-            prediction_ids=[f"p{days_ago}"],
-            probabilities=[0.1],
-            labels=[0],
-            customer_ids=None,
-            request_id="r",
-            columns={"x": [1.0]},
-        )
-        store.write_predictions(target, store.to_table([batch]))
+        day = batch([f"p{days_ago}"], time=moment.timestamp(), served_at=moment.timestamp())
+        store.write_predictions(target, store.to_table([day]))
     assert store.apply_retention(target, retention_days=10, today=today) == 2
     left = store.read_predictions(target, "m")["prediction_id"].to_pylist()
     assert sorted(left) == ["p0", "p10"]
@@ -129,22 +136,7 @@ def test_retention_deletes_day_partitions_older_than_the_limit_only(tmp_path: Pa
 @pytest.mark.parametrize("value", [[1, 2.5, None], ["a", None, "b"], [None, None, None]])
 def test_input_columns_of_any_kind_round_trip_through_parquet(tmp_path: Path, value: list) -> None:
     target = store.open_store(str(tmp_path))
-    batch = store.Batch(
-        time=None,
-        served_at=datetime.now(UTC).timestamp(),
-        source="api",
-        model="m",
-        version=2,
-        alias="production",
-        threshold=0.4,
-        prediction_ids=["a", "b", "c"],
-        probabilities=[0.1, 0.5, 0.9],
-        labels=[0, 1, 1],
-        customer_ids=None,
-        request_id="r",
-        columns={"x": value},
-    )
-    store.write_predictions(target, store.to_table([batch]))
+    store.write_predictions(target, store.to_table([batch(["a", "b", "c"], columns={"x": value})]))
     table = store.read_predictions(target, "m")
     assert table["input.x"].to_pylist() == [None if v is None else v for v in value]
 
@@ -154,23 +146,7 @@ def test_a_failed_write_keeps_the_rows_and_the_next_flush_writes_them(tmp_path: 
     root.write_text("not a folder yet")  # every write fails while this file is in the way
     writer = store.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400)
     for i in range(5):
-        writer.add(
-            store.Batch(
-                time=None,
-                served_at=datetime.now(UTC).timestamp(),
-                source="api",
-                model="m",
-                version=1,
-                alias="production",
-                threshold=0.5,
-                prediction_ids=[f"p{i}"],
-                probabilities=[0.5],
-                labels=[1],
-                customer_ids=None,
-                request_id="r",
-                columns={"x": [1.0]},
-            )
-        )
+        writer.add(batch([f"p{i}"]))
     assert writer.flush() == 0 and writer.failed_flushes == 1
     assert writer.unwritten() == 5
     root.unlink()

@@ -63,9 +63,8 @@ def _read(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except FileNotFoundError:
         raise DataError(f"label file {path} does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    except (ValueError, pa.ArrowException) as exc:
+    except (UnicodeDecodeError, OSError, ValueError, pa.ArrowException) as exc:
+        # NB: pandas' ParserError and EmptyDataError are ValueErrors.
         raise DataError(f"cannot read {path}: {exc}") from None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,7 @@ class _Version:
     info: registry.VersionInfo | None
     reference: registry.Reference | None
 
-    @property
+    @cached_property
     def calibration(self) -> Calibration | None:
         if self.reference is None or not self.reference.calibration:
             return None
@@ -173,8 +174,11 @@ def _estimate_error(rows: pd.DataFrame, known: _Version) -> float | None:
     estimated = _estimated(labelled, known.calibration)
     if estimated is None:
         return None
-    truth = labelled["outcome"].to_numpy(dtype=int)
-    actual = realised.point(truth, labelled["label"].to_numpy(dtype=int), truth.astype(float))
+    actual = realised.point(
+        labelled["outcome"].to_numpy(dtype=int),
+        labelled["label"].to_numpy(dtype=int),
+        labelled["probability"].to_numpy(dtype=float),
+    )
     return round(estimated["f1"] - actual["f1"], 4)
 
 
@@ -286,11 +290,14 @@ def _alerts(serving: dict[str, Any] | None) -> list[dict[str, Any]]:
     return found
 
 
-def _quality(version: dict[str, Any]) -> tuple[str, float, float, float] | None:
+def _quality(
+    version: dict[str, Any], realised_first: bool = True
+) -> tuple[str, float, float, float] | None:
     """(kind, value, low, high) of a version's F1 over its period: realised when there are
-    outcomes, else estimated with the reference spread for that many rows."""
+    outcomes (unless not ``realised_first``), else estimated with the reference spread for that
+    many rows."""
     f1 = version["realised"].get("f1")
-    if f1 and f1["low"] is not None:
+    if realised_first and f1 and f1["low"] is not None:
         return "realised", f1["value"], f1["low"], f1["high"]
     estimated, band = version["estimated"], version["band"]
     if estimated is None or band is None:
@@ -309,8 +316,8 @@ def _advice(
         return None
     if now[0] != before[0]:
         # NB: realised against estimated would compare two different things; use estimates.
-        now = _quality({**serving, "realised": {}})
-        before = _quality({**previous, "realised": {}})
+        now = _quality(serving, realised_first=False)
+        before = _quality(previous, realised_first=False)
         if now is None or before is None:
             return None
     if not now[3] < before[2]:

@@ -28,23 +28,11 @@ def f1_over_time(report: dict[str, Any]) -> bytes:
     for version in report["versions"]:
         windows = version["windows"]
         ends = date2num([datetime.fromisoformat(w["end"]) for w in windows])
-        realised = [w["realised_f1"] for w in windows]
-        estimated = [w["estimated_f1"] for w in windows]
-        label = f"v{version['version']}"
-        if any(v is not None for v in realised):
-            axes.plot(
-                ends,
-                [float("nan") if v is None else v for v in realised],
-                "o-",
-                label=f"{label} realised",
-            )
-        if any(v is not None for v in estimated):
-            axes.plot(
-                ends,
-                [float("nan") if v is None else v for v in estimated],
-                "x--",
-                label=f"{label} estimated",
-            )
+        for kind, style in (("realised", "o-"), ("estimated", "x--")):
+            values = [w[f"{kind}_f1"] for w in windows]
+            if any(v is not None for v in values):
+                points = [float("nan") if v is None else v for v in values]
+                axes.plot(ends, points, style, label=f"v{version['version']} {kind}")
         if version.get("gate_f1") is not None:
             axes.axhline(version["gate_f1"], color="grey", linewidth=0.6, linestyle=":")
     for move in report.get("moves", []):

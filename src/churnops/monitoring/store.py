@@ -258,10 +258,13 @@ def rows_table(
         "request_id": same(meta.request_id, pa.string()),
     }
     for name, values in inputs.items():
-        if pa.types.is_integer(values.type):
-            values = values.cast(pa.float64())
-        columns[INPUT_PREFIX + name] = values
+        columns[INPUT_PREFIX + name] = _one_numeric_type(values)
     return pa.table(columns)
+
+
+def _one_numeric_type(array: pa.Array) -> pa.Array:
+    # NB: one type per column across files: JSON integers in a float field are floats.
+    return array.cast(pa.float64()) if pa.types.is_integer(array.type) else array
 
 
 def _input_array(values: list[Any]) -> pa.Array:
@@ -270,10 +273,7 @@ def _input_array(values: list[Any]) -> pa.Array:
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # NB: a column mixing kinds (never from one validated version) is kept as text.
         array = pa.array([None if v is None else str(v) for v in values], pa.string())
-    if pa.types.is_integer(array.type):
-        # NB: one type per column across files: JSON integers in a float field are floats.
-        array = array.cast(pa.float64())
-    return array
+    return _one_numeric_type(array)
 
 
 _SEQUENCE = iter(range(1, 1 << 62))
@@ -299,13 +299,17 @@ def write_predictions(store: Store, table: pa.Table) -> list[str]:
     # NB: days as integer division of the microseconds: strftime on every row cost ~0.15 s per
     # 100,000 rows.
     days = pc.divide(table["time"].cast(pa.int64()), 86_400_000_000)
-    written = []
-    for day in sorted(days.unique().to_pylist()):
-        part = table.filter(pc.equal(days, day))
-        path = store.path(PREDICTIONS, f"date={_day(day * 86_400.0)}", _file_name(now))
-        _write_table(store, path, part)
-        written.append(path)
-    return written
+    return [
+        _write_day(store, day, table.filter(pc.equal(days, day)), now)
+        for day in sorted(days.unique().to_pylist())
+    ]
+
+
+def _write_day(store: Store, day: int, table: pa.Table, now: float) -> str:
+    """Write rows of one day (days since 1970) as a new file in its partition; its path."""
+    path = store.path(PREDICTIONS, f"date={_day(day * 86_400.0)}", _file_name(now))
+    _write_table(store, path, table)
+    return path
 
 
 def apply_retention(store: Store, retention_days: int, today: date | None = None) -> int:
@@ -343,10 +347,11 @@ def read_predictions(
             continue
         if until is not None and day > until.astimezone(UTC).date():
             continue
-        names = pq.read_schema(info.path, filesystem=store.fs).names
-        keep = [n for n in names if (wanted is None or n in wanted) and n not in skipped]
-        read = sorted(set(keep) | {"model", "time"}, key=names.index)
-        table = pq.read_table(info.path, columns=read, filesystem=store.fs)
+        with store.fs.open_input_file(info.path) as handle:
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            keep = [n for n in names if (wanted is None or n in wanted) and n not in skipped]
+            table = parquet.read(columns=sorted(set(keep) | {"model", "time"}, key=names.index))
         # NB: filtered file by file, so memory holds the matching rows only, never every file.
         mask = pc.equal(table["model"], model)
         if since is not None:
@@ -491,10 +496,7 @@ class BufferedWriter:
         for day in sorted(tables):
             try:
                 table = pa.concat_tables(tables[day], promote_options="default")
-                path = self.store.path(
-                    PREDICTIONS, f"date={_day(day * 86_400.0)}", _file_name(time.time())
-                )
-                _write_table(self.store, path, table)
+                _write_day(self.store, day, table, time.time())
             except (OSError, pa.ArrowException) as exc:
                 self.failed_flushes += 1
                 log.warning(
@@ -507,19 +509,20 @@ class BufferedWriter:
                     self._tables.setdefault(day, [])[:0] = tables[day]
                 continue
             rows += table.num_rows
-        with self._lock:
-            self._rows = sum(len(b.prediction_ids) for b in self._pending) + sum(
-                t.num_rows for ts in self._tables.values() for t in ts
-            )
+        with self._lock, self._write_lock:
+            self._rows = self._unwritten()
         self.written_rows += rows
         return rows
+
+    def _unwritten(self) -> int:
+        return sum(len(b.prediction_ids) for b in self._pending) + sum(
+            t.num_rows for ts in self._tables.values() for t in ts
+        )
 
     def unwritten(self) -> int:
         """Rows queued or converted but not yet in a file."""
         with self._lock, self._write_lock:
-            return sum(len(b.prediction_ids) for b in self._pending) + sum(
-                t.num_rows for ts in self._tables.values() for t in ts
-            )
+            return self._unwritten()
 
     def close(self) -> None:
         """Stop the thread and write everything still queued."""
