@@ -18,9 +18,11 @@ def test_a_live_mover_is_waited_for_not_broken() -> None:
     assert lease.expired("run", ledger.RELEASED)
 
 
-def test_the_undo_stack_ignores_repeated_aborted_and_pending_entries() -> None:
-    def entry(seq: int, action: str, to: int, state: str = "done") -> ledger.Entry:
-        return ledger.Entry(seq, "", "a", "production", action, None, to, "", False, None, state)
+def test_the_undo_stack_ignores_repeated_aborted_pending_and_challenger_entries() -> None:
+    def entry(
+        seq: int, action: str, to: int | None, state: str = "done", alias: str = "production"
+    ) -> ledger.Entry:
+        return ledger.Entry(seq, "", "a", alias, action, None, to, "", False, None, state)
 
     history = [
         entry(1, "promote", 1),
@@ -28,9 +30,12 @@ def test_the_undo_stack_ignores_repeated_aborted_and_pending_entries() -> None:
         entry(3, "promote", 2),  # a repeated promote written by an older churnops
         entry(4, "promote", 3, "aborted"),
         entry(5, "promote", 4, "pending"),
+        entry(6, "challenger-set", 5, alias="challenger"),
+        entry(7, "challenger-clear", None, alias="challenger"),
     ]
-    assert ledger.production_stack(history) == [1, 2]
-    assert ledger.production_stack([*history, entry(6, "undo", 1)]) == [1]
+    assert ledger.production_stack(history, "production") == [1, 2]
+    assert ledger.production_stack([*history, entry(8, "undo", 1)], "production") == [1]
+    assert ledger.production_stack(history, "challenger") == [5]
 
 
 def test_settings_refuse_a_move_timeout_shorter_than_the_lease() -> None:

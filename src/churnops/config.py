@@ -47,6 +47,25 @@ class Settings(BaseSettings):
     )
     model_name: str = Field(default="churn_model", description="Registered model name.")
     alias: str = Field(default="production", description="The alias the API serves.")
+    challenger_alias: str = Field(
+        default="challenger",
+        description="The alias of the version tried on live traffic beside production "
+        "(CHURNOPS_CHALLENGER_ALIAS): `churnops challenger set` moves it.",
+    )
+    shadow_queue_rows: int = Field(
+        default=20_000,
+        ge=0,
+        description="Rows waiting for the shadow challenger per worker "
+        "(CHURNOPS_SHADOW_QUEUE_ROWS); beyond this, shadow rows are dropped and counted, never "
+        "production's.",
+    )
+    challenger_better_days: float = Field(
+        default=7.0,
+        gt=0,
+        description='`monitor` says "consider promoting" once the challenger has been '
+        "significantly better than production for this many days "
+        "(CHURNOPS_CHALLENGER_BETTER_DAYS).",
+    )
     experiment: str = Field(default="churn", description="MLflow experiment for training runs.")
     actor: str | None = Field(
         default=None,

@@ -167,3 +167,27 @@ def check_signature(
         f"accepts every input of v{champion}",
         "\n".join(problems + added),
     )
+
+
+INPUTS_SENT = "inputs production sends"
+
+
+def check_inputs_sent(
+    production: list[dict[str, str]] | None, challenger: list[dict[str, str]], version: int
+) -> Criterion:
+    """A challenger reads only columns production's clients send: it scores their requests
+    (shadow) or answers them (canary), validated against production's fields."""
+    threshold = f"reads only inputs v{version} accepts"
+    if production is None:
+        return Criterion(
+            INPUTS_SENT, False, "unknown", threshold, f"v{version}'s signature cannot be read"
+        )
+    sent = {c["name"] for c in production}
+    missing = [f"+ {c['name']} ({c['type']})" for c in challenger if c["name"] not in sent]
+    return Criterion(
+        INPUTS_SENT,
+        not missing,
+        "all sent" if not missing else f"{len(missing)} not sent",
+        threshold,
+        "\n".join(f"{m}: not in production's requests" for m in missing),
+    )

@@ -39,7 +39,7 @@ from churnops.registry import LedgerRun, LedgerStore, mlflow_errors
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("promote", "rollback", "undo", "external")
+ACTIONS = ("promote", "rollback", "undo", "external", "challenger-set", "challenger-clear")
 STATES = ("done", "aborted", "pending", "unrecorded")
 NEXT_PARAM = "next"
 OUTCOME_PARAM = "outcome"
@@ -58,7 +58,8 @@ class Entry:
     alias: str
     action: str
     from_version: int | None
-    to_version: int
+    # NB: None only for challenger-clear, which leaves the challenger alias unset.
+    to_version: int | None
     reason: str
     override: bool
     gate: dict[str, Any] | None
@@ -94,7 +95,7 @@ def _entry(run: LedgerRun) -> Entry:
         alias=tags["ledger.alias"],
         action=tags["ledger.action"],
         from_version=_version(tags.get("ledger.from_version")),
-        to_version=int(tags["ledger.to_version"]),
+        to_version=_version(tags["ledger.to_version"]),
         reason=tags.get("ledger.reason", ""),
         override=tags.get("ledger.override") == "true",
         gate=json.loads(tags["ledger.gate"]) if tags.get("ledger.gate") else None,
@@ -120,10 +121,9 @@ class Chain:
         """The newest entry, or None for an empty ledger."""
         return self.entries[-1] if self.entries else None
 
-    @property
-    def production(self) -> int | None:
-        """The version production holds per the ledger: the target of the newest finished move."""
-        done = [e for e in self.entries if e.state == "done"]
+    def holds(self, alias: str) -> int | None:
+        """The version ``alias`` holds per the ledger: the target of its newest finished move."""
+        done = [e for e in self.entries if e.state == "done" and e.alias == alias]
         return done[-1].to_version if done else None
 
 
@@ -195,10 +195,10 @@ def entries(settings: Settings) -> list[Entry]:
 
 
 def pinned_digests(settings: Settings, version: int) -> dict[str, str] | None:
-    """The digests the newest finished move to ``version`` pinned; None when none did (a move
-    made outside churnops, or by an older churnops)."""
+    """The digests the newest finished move of the alias to ``version`` pinned; None when none
+    did (a move made outside churnops, or by an older churnops)."""
     for entry in reversed(entries(settings)):
-        if entry.state == "done" and entry.to_version == version:
+        if entry.state == "done" and entry.alias == settings.alias and entry.to_version == version:
             return entry.digests
     return None
 
@@ -294,7 +294,7 @@ class Intent:
 
     actor: str
     action: str
-    to_version: int
+    to_version: int | None
     reason: str = ""
     override: bool = False
     gate: dict[str, Any] | None = None
@@ -312,7 +312,7 @@ def _tags(settings: Settings, intent: Intent, seq: int, before: int | None, prev
         "ledger.alias": settings.alias,
         "ledger.action": intent.action,
         "ledger.from_version": str(before) if before is not None else "none",
-        "ledger.to_version": str(intent.to_version),
+        "ledger.to_version": str(intent.to_version) if intent.to_version is not None else "none",
         "ledger.reason": intent.reason,
         "ledger.override": str(intent.override).lower(),
         BEAT_TAG: "0",
@@ -327,6 +327,10 @@ def _tags(settings: Settings, intent: Intent, seq: int, before: int | None, prev
     return tags
 
 
+def _label(version: int | None) -> str:
+    return f"v{version}" if version is not None else "none"
+
+
 def _link(
     store: LedgerStore, settings: Settings, chain: Chain, intent: Intent, before: int | None
 ) -> Entry | None:
@@ -335,9 +339,10 @@ def _link(
     assert chain.experiment_id is not None and chain.head_run_id is not None
     seq = chain.head.seq + 1 if chain.head else 1
     tags = _tags(settings, intent, seq, before, chain.head_run_id)
-    label = f"v{before}" if before is not None else "none"
     run_id = store.create_run(
-        chain.experiment_id, tags, f"#{seq} {intent.action} {label} -> v{intent.to_version}"
+        chain.experiment_id,
+        tags,
+        f"#{seq} {intent.action} {_label(before)} -> {_label(intent.to_version)}",
     )
     if store.write_once(chain.head_run_id, NEXT_PARAM, run_id) != run_id:
         # NB: never deleted (that needs MANAGE); an unlinked run is not part of the ledger.
@@ -411,28 +416,28 @@ def move(
                     continue
                 if time.monotonic() > deadline:
                     raise LockTimeoutError(
-                        f"entry #{head.seq} ({head.action} to v{head.to_version} by "
+                        f"entry #{head.seq} ({head.action} to {_label(head.to_version)} by "
                         f"{head.actor}) is still in progress and its holder is alive after "
                         f"{settings.move_timeout:.0f} s; retry when it finishes"
                     )
                 time.sleep(min(0.5, settings.lease_seconds / 10))
                 continue
-            if current is not None and current != chain.production:
+            if current is not None and current != chain.holds(settings.alias):
                 external = Intent(
                     actor=EXTERNAL_ACTOR,
                     action="external",
                     to_version=current,
                     reason="alias moved outside churnops; detected by churnops",
                 )
-                recorded = _link(store, settings, chain, external, chain.production)
+                recorded = _link(store, settings, chain, external, chain.holds(settings.alias))
                 if recorded is not None:
                     _finish(store, recorded.run_id, "done")
                 continue
             if current != decided_from:
-                before = f"v{decided_from}" if decided_from is not None else "none"
+                doing = {"promote": "promoting", "rollback": "rolling back", "undo": "rolling back"}
                 raise StaleMoveError(
-                    f"{settings.alias} moved from {before} to v{current} while you were "
-                    f"{'promoting' if intent.action == 'promote' else 'rolling back'}; re-run"
+                    f"{settings.alias} moved from {_label(decided_from)} to {_label(current)} "
+                    f"while you were {doing.get(intent.action, 'moving it')}; re-run"
                 )
             linked = _link(store, settings, chain, intent, current)
             if linked is not None:
@@ -460,16 +465,17 @@ def move(
     pending.entry = replace(linked, state="done")
 
 
-def production_stack(ledger: list[Entry]) -> list[int]:
-    """The versions production held, oldest first, with every undone move popped off.
+def production_stack(ledger: list[Entry], alias: str) -> list[int]:
+    """The versions ``alias`` held, oldest first, with every undone move popped off.
 
     Every finished move pushes its target; an undo pops the version it left. So after
     promotions to v1, v3 and v5 the stack is [1, 3, 5], and two undos leave [1]. Unfinished and
-    aborted entries, and moves to the version already on top, change nothing.
+    aborted entries, moves of other aliases, and moves to the version already on top, change
+    nothing.
     """
     stack: list[int] = []
     for entry in ledger:
-        if entry.state != "done":
+        if entry.state != "done" or entry.alias != alias or entry.to_version is None:
             continue
         if entry.action == "undo" and stack:
             stack.pop()

@@ -10,6 +10,7 @@ import getpass
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +60,16 @@ class AliasMove:
     model_name: str
     alias: str
     from_version: int | None
-    to_version: int
+    to_version: int | None
 
     def describe(self) -> str:
         """`churn_model@production: v1 -> v2`."""
-        before = f"v{self.from_version}" if self.from_version is not None else "none"
-        return f"{self.model_name}@{self.alias}: {before} -> v{self.to_version}"
+
+        def label(version: int | None) -> str:
+            return f"v{version}" if version is not None else "none"
+
+        moved = f"{label(self.from_version)} -> {label(self.to_version)}"
+        return f"{self.model_name}@{self.alias}: {moved}"
 
 
 @dataclass(frozen=True)
@@ -348,23 +353,25 @@ def _move(
     report: gate.GateReport,
     force: bool,
     reason: str,
+    apply: Callable[[], object] | None = None,
+    unforceable: frozenset[str] = gate.SAFETY_CRITERIA,
 ) -> MoveResult:
-    """Move the alias to ``target``: the intent is linked into the ledger first, then the alias
-    moves, then the entry is finished; if nothing changed since the decision."""
+    """Move ``settings.alias`` to ``target`` (by ``apply``, default: set the alias): the intent
+    is linked into the ledger first, then the alias moves, then the entry is finished; if nothing
+    changed since the decision. Criteria in ``unforceable`` refuse even with --force."""
+    unsafe = [c for c in report.failures if c.name in unforceable]
+    if unsafe:
+        raise GateRefusedError(
+            f"version {target} failed the {unsafe[0].name}, which --force cannot override "
+            f"({unsafe[0].value}: {unsafe[0].detail[:200]}); {settings.alias} stays where it is",
+            report,
+        )
     if not report.passed and not force:
         failed = ", ".join(c.name for c in report.failures)
         raise GateRefusedError(
             f"version {target} failed the gate ({failed}); {settings.alias} stays at "
             + (f"v{decided_from}" if decided_from is not None else "none")
             + ". Pass --force --reason TEXT to override.",
-            report,
-        )
-    unsafe = [c for c in report.failures if c.name in gate.SAFETY_CRITERIA]
-    if unsafe:
-        raise GateRefusedError(
-            f"version {target} failed the {unsafe[0].name}, which --force cannot override: it "
-            f"does not load or predict safely ({unsafe[0].detail[:200]}); {settings.alias} "
-            "stays where it is",
             report,
         )
     actor, on_behalf_of = actor_of(settings)
@@ -381,7 +388,10 @@ def _move(
     _failpoint(settings, "before-intent")
     with ledger.move(settings, intent, decided_from, registry.alias_version) as pending:
         _failpoint(settings, "after-intent")
-        registry.set_alias(settings, target)
+        if apply is None:
+            registry.set_alias(settings, target)
+        else:
+            apply()
         _failpoint(settings, "after-alias")
     move = AliasMove(settings.model_name, settings.alias, decided_from, target)
     return MoveResult(move, report, pending.entry)
@@ -442,7 +452,7 @@ def rollback_target(versions: list[VersionInfo], current: int | None) -> Version
 def undo_target(settings: Settings, current: int) -> int | None:
     """The version production held before ``current`` was put there, per the ledger; else the
     nearest lower-numbered version that passed the gate. Never ``current`` itself."""
-    stack = ledger.production_stack(ledger.entries(settings))
+    stack = ledger.production_stack(ledger.entries(settings), settings.alias)
     if not stack or stack[-1] != current:
         stack.append(current)  # a move the ledger has not recorded yet
     if len(stack) >= 2 and stack[-2] != current:
@@ -504,7 +514,7 @@ def history(settings: Settings) -> list[ledger.Entry]:
     chain = ledger.read(settings)
     found = list(chain.entries)
     current = registry.alias_version(settings)
-    if current is not None and current != chain.production:
+    if current is not None and current != chain.holds(settings.alias):
         found.append(
             ledger.Entry(
                 seq=(chain.head.seq + 1) if chain.head else 1,
@@ -512,7 +522,7 @@ def history(settings: Settings) -> list[ledger.Entry]:
                 actor=ledger.EXTERNAL_ACTOR,
                 alias=settings.alias,
                 action="external",
-                from_version=chain.production,
+                from_version=chain.holds(settings.alias),
                 to_version=current,
                 reason="alias moved outside churnops; recorded by the next promote or rollback",
                 override=False,

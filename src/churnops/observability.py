@@ -62,11 +62,32 @@ class ServingMetrics:
         )
         self.predictions = Counter(
             "churnops_predictions",
-            "Rows scored, by predicted class.",
-            ["predicted_class"],
+            "Rows scored, by role (production, canary: answered; shadow: scored after the "
+            "answer, never returned), version and predicted class.",
+            ["role", "version", "predicted_class"],
+            registry=self.registry,
+        )
+        self.scoring = Histogram(
+            "churnops_scoring_duration_seconds",
+            "Time of one engine call, by role and version.",
+            ["role", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.challenger_version = Gauge(
+            "churnops_challenger_version",
+            "Challenger version this worker follows (0: none).",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.shadow_dropped = Counter(
+            "churnops_shadow_dropped_rows",
+            "Rows the shadow challenger did not score: its queue was full (production answered "
+            "them all the same).",
             registry=self.registry,
         )
         self.model_version.set(0)
+        self.challenger_version.set(0)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -74,17 +95,20 @@ class ServingMetrics:
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
 
-    def observe_predictions(self, labels: Iterable[int]) -> None:
-        """Count scored rows by predicted class."""
+    def observe_predictions(
+        self, labels: Iterable[int], version: int, role: str = "production"
+    ) -> None:
+        """Count scored rows by role, version and predicted class."""
         positives = 0
         total = 0
         for label in labels:
             positives += int(label)
             total += 1
+        tag = str(version)
         if positives:
-            self.predictions.labels("1").inc(positives)
+            self.predictions.labels(role, tag, "1").inc(positives)
         if total - positives:
-            self.predictions.labels("0").inc(total - positives)
+            self.predictions.labels(role, tag, "0").inc(total - positives)
 
     def exposition(self) -> bytes:
         """The Prometheus text format, summed over every worker in multiprocess mode."""

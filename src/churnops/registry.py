@@ -505,8 +505,9 @@ def latest_passing_version(settings: Settings) -> int | None:
     return int(found[0].version) if found else None
 
 
-def alias_version(settings: Settings) -> int | None:
-    """The version the serving alias points at, or None when it is not set."""
+def alias_target(settings: Settings) -> tuple[int, dict[str, str]] | None:
+    """The version ``settings.alias`` points at and its tags, in one request; None when the
+    alias is not set."""
     with mlflow_errors(settings):
         try:
             mv = _client(settings).get_model_version_by_alias(settings.model_name, settings.alias)
@@ -514,7 +515,13 @@ def alias_version(settings: Settings) -> int | None:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
             raise
-    return int(mv.version)
+    return int(mv.version), dict(mv.tags or {})
+
+
+def alias_version(settings: Settings) -> int | None:
+    """The version the serving alias points at, or None when it is not set."""
+    target = alias_target(settings)
+    return None if target is None else target[0]
 
 
 def set_alias(settings: Settings, version: int) -> None:
@@ -523,6 +530,16 @@ def set_alias(settings: Settings, version: int) -> None:
         _client(settings).set_registered_model_alias(
             settings.model_name, settings.alias, str(version)
         )
+
+
+def delete_alias(settings: Settings) -> None:
+    """Remove ``settings.alias`` from the model (nothing happens when it is not set)."""
+    with mlflow_errors(settings):
+        try:
+            _client(settings).delete_registered_model_alias(settings.model_name, settings.alias)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
 
 
 def _load_engine(settings: Settings, info: VersionInfo, local: str, threads: int) -> Engine:

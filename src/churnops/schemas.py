@@ -17,6 +17,11 @@ class Prediction(BaseModel):
     )
     prediction: int = Field(description="1 when the customer is predicted to churn.")
     probability: float = Field(description="Probability of churn, 0..1.")
+    model_version: int | None = Field(
+        default=None,
+        description="Only on rows a canary challenger answered: its version (the others were "
+        "answered by the response's model_version).",
+    )
 
 
 class PredictionResponse(Prediction):
@@ -32,6 +37,21 @@ class BatchPredictionResponse(BaseModel):
     predictions: list[Prediction]
     model_version: int
     request_id: str
+
+
+class ChallengerState(BaseModel):
+    """The challenger this worker follows (GET /model)."""
+
+    alias: str
+    version: int
+    mode: str = Field(description="shadow (scored after production answers) or canary.")
+    percent: float = Field(description="Share of rows (shadow) or customers (canary), 0..100.")
+    loaded_version: int | None = Field(description="The challenger version loaded here.")
+    active: bool = Field(description="True when it is in use (loaded, and not production).")
+    last_error: str | None
+    shadow_queued_rows: int
+    shadow_scored_rows: int
+    shadow_dropped_rows: int = Field(description="Rows not shadowed: the queue was full.")
 
 
 class ModelResponse(BaseModel):
@@ -60,6 +80,7 @@ class ModelResponse(BaseModel):
         "the registry was unreachable at start.",
     )
     worker_pid: int = Field(description="The worker process that answered.")
+    challenger: ChallengerState | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -23,9 +23,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -36,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter, ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from churnops import routing
 from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
 from churnops.errors import (
     BatchTooLargeError,
@@ -50,13 +53,17 @@ from churnops.observability import (
     ServingMetrics,
     configure_json_logging,
 )
+from churnops.predict import Predictions
 from churnops.registry import LoadedModel
+from churnops.routing import ChallengerRoute
 from churnops.schemas import (
     BatchPredictionResponse,
+    ChallengerState,
     ErrorResponse,
     ModelResponse,
     PredictionResponse,
 )
+from churnops.shadow import ShadowScorer, Work
 from churnops.watcher import ModelWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -306,8 +313,83 @@ def _event_time(request: Request) -> float | None:
     return seconds
 
 
-def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastAPI:
-    """Build the API; its lifespan starts and stops the alias watcher and the store's writer."""
+@dataclass(frozen=True)
+class Rows:
+    """One request's rows on their way through scoring, the store and the shadow queue."""
+
+    ids: list[str]
+    columns: dict[str, list[Any]]
+    customer_ids: list[str | None] | None
+    request_id: str
+    event_time: float | None
+    served_at: float
+    probabilities: np.ndarray = field(default_factory=lambda: np.empty(0))
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def scored(self, result: Predictions) -> Rows:
+        """These rows with their scores."""
+        return replace(self, probabilities=result.probability, labels=result.label)
+
+    def keys(self) -> list[str]:
+        """What a canary or a sampled shadow splits on: the customer, else the request."""
+        if self.customer_ids is None:
+            return [self.request_id] * len(self.ids)
+        return [c if c is not None else self.request_id for c in self.customer_ids]
+
+    def chosen(self, percent: float) -> np.ndarray | None:
+        """Which rows fall in the challenger's share; None when none does."""
+        mask = np.fromiter((routing.chosen(k, percent) for k in self.keys()), bool, len(self.ids))
+        return mask if mask.any() else None
+
+    def take(self, index: np.ndarray, names: list[str]) -> Rows:
+        """The rows at ``index``, with only the input columns ``names``."""
+        picked = index.tolist()
+        return Rows(
+            [self.ids[i] for i in picked],
+            {n: [self.columns[n][i] for i in picked] for n in names},
+            None if self.customer_ids is None else [self.customer_ids[i] for i in picked],
+            self.request_id,
+            self.event_time,
+            self.served_at,
+            self.probabilities[index] if len(self.probabilities) else self.probabilities,
+            self.labels[index] if len(self.labels) else self.labels,
+        )
+
+    def sample(self, percent: float) -> Rows | None:
+        """The rows the shadow scores: all of them at 100%, else a stable share by customer."""
+        if percent >= 100:
+            return self
+        mask = self.chosen(percent)
+        return None if mask is None else self.take(np.flatnonzero(mask), list(self.columns))
+
+    def work(self) -> Work:
+        """These rows as the shadow scorer's work."""
+        return Work(
+            self.event_time,
+            self.served_at,
+            self.ids,
+            self.columns,
+            self.customer_ids,
+            self.request_id,
+        )
+
+
+def _challenger_watcher(settings: Settings, metrics: ServingMetrics) -> ChallengerRoute:
+    def swapped(served: ServedModel) -> None:
+        metrics.challenger_version.set(served.version)
+
+    return ChallengerRoute(
+        settings, on_swap=swapped, on_cleared=lambda: metrics.challenger_version.set(0)
+    )
+
+
+def create_app(
+    settings: Settings,
+    watcher: ModelWatcher | None = None,
+    challenger: ChallengerRoute | None = None,
+) -> FastAPI:
+    """Build the API; its lifespan starts and stops the alias watchers, the shadow scorer and
+    the store's writer."""
     metrics = ServingMetrics()
 
     def swapped(served: ServedModel) -> None:
@@ -330,11 +412,14 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             fallback=cache.load_served if settings.serve_cache else lambda _: None,
             on_served=cache.mark_served if settings.serve_cache else lambda _s, _v: None,
         )
+    if challenger is None:
+        challenger = _challenger_watcher(settings, metrics)
     store: BufferedWriter | None = None
+    shadow: ShadowScorer | None = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        nonlocal store
+        nonlocal store, shadow
         if settings.store_predictions:
             store = BufferedWriter(
                 open_store(settings.store_uri),
@@ -344,7 +429,19 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             )
             store.start()
             app.state.store = store
+            shadow = ShadowScorer(
+                challenger.current_for_shadow,
+                store,
+                model=settings.model_name,
+                alias=settings.challenger_alias,
+                queue_rows=settings.shadow_queue_rows,
+                on_scored=lambda v, n, s: metrics.scoring.labels("shadow", str(v)).observe(s),
+                on_dropped=metrics.shadow_dropped.inc,
+            )
+            shadow.start()
+            app.state.shadow = shadow
         watcher.start()
+        challenger.watcher.start()
         # NB: rows wait for the store's writer a fraction of a second, long enough to survive
         # into the older GC generations, and a full collection then scanned every object the
         # imports made (~0.1 s stalls: p99 63 ms at one connection). Frozen objects are skipped.
@@ -353,6 +450,9 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             yield
         finally:
             watcher.stop()
+            challenger.watcher.stop()
+            if shadow is not None:
+                await run_in_threadpool(shadow.close)
             if store is not None:
                 # NB: after uvicorn has finished in-flight requests, so every answered row is
                 # written before the process exits.
@@ -423,47 +523,101 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             )
         return served
 
-    async def score(
-        served: ServedModel, customers: list[dict[str, Any]], request: Request, batch: bool
-    ) -> Response:
-        """Score the rows with one engine snapshot and answer with JSON built by orjson."""
-        event_time = _event_time(request)
-        columns = served.schema.columns(customers)
+    async def predict(served: ServedModel, columns: dict[str, list[Any]], role: str) -> Any:
+        started = time.perf_counter()
         if served.engine.kind == "onnx":
             # NB: ~50 us per call: cheaper inline on the event loop than a hop to a thread.
             result = served.engine.predict_columns(columns)
         else:
             result = await run_in_threadpool(served.engine.predict_columns, columns)
+        seconds = time.perf_counter() - started
+        metrics.scoring.labels(role, str(served.version)).observe(seconds)
+        return result
+
+    other_alias = settings.challenger_alias
+
+    def keep(served: ServedModel, rows: Rows, role: str, alias: str) -> None:
+        assert store is not None
+        store.add(
+            Batch(
+                time=rows.event_time,
+                served_at=rows.served_at,
+                source="api",
+                model=settings.model_name,
+                version=served.version,
+                alias=alias,
+                threshold=served.engine.threshold,
+                prediction_ids=rows.ids,
+                probabilities=rows.probabilities,
+                labels=rows.labels,
+                customer_ids=rows.customer_ids,
+                request_id=rows.request_id,
+                columns=rows.columns,
+                role=role,
+            )
+        )
+
+    async def score(
+        served: ServedModel, customers: list[dict[str, Any]], request: Request, batch: bool
+    ) -> Response:
+        """Score the rows with one engine snapshot (a canary's rows with the challenger's) and
+        answer with JSON built by orjson; queue them for the shadow after."""
+        event_time = _event_time(request)
+        columns = served.schema.columns(customers)
         request_id = _request_id(request)
-        labels, probabilities = result.label.tolist(), result.probability.tolist()
-        metrics.observe_predictions(labels)
+        other = challenger.now(served.version)
+        customer_ids = (
+            served.schema.customer_ids(customers)
+            if store is not None or other is not None
+            else None
+        )
         # NB: one random base per request and the row's position: unique without a uuid per row.
         base = os.urandom(12).hex()  # NB: 96 random bits, ~4x cheaper than uuid4().hex
-        ids = [base + suffix for suffix in row_suffixes(len(labels))]
-        if store is not None:
-            store.add(
-                Batch(
-                    time=event_time,
-                    served_at=time.time(),
-                    source="api",
-                    model=settings.model_name,
-                    version=served.version,
-                    alias=settings.alias,
-                    threshold=served.engine.threshold,
-                    prediction_ids=ids,
-                    probabilities=result.probability,
-                    labels=result.label,
-                    customer_ids=served.schema.customer_ids(customers),
-                    request_id=request_id,
-                    columns=columns,
-                )
-            )
+        ids = [base + suffix for suffix in row_suffixes(len(customers))]
+        rows = Rows(ids, columns, customer_ids, request_id, event_time, time.time())
+        canary = None
+        if other is not None and other.slot.mode == "canary":
+            canary = rows.chosen(other.slot.percent)
+        answered_by: list[int] | None = None
+        if canary is None or other is None:
+            result = await predict(served, columns, "production")
+            labels, probabilities = result.label.tolist(), result.probability.tolist()
+            answered = [(served, "production", rows.scored(result))]
+        else:
+            label_of = np.empty(len(ids), dtype=np.int64)
+            probability_of = np.empty(len(ids), dtype=np.float64)
+            answered = []
+            for model, role, index in (
+                (served, "production", np.flatnonzero(~canary)),
+                (other.model, "canary", np.flatnonzero(canary)),
+            ):
+                if len(index):
+                    part = rows.take(index, [f.name for f in model.schema.fields])
+                    result = await predict(model, part.columns, role)
+                    label_of[index], probability_of[index] = result.label, result.probability
+                    answered.append((model, role, part.scored(result)))
+            labels, probabilities = label_of.tolist(), probability_of.tolist()
+            answered_by = np.where(canary, other.model.version, served.version).tolist()
+        for model, role, part in answered:
+            metrics.observe_predictions(part.labels, model.version, role)
+            if store is not None:
+                keep(model, part, role, settings.alias if role == "production" else other_alias)
+        if shadow is not None and other is not None and other.slot.mode == "shadow":
+            sampled = rows.sample(other.slot.percent)
+            if sampled is not None:
+                shadow.offer(sampled.work())
         if batch:
+            predictions = [
+                {"prediction_id": i, "prediction": label, "probability": p}
+                for i, label, p in zip(ids, labels, probabilities, strict=True)
+            ]
+            if answered_by is not None:
+                # NB: rows a canary answered say so; the rest were answered by model_version.
+                for row, version in zip(predictions, answered_by, strict=True):
+                    if version != served.version:
+                        row["model_version"] = version
             document: dict[str, Any] = {
-                "predictions": [
-                    {"prediction_id": i, "prediction": label, "probability": p}
-                    for i, label, p in zip(ids, labels, probabilities, strict=True)
-                ],
+                "predictions": predictions,
                 "model_version": served.version,
                 "request_id": request_id,
             }
@@ -472,7 +626,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
                 "prediction_id": ids[0],
                 "prediction": labels[0],
                 "probability": probabilities[0],
-                "model_version": served.version,
+                "model_version": answered_by[0] if answered_by else served.version,
                 "request_id": request_id,
             }
         # NB: built directly rather than through response models: 1,000 Prediction objects cost
@@ -480,7 +634,7 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
         return Response(
             orjson.dumps(document),
             media_type="application/json",
-            headers={MODEL_VERSION_HEADER: str(served.version)},
+            headers={MODEL_VERSION_HEADER: ",".join(str(m.version) for m, _, _ in answered)},
         )
 
     @app.get("/health", summary="Liveness: the process answers (never touches MLflow)")
@@ -511,6 +665,25 @@ def create_app(settings: Settings, watcher: ModelWatcher | None = None) -> FastA
             verified=served.verified if served else None,
             stale=served.stale if served else False,
             worker_pid=os.getpid(),
+            challenger=_challenger_state(),
+        )
+
+    def _challenger_state() -> ChallengerState | None:
+        found = challenger.slot
+        if found is None:
+            return None
+        loaded, production = challenger.watcher.current, watcher.current
+        return ChallengerState(
+            alias=settings.challenger_alias,
+            version=found.version,
+            mode=found.mode,
+            percent=found.percent,
+            loaded_version=loaded.version if loaded else None,
+            active=production is not None and challenger.now(production.version) is not None,
+            last_error=challenger.watcher.last_error,
+            shadow_queued_rows=shadow.queued() if shadow is not None else 0,
+            shadow_scored_rows=shadow.scored_rows if shadow is not None else 0,
+            shadow_dropped_rows=shadow.dropped_rows if shadow is not None else 0,
         )
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -93,6 +93,10 @@ class ModelWatcher:
         pinned: Callable[[Settings, int], dict[str, str] | None] = ledger.pinned_digests,
         fallback: Callable[[Settings], LoadedModel | None] = lambda _: None,
         on_served: Callable[[Settings, int], object] = lambda _s, _v: None,
+        *,
+        prefetch: bool = True,
+        unset_clears: bool = False,
+        on_cleared: Callable[[], object] = lambda: None,
     ) -> None:
         self._settings = settings
         self._resolve = resolve
@@ -104,6 +108,10 @@ class ModelWatcher:
         self._pinned = pinned
         self._fallback = fallback
         self._on_served = on_served
+        # NB: production keeps serving when its alias is removed; the challenger stops.
+        self._prefetch = prefetch
+        self._unset_clears = unset_clears
+        self._on_cleared = on_cleared
         self._fallback_tried = False
         self._lock = threading.Lock()
         self._prefetcher: threading.Thread | None = None
@@ -136,6 +144,15 @@ class ModelWatcher:
             self._failures, self._retry_at = 0, 0.0
         self.wanted_version = wanted
         current = self.current
+        if wanted is None and self._unset_clears and current is not None:
+            self.current = None
+            self._on_cleared()
+            log.info(
+                "%s is no longer set: stopped using version %s",
+                self._settings.alias,
+                current.version,
+            )
+            return
         if wanted is None or (
             current is not None and current.version == wanted and not current.stale
         ):
@@ -240,7 +257,13 @@ class ModelWatcher:
             delay = min(self._settings.poll_interval * 2**self._failures, MAX_BACKOFF)
             self._retry_at = time.monotonic() + delay
             self.last_error = f"version {version} not swapped in: {exc}"
-            log.error("version %s not swapped in (retry in %.0f s): %s", version, delay, exc)
+            log.error(
+                "%s: version %s not swapped in (retry in %.0f s): %s",
+                self._settings.alias,
+                version,
+                delay,
+                exc,
+            )
             self._on_failed_swap()
             return
         previous = self.current.version if self.current else None
@@ -251,7 +274,8 @@ class ModelWatcher:
         except Exception as exc:  # noqa: BLE001 - the copy is a fallback; serving goes on
             log.warning("could not record version %s as served: %s", version, exc)
         log.info(
-            "now serving version %s (was %s) with %s",
+            "%s: now serving version %s (was %s) with %s",
+            self._settings.alias,
             version,
             previous,
             loaded.engine.kind,
@@ -274,10 +298,11 @@ class ModelWatcher:
         """Begin polling and prefetching in daemon threads; the first poll happens at once."""
         self._thread = threading.Thread(target=self._run, name="churnops-watcher", daemon=True)
         self._thread.start()
-        self._prefetcher = threading.Thread(
-            target=self._run_prefetch, name="churnops-prefetch", daemon=True
-        )
-        self._prefetcher.start()
+        if self._prefetch:
+            self._prefetcher = threading.Thread(
+                target=self._run_prefetch, name="churnops-prefetch", daemon=True
+            )
+            self._prefetcher.start()
 
     def stop(self) -> None:
         """Stop polling and wait for the threads to finish their current step."""

@@ -351,7 +351,7 @@ def _moves(settings: Settings) -> tuple[list[dict[str, Any]], list[int]]:
         for e in entries
         if e.state == "done"
     ]
-    return moves, ledger.production_stack(entries)
+    return moves, ledger.production_stack(entries, settings.alias)
 
 
 def _metrics(versions: list[dict[str, Any]]) -> list[tuple[str, float, int, int]]:

@@ -50,6 +50,7 @@ FIXED_COLUMNS = (
     "model",
     "version",
     "alias",
+    "role",
     "threshold",
     "probability",
     "label",
@@ -151,6 +152,9 @@ class Batch:
     customer_ids: list[str | None] | None
     request_id: str
     columns: dict[str, list[Any]]
+    # NB: production answered the row; "canary": the challenger answered it; "shadow": the
+    # challenger scored it after production answered (same prediction_id, never returned).
+    role: str = "production"
 
 
 def _timestamps(seconds: Sequence[float]) -> pa.Array:
@@ -178,6 +182,7 @@ def _group_table(names: list[str], group: list[Batch]) -> pa.Table:
             "model": pa.array([b.model for b in group], pa.string()),
             "version": pa.array([b.version for b in group], pa.int64()),
             "alias": pa.array([b.alias for b in group], pa.string()),
+            "role": pa.array([b.role for b in group], pa.string()),
             "threshold": pa.array([b.threshold for b in group], pa.float64()),
             "request_id": pa.array([b.request_id for b in group], pa.string()),
         }
@@ -203,6 +208,7 @@ def _group_table(names: list[str], group: list[Batch]) -> pa.Table:
         "model": repeated["model"],
         "version": repeated["version"],
         "alias": repeated["alias"],
+        "role": repeated["role"],
         "threshold": repeated["threshold"],
         "probability": pa.array(probabilities, pa.float64()),
         "label": pa.array(labels, pa.int8()),
@@ -226,6 +232,7 @@ class RowsMeta:
     alias: str
     threshold: float
     request_id: str
+    role: str = "production"
 
 
 def rows_table(
@@ -251,6 +258,7 @@ def rows_table(
         "model": same(meta.model, pa.string()),
         "version": same(meta.version, pa.int64()),
         "alias": same(meta.alias, pa.string()),
+        "role": same(meta.role, pa.string()),
         "threshold": same(meta.threshold, pa.float64()),
         "probability": pa.array(np.asarray(probabilities, dtype=float)),
         "label": pa.array(np.asarray(labels, dtype=np.int8)),

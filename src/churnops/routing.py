@@ -1,0 +1,127 @@
+"""Which version answers a request: the challenger slot as the API reads it, and the stable
+per-customer split a canary uses. Light on purpose: the API's workers import it, never the
+life-cycle modules (scikit-learn's training code, ~80 MiB).
+
+The slot is the alias ``challenger`` (CHURNOPS_CHALLENGER_ALIAS); its mode and share are tags on
+the version it points at, written before the alias moves, so one registry request gives version,
+mode and share together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from churnops import registry
+from churnops.config import Settings
+from churnops.watcher import ModelWatcher, ServedModel
+
+Mode = Literal["shadow", "canary"]
+MODES: tuple[Mode, ...] = ("shadow", "canary")
+MODE_TAG = "challenger.mode"
+PERCENT_TAG = "challenger.percent"
+DEFAULT_PERCENT: dict[Mode, float] = {"shadow": 100.0, "canary": 10.0}
+BUCKETS = 10_000
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where the challenger alias points, and how the API uses that version."""
+
+    version: int
+    mode: Mode
+    percent: float
+
+    def describe(self) -> str:
+        """`v3 shadow on 100% of rows` / `v3 canary for 10% of customers`."""
+        if self.mode == "shadow":
+            return f"v{self.version} shadow on {self.percent:g}% of rows"
+        return f"v{self.version} canary for {self.percent:g}% of customers"
+
+
+def slot_settings(settings: Settings) -> Settings:
+    """``settings`` aimed at the challenger alias, for the registry, the ledger and the watcher."""
+    return settings.model_copy(update={"alias": settings.challenger_alias})
+
+
+def slot_from(version: int, tags: dict[str, str]) -> Slot:
+    """The slot a version's tags describe (shadow on every row when untagged: set by hand)."""
+    mode: Mode = "canary" if tags.get(MODE_TAG) == "canary" else "shadow"
+    try:
+        percent = float(tags.get(PERCENT_TAG, DEFAULT_PERCENT[mode]))
+    except ValueError:
+        percent = DEFAULT_PERCENT[mode]
+    return Slot(version, mode, min(100.0, max(0.0, percent)))
+
+
+def slot(settings: Settings) -> Slot | None:
+    """The challenger slot now, or None when no challenger is set."""
+    target = registry.alias_target(slot_settings(settings))
+    return None if target is None else slot_from(*target)
+
+
+def bucket(key: str) -> int:
+    """A stable bucket in [0, 10000) for a customer (or request) id: the same on every worker,
+    replica and restart, so a customer always meets the same version."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def chosen(key: str, percent: float) -> bool:
+    """True for the ``percent`` share of keys the challenger takes."""
+    return bucket(key) < round(percent * BUCKETS / 100)
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """The challenger as one request sees it: its loaded model and its slot."""
+
+    model: ServedModel
+    slot: Slot
+
+
+class ChallengerRoute:
+    """Follows the challenger alias with a watcher of its own (same safe-swap rules as
+    production's) and tells the request path whether and how to use it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        load: Callable[[Settings, int], registry.LoadedModel] = registry.load_version,
+        on_swap: Callable[[ServedModel], object] = lambda _: None,
+        on_cleared: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.slot: Slot | None = None
+        self.watcher = ModelWatcher(
+            slot_settings(settings),
+            resolve=self._resolve,
+            load=load,
+            on_swap=on_swap,
+            prefetch=False,
+            unset_clears=True,
+            on_cleared=on_cleared,
+        )
+
+    def _resolve(self, settings: Settings) -> int | None:
+        target = registry.alias_target(settings)
+        self.slot = None if target is None else slot_from(*target)
+        return None if self.slot is None else self.slot.version
+
+    def now(self, production: int) -> Challenger | None:
+        """The challenger to use beside ``production``, or None: none is set, its version is
+        not loaded yet (or failed to load), or it is production's own version."""
+        found, model = self.slot, self.watcher.current
+        if found is None or model is None or model.version != found.version:
+            return None
+        if model.version == production:
+            return None
+        return Challenger(model, found)
+
+    def current_for_shadow(self) -> ServedModel | None:
+        """The model the shadow scorer uses now, or None when the slot is no shadow any more."""
+        found, model = self.slot, self.watcher.current
+        if found is None or model is None or found.mode != "shadow":
+            return None
+        return model if model.version == found.version else None

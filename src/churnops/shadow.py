@@ -1,0 +1,171 @@
+"""Shadow scoring: the challenger scores production's rows after they are answered, on a thread
+of its own, and its rows go to the prediction store with production's prediction ids and role
+``shadow``. Never on the request path: the request only appends to a bounded queue (rows beyond
+it are dropped and counted), and the thread scores whatever waits in one engine call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from churnops.monitoring.store import Batch, BufferedWriter
+from churnops.watcher import ServedModel
+
+log = logging.getLogger(__name__)
+
+# NB: how often the thread looks for queued rows: one engine call per tick for everything that
+# waits, instead of a call (and a wake-up) per request.
+TICK_SECONDS = 0.02
+# NB: rows per engine call, so one tick under heavy load holds the GIL in bounded steps.
+MAX_CALL_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Work:
+    """One answered request's rows, waiting for the challenger."""
+
+    time: float | None
+    served_at: float
+    prediction_ids: list[str]
+    columns: dict[str, list[Any]]
+    customer_ids: list[str | None] | None
+    request_id: str
+
+
+class ShadowScorer:
+    """Scores queued rows with the challenger the watcher serves and stores them."""
+
+    def __init__(
+        self,
+        challenger: Callable[[], ServedModel | None],
+        store: BufferedWriter,
+        *,
+        model: str,
+        alias: str,
+        queue_rows: int,
+        on_scored: Callable[[int, int, float], object] = lambda _v, _n, _s: None,
+        on_dropped: Callable[[int], object] = lambda _n: None,
+    ) -> None:
+        self._challenger = challenger
+        self._store = store
+        self._model = model
+        self._alias = alias
+        self._limit = queue_rows
+        self._on_scored = on_scored
+        self._on_dropped = on_dropped
+        self._queue: list[Work] = []
+        self._rows = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.scored_rows = 0
+        self.dropped_rows = 0
+        self.failed_rows = 0
+
+    def offer(self, work: Work) -> bool:
+        """Queue one request's rows; False (and counted) when the queue has no room for them."""
+        rows = len(work.prediction_ids)
+        with self._lock:
+            if self._rows + rows > self._limit:
+                self.dropped_rows += rows
+                dropped = True
+            else:
+                self._queue.append(work)
+                self._rows += rows
+                dropped = False
+        if dropped:
+            self._on_dropped(rows)
+        return not dropped
+
+    def queued(self) -> int:
+        """Rows waiting now."""
+        with self._lock:
+            return self._rows
+
+    def start(self) -> None:
+        """Start the scoring thread."""
+        self._thread = threading.Thread(target=self._run, name="churnops-shadow", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            self.drain()
+
+    def drain(self) -> int:
+        """Score everything queued now; return the rows scored."""
+        with self._lock:
+            works, self._queue, self._rows = self._queue, [], 0
+        done = 0
+        start = 0
+        while start < len(works):
+            group: list[Work] = []
+            rows = 0
+            while start < len(works) and (not group or rows < MAX_CALL_ROWS):
+                group.append(works[start])
+                rows += len(works[start].prediction_ids)
+                start += 1
+            done += self._score(group, rows)
+        return done
+
+    def _score(self, group: list[Work], rows: int) -> int:
+        served = self._challenger()
+        if served is None:
+            # NB: the slot was cleared (or its version is still loading) after these were queued.
+            with self._lock:
+                self.dropped_rows += rows
+            self._on_dropped(rows)
+            return 0
+        names = [f.name for f in served.schema.fields]
+        merged: dict[str, list[Any]] = {name: [] for name in names}
+        for work in group:
+            for name in names:
+                merged[name] += work.columns[name]
+        started = time.perf_counter()
+        try:
+            result = served.engine.predict_columns(merged)
+        except Exception as exc:  # noqa: BLE001 - a failing challenger never touches production
+            self.failed_rows += rows
+            log.warning("shadow v%s could not score %d rows: %s", served.version, rows, exc)
+            return 0
+        seconds = time.perf_counter() - started
+        offset = 0
+        for work in group:
+            n = len(work.prediction_ids)
+            part = slice(offset, offset + n)
+            offset += n
+            self._store.add(
+                Batch(
+                    time=work.time,
+                    served_at=work.served_at,
+                    source="api",
+                    model=self._model,
+                    version=served.version,
+                    alias=self._alias,
+                    threshold=served.engine.threshold,
+                    prediction_ids=work.prediction_ids,
+                    probabilities=np.asarray(result.probability[part]),
+                    labels=np.asarray(result.label[part]),
+                    customer_ids=work.customer_ids,
+                    request_id=work.request_id,
+                    # NB: the inputs are production's row's, stored with it under the same id.
+                    columns={},
+                    role="shadow",
+                )
+            )
+        self.scored_rows += rows
+        self._on_scored(served.version, rows, seconds)
+        return rows
+
+    def close(self) -> None:
+        """Stop the thread and score what is still queued (before the store's last write)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.drain()
