@@ -39,6 +39,7 @@ from churnops.gate import DEFAULT_GATE_F1, DEFAULT_TOLERANCE, GateReport
 
 if TYPE_CHECKING:
     from churnops import lifecycle, tracking_server
+    from churnops.routing import Mode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -447,7 +448,8 @@ def history() -> tuple[Any, str]:
     """
     from churnops import lifecycle
 
-    entries = lifecycle.history(_settings())
+    settings = _settings()
+    entries = lifecycle.history(settings)
     if not entries:
         return [], "no alias moves yet: run `churnops promote`"
     lines = [
@@ -456,11 +458,13 @@ def history() -> tuple[Any, str]:
     ]
     for e in entries:
         before = f"v{e.from_version}" if e.from_version is not None else "none"
+        after = f"v{e.to_version}" if e.to_version is not None else "none"
+        alias = "" if e.alias == settings.alias else f"[{e.alias}] "
         flag = " [override]" if e.override else ""
         actor = e.actor + (f" for {e.on_behalf_of}" if e.on_behalf_of else "")
         lines.append(
             f"{e.seq:>4}  {e.time:<25} {actor[:26]:<26} {e.action:<9} "
-            f"{before + ' -> v' + str(e.to_version):<12} {e.state:<10} {e.reason}{flag}"
+            f"{before + ' -> ' + after:<12} {e.state:<10} {alias}{e.reason}{flag}"
         )
     return [e.to_dict() for e in entries], "\n".join(lines)
 
@@ -1044,3 +1048,182 @@ def simulate(
         "then run `churnops monitor`"
     )
     return document, text
+
+
+@main.group(name="challenger")
+def challenger_group() -> None:
+    """A version tried on live traffic beside production: as a shadow (scored on production's
+    rows after they are answered, never returned) or a canary (answering a share of customers,
+    the same customers every time). Compare it with `churnops compare`."""
+
+
+def _slot_text(document: dict[str, Any]) -> str:
+    found = document["challenger"]
+    production = document["production_version"]
+    head = f"{document['model']}@{document['alias']}: "
+    if found is None:
+        return head + "not set (`churnops challenger set N`)"
+    share = "rows" if found["mode"] == "shadow" else "customers"
+    text = (
+        head + f"v{found['version']} as a {found['mode']} on {found['percent']:g}% of {share}, "
+        f"beside production v{production}"
+    )
+    if document.get("since"):
+        text += f" (since {document['since']})"
+    if found["version"] == production:
+        text += "; it is production now, so the API does not use it: clear it or set another"
+    return text
+
+
+@challenger_group.command(name="set")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option(
+    "--mode",
+    type=click.Choice(["shadow", "canary"]),
+    default="shadow",
+    show_default=True,
+    help="shadow: scored on production's rows after they are answered, never returned; "
+    "canary: answers a share of customers itself.",
+)
+@click.option(
+    "--percent",
+    type=float,
+    default=None,
+    help="Share of rows (shadow) or customers (canary), sticky by customer id.  "
+    "[default: 100 for shadow, 10 for canary]",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Set a canary whose held-out F1 fails the gate (needs --reason); never a version that "
+    "fails the smoke test or reads inputs production's clients do not send.",
+)
+@_reason
+@_actor
+@command
+def challenger_set(
+    version: int, mode: str, percent: float | None, force: bool, reason: str, actor: str | None
+) -> tuple[dict[str, Any], str]:
+    """Put VERSION in the challenger slot.
+
+    It must load safely and predict (smoke test), accept every input production accepts and
+    read only inputs production's clients send; a canary must also pass the held-out gate,
+    because it answers customers. The champion comparison is what the live traffic is for, so
+    it is not checked here. Every API worker and replica follows the slot within a poll.
+    Recorded in the ledger (`churnops history`) before the alias moves.
+    """
+    from churnops import challenger
+
+    settings = _mover_settings(actor)
+    chosen: Mode = "canary" if mode == "canary" else "shadow"
+    result = challenger.set_challenger(settings, version, chosen, percent, force, reason)
+    document, text = _move_output(result)
+    state = challenger.status(settings)
+    return document | {"slot": state}, text + "\n" + _slot_text(state)
+
+
+@challenger_group.command(name="clear")
+@_reason
+@_actor
+@command
+def challenger_clear(reason: str, actor: str | None) -> tuple[dict[str, Any], str]:
+    """Empty the challenger slot: the API stops shadowing or routing a canary within a poll.
+    Recorded in the ledger. An empty slot changes nothing (exit 0)."""
+    from churnops import challenger
+
+    result = challenger.clear(_mover_settings(actor), reason)
+    move = result.move
+    if not result.changed:
+        return {"changed": False}, f"{move.model_name}@{move.alias} is not set; nothing changed"
+    return {
+        "changed": True,
+        "from_version": move.from_version,
+        "seq": result.entry.seq if result.entry else None,
+    }, move.describe()
+
+
+@challenger_group.command(name="status")
+@command
+def challenger_status() -> tuple[dict[str, Any], str]:
+    """Show the challenger slot: version, mode, share, and since when."""
+    from churnops import challenger
+
+    state = challenger.status(_settings())
+    return state, _slot_text(state)
+
+
+def _compare_text(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['model']}: challenger v{report['challenger']} vs production "
+        + ", ".join(f"v{v}" for v in report["production_versions"])
+    ]
+    shadow = report.get("shadow")
+    if shadow:
+        lines.append(
+            f"shadow: {shadow['rows']} paired rows; labels agree on {shadow['agreement']:.2%}; "
+            f"rank correlation {shadow['rank_correlation']}; predicted churn "
+            f"{shadow['predicted_churn']['production']:.2%} (production) vs "
+            f"{shadow['predicted_churn']['challenger']:.2%}; {shadow['labelled']} labelled"
+        )
+        if shadow.get("mcnemar"):
+            m, auc = shadow["mcnemar"], shadow["roc_auc"]
+            lines.append(
+                f"  McNemar: right only by production {m['a_only']}, only by the challenger "
+                f"{m['b_only']}, p={m['p_value']:.4g}"
+            )
+            if auc["difference"] is not None:
+                lines.append(
+                    f"  ROC AUC {auc['b']:.4f} vs {auc['a']:.4f}: {auc['difference']:+.4f} "
+                    f"({auc['low']:+.4f} to {auc['high']:+.4f}), DeLong p={auc['p_value']:.4g}"
+                )
+    canary = report.get("canary")
+    if canary:
+        rows, share = canary["rows"], canary["predicted_churn"]
+        lines.append(
+            f"canary: {rows['challenger']} rows answered by the challenger, {rows['production']} "
+            f"by production over the same period; predicted churn {share['challenger']} vs "
+            f"{share['production']}; labelled {canary['labelled']['challenger']} / "
+            f"{canary['labelled']['production']}"
+        )
+        if canary.get("fisher"):
+            lines.append(
+                f"  Fisher's exact test on right/wrong: p={canary['fisher']['p_value']:.4g}"
+            )
+    verdict = report["verdict"]
+    lines.append(f"verdict: {verdict['result']}: {verdict['message']}")
+    if report.get("run_id"):
+        lines.append(f"logged as run {report['run_id']} in {report['model']}-monitoring")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The challenger version to compare.  [default: the one in the slot]",
+)
+@click.option("--until", default=None, help="Only rows served before this (ISO 8601).")
+@click.option("--no-log", is_flag=True, help="Do not log the comparison to MLflow.")
+@command
+def compare(version: int | None, until: str | None, no_log: bool) -> tuple[dict[str, Any], str]:
+    """Compare the challenger with production on the same live customers.
+
+    Before outcomes: how often their labels agree, the rank correlation of their probabilities,
+    their predicted-churn shares. Once outcomes are added (`churnops labels add`): on shadowed
+    rows, the paired F1 difference with a bootstrap interval, McNemar's test and DeLong's test
+    of the ROC AUC difference; on canary rows, the unpaired equivalents. The verdict
+    (better / worse / no evidence yet) rests on the F1 difference's 95% interval, with the
+    number of labelled rows that would make the difference decisive. Logged to the MLflow
+    experiment <model>-monitoring with a chart.
+    """
+    from churnops.monitoring import compare as comparing
+
+    result = comparing.compare(
+        _settings(),
+        version,
+        until=_moment(until, "--until") if until else None,
+        log_to_mlflow=not no_log,
+    )
+    return result.report, _compare_text(result.report)

@@ -430,6 +430,9 @@ def promote(
     if current == version:
         return _unchanged(settings, version)
     report = gate_report(settings, version, current, tolerance)
+    live = live_comparison(settings, version)
+    if live is not None:
+        report = gate.GateReport(version, (*report.criteria, live), report.digests)
     return _move(
         settings,
         action="promote",
@@ -438,6 +441,38 @@ def promote(
         report=report,
         force=force,
         reason=reason,
+    )
+
+
+LIVE_COMPARISON = "live comparison"
+
+
+def live_comparison(settings: Settings, version: int) -> gate.Criterion | None:
+    """The challenger comparison of ``version`` on live traffic as a gate criterion: it fails
+    when the version was significantly worse than production; None when ``version`` never ran
+    as a challenger (no rows in the prediction store)."""
+    from churnops.monitoring import compare
+
+    try:
+        found = compare.compare(settings, version, log_to_mlflow=False)
+    except OSError as exc:
+        raise GateUnavailableError(
+            f"could not read the prediction store for v{version}'s live comparison: {exc}; "
+            "nothing was changed, retry"
+        ) from None
+    report = found.report
+    if report["shadow"] is None and report["canary"] is None:
+        return None
+    verdict = report["verdict"]
+    value = verdict["result"]
+    if verdict.get("f1_difference") is not None:
+        value += f" (F1 {verdict['f1_difference']:+.4f})"
+    return gate.Criterion(
+        LIVE_COMPARISON,
+        verdict["result"] != "worse",
+        value,
+        "not significantly worse than production",
+        verdict["message"],
     )
 
 

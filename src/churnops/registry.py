@@ -433,8 +433,8 @@ class MonitorLog:
     files: dict[str, bytes]
 
 
-def log_monitoring(settings: Settings, entry: MonitorLog) -> str:
-    """Log a monitor run to the experiment ``<model>-monitoring``; return the run id."""
+def log_monitoring(settings: Settings, entry: MonitorLog, run_name: str = "monitor") -> str:
+    """Log a monitor (or compare) run to the experiment ``<model>-monitoring``; its run id."""
     from mlflow.entities import Metric
 
     client = _client(settings)
@@ -445,7 +445,7 @@ def log_monitoring(settings: Settings, entry: MonitorLog) -> str:
             if experiment is not None
             else client.create_experiment(settings.monitoring_experiment)
         )
-        run = client.create_run(experiment_id, tags=entry.tags, run_name="monitor")
+        run = client.create_run(experiment_id, tags=entry.tags, run_name=run_name)
         run_id = run.info.run_id
         metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in entry.metrics]
         for start in range(0, len(metrics), 1000):

@@ -339,6 +339,40 @@ def _advice(
     }
 
 
+def _challenger_better(settings: Settings, now: datetime) -> dict[str, Any] | None:
+    """An alert when the challenger has been significantly better than production for
+    CHURNOPS_CHALLENGER_BETTER_DAYS: better on every row so far, and already better on the rows
+    served before that many days ago."""
+    from churnops import routing
+    from churnops.monitoring import compare
+
+    found = routing.slot(settings)
+    if found is None:
+        return None
+    latest = compare.compare(settings, found.version, now=now, log_to_mlflow=False)
+    if latest.verdict != "better":
+        return None
+    days = settings.challenger_better_days
+    earlier = compare.compare(
+        settings,
+        found.version,
+        until=now - timedelta(days=days),
+        now=now,
+        log_to_mlflow=False,
+    )
+    if earlier.verdict != "better":
+        return None
+    verdict = latest.report["verdict"]
+    return {
+        "kind": "challenger_better",
+        "version": found.version,
+        "message": f"consider promoting v{found.version}: significantly better than production "
+        f"for at least {days:g} days ({verdict['message']}); run "
+        f"churnops promote --version {found.version}",
+        "evidence": {"now": verdict, "before": earlier.report["verdict"]},
+    }
+
+
 def _moves(settings: Settings) -> tuple[list[dict[str, Any]], list[int]]:
     entries = [e for e in ledger.entries(settings) if e.alias == settings.alias]
     moves = [
@@ -383,7 +417,7 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
         until,
         # NB: what monitoring never reads stays on disk (measured: 1,000,000 rows with every
         # column peaked at 1.2 GiB).
-        skip=("served_at", "source", "model", "request_id", "threshold"),
+        skip=("served_at", "source", "model", "request_id", "threshold", "role"),
         ordered=False,
     )
     table = table.filter(pc.equal(table["alias"], settings.alias)).drop_columns(["alias"])
@@ -417,6 +451,9 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
     previous_version = stack[-2] if len(stack) >= 2 and stack[-1] == serving_version else None
     previous = by_version.get(previous_version) if previous_version else None
     alerts = _alerts(serving)
+    challenger_alert = _challenger_better(settings, now)
+    if challenger_alert is not None:
+        alerts.append(challenger_alert)
     advice = _advice(settings, serving, previous)
     document: dict[str, Any] = {
         "model": settings.model_name,
