@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -45,6 +46,9 @@ ROW = {
 FEATURES = list(ROW)
 STORE_PAIRS = 3
 STORE_PAIR_SECONDS = 5
+SHADOW_PAIR_SECONDS = 5
+CANARY_PERCENT = 10.0
+CANARY_REQUESTS = 100_000
 
 
 @dataclass
@@ -210,6 +214,126 @@ def follow_time(api: str, target: int, workers: int, timeout: float = 30.0) -> f
     if headers != {str(target)}:
         raise AssertionError(f"after the move to v{target}, responses carried {headers}")
     return elapsed
+
+
+def challenger_versions(client: httpx.Client) -> list[float]:
+    """The challenger version each live worker follows (0: none), from /metrics."""
+    text = client.get("/metrics").text
+    found = re.findall(r"^churnops_challenger_version(?:\{[^}]*\})? ([\d.]+)$", text, re.M)
+    return [float(v) for v in found]
+
+
+def wait_challenger(api: str, version: int, workers: int, timeout: float = 60.0) -> None:
+    """Wait until every worker follows challenger ``version`` (0: none)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=api, timeout=5) as client:
+        while time.monotonic() < deadline:
+            found = challenger_versions(client)
+            if len(found) >= workers and all(v == version for v in found):
+                return
+            time.sleep(0.1)
+    raise RuntimeError(f"the API's workers did not follow challenger v{version} in {timeout} s")
+
+
+def counter(api: str, name: str, labels: str = "") -> float:
+    """A Prometheus counter's total over workers (samples whose labels contain ``labels``)."""
+    text = httpx.get(f"{api}/metrics").text
+    pattern = rf"^{name}_total(?:\{{([^}}]*)\}})? (\S+)$"
+    return sum(float(v) for found, v in re.findall(pattern, text, re.M) if labels in found)
+
+
+CANARY_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+count = 0
+function request()
+  count = count + 1
+  local body = string.format('%s, "customer_id": "t%d-%d"}', PREFIX, tid, count % CUSTOMERS)
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
+
+def challenger_runs(
+    wrk: str, settings: Settings, api: str, work: Path, challenger: int, workers: int
+) -> dict[str, object]:
+    """Shadow's cost (interleaved pairs: shadow on every row vs no challenger, same API) and a
+    canary's share and stickiness over at least 100,000 single-row requests."""
+    from churnops import challenger as slot
+
+    script = lua_post(json.dumps(ROW), work, "shadow_one")
+    pairs = []
+    dropped_before = counter(api, "churnops_shadow_dropped_rows")
+    shadowed_before = counter(api, "churnops_predictions", 'role="shadow"')
+    for _ in range(STORE_PAIRS):
+        slot.set_challenger(settings, challenger, "shadow")
+        wait_challenger(api, challenger, workers)
+        with_shadow = run_wrk(wrk, f"{api}/predict", script, 64, SHADOW_PAIR_SECONDS)
+        slot.clear(settings)
+        wait_challenger(api, 0, workers)
+        without = run_wrk(wrk, f"{api}/predict", script, 64, SHADOW_PAIR_SECONDS)
+        pairs.append((with_shadow, without))
+    shadow = {
+        "pairs": [[asdict(a), asdict(b)] for a, b in pairs],
+        "shadowed_rows": counter(api, "churnops_predictions", 'role="shadow"') - shadowed_before,
+        "dropped_rows": counter(api, "churnops_shadow_dropped_rows") - dropped_before,
+        "answered_with_shadow": sum(a.requests for a, _ in pairs),
+    }
+    percent = CANARY_PERCENT
+    slot.set_challenger(settings, challenger, "canary", percent)
+    wait_challenger(api, challenger, workers)
+    prefix = json.dumps(ROW)[:-1]
+    lua = work / "canary.lua"
+    lua.write_text(
+        CANARY_LUA.replace("PREFIX", json.dumps(prefix)).replace(
+            "CUSTOMERS", str(CANARY_REQUESTS // 4)
+        )
+    )
+    rate = max(1.0, pairs[0][1].requests_per_s)
+    duration = int(CANARY_REQUESTS / rate * 1.4) + 3
+    before = {
+        role: counter(api, "churnops_predictions", f'role="{role}"')
+        for role in ("production", "canary")
+    }
+    canary_run = run_wrk(wrk, f"{api}/predict", lua, 64, duration)
+    answered = {
+        role: counter(api, "churnops_predictions", f'role="{role}"') - before[role]
+        for role in ("production", "canary")
+    }
+    slot.clear(settings)
+    return {
+        "shadow": shadow,
+        "canary": {
+            "percent": percent,
+            "requests": canary_run.requests,
+            "non_2xx": canary_run.non_2xx,
+            "answered": answered,
+            "share": answered["canary"] / max(1.0, sum(answered.values())),
+        },
+    }
+
+
+def canary_sticky(settings: Settings, challenger: int) -> dict[str, int]:
+    """From the store: customers of the canary run and how many met more than one version."""
+    rows = store.read_predictions(
+        store.open_store(settings.store_uri),
+        settings.model_name,
+        columns=["customer_id", "version", "role", "model", "time"],
+    ).to_pandas()
+    rows = rows[rows["customer_id"].fillna("").str.match(r"t\d+-\d+$")]
+    versions = rows.groupby("customer_id")["version"].nunique()
+    return {
+        "customers": len(versions),
+        "rows": len(rows),
+        "customers_with_two_versions": int((versions > 1).sum()),
+        "customers_on_the_challenger": int(
+            rows.loc[rows["version"] == challenger, "customer_id"].nunique()
+        ),
+    }
 
 
 def anchor_serves(anchor: str, frame: pd.DataFrame, settings: Settings, old: int, new: int) -> bool:
@@ -384,6 +508,10 @@ def main() -> None:
                 anchor_follows = anchor_serves(anchor, frame, settings, v1.version, v2.version)
         load.send_signal(signal.SIGINT)
         under_load = parse_wrk(load.communicate(timeout=60)[0])
+        print("measuring a shadow's cost and a canary's share ...", file=sys.stderr)
+        production = registry.alias_version(settings)
+        other = v2.version if production == v1.version else v1.version
+        live = challenger_runs(wrk, settings, api, work, other, max(workers, ours_workers))
         # Rows the API scored (its own counter, summed over workers), then, after a graceful
         # stop, rows in the prediction store: the two must be equal.
         scored_rows = predictions_counted(api)
@@ -392,6 +520,7 @@ def main() -> None:
         stored_rows = store.read_predictions(
             store.open_store(settings.store_uri), settings.model_name, columns=["model", "time"]
         ).num_rows
+        live["canary"]["sticky"] = canary_sticky(settings, other)  # type: ignore[index]
     finally:
         for proc in procs:
             if proc.poll() is not None:
@@ -421,6 +550,7 @@ def main() -> None:
             + f"; median ratio {float(np.median(ratios)):.1%}; p99 ms with/without "
             + ", ".join(f"{a.p99_ms:.0f}/{b.p99_ms:.0f}" for a, b in pairs)
         )
+    report_challenger(live)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -445,6 +575,7 @@ def main() -> None:
                         for k, pairs in store_cost.items()
                     },
                 },
+                "challenger": live,
                 "alias_moves": {
                     "follow_seconds": follow,
                     "worst": max(follow),
@@ -457,6 +588,38 @@ def main() -> None:
     )
     print(f"\nwrote {args.out}", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def report_challenger(live: dict[str, Any]) -> None:
+    shadow, canary = live["shadow"], live["canary"]
+    pairs = [(WrkResult(**a), WrkResult(**b)) for a, b in shadow["pairs"]]
+    ratios = [a.requests_per_s / b.requests_per_s for a, b in pairs]
+    p99 = [a.p99_ms / b.p99_ms for a, b in pairs]
+    print(
+        f"\nshadow on every row vs no challenger, single row, 64 connections, {len(pairs)} "
+        f"interleaved pairs of {SHADOW_PAIR_SECONDS} s (target: >= 90% throughput, <= +20% p99)"
+    )
+    print(
+        "  req/s with/without "
+        + ", ".join(f"{a.requests_per_s:.0f}/{b.requests_per_s:.0f}" for a, b in pairs)
+        + f"; median ratio {float(np.median(ratios)):.1%}"
+    )
+    print(
+        "  p99 ms with/without "
+        + ", ".join(f"{a.p99_ms:.1f}/{b.p99_ms:.1f}" for a, b in pairs)
+        + f"; median ratio {float(np.median(p99)):.1%}"
+    )
+    print(
+        f"  rows shadowed {shadow['shadowed_rows']:.0f} of {shadow['answered_with_shadow']} "
+        f"answered; dropped (queue full) {shadow['dropped_rows']:.0f}; non-2xx "
+        f"{sum(a.non_2xx for a, _ in pairs)}"
+    )
+    sticky = canary["sticky"]
+    print(
+        f"canary at {canary['percent']:g}%: {canary['requests']} requests, share answered by the "
+        f"challenger {canary['share']:.2%} (target within 1 pp); {sticky['customers']} customers, "
+        f"{sticky['customers_with_two_versions']} answered by two versions (target 0)"
+    )
 
 
 def report_table(

@@ -119,6 +119,9 @@ def test_a_shadow_is_stored_under_production_ids_never_returned_and_compared_pai
     assert section["roc_auc"]["a"] == pytest.approx(roc_auc_score(truth, known["probability_a"]))
     assert section["roc_auc"]["b"] == pytest.approx(roc_auc_score(truth, known["probability_b"]))
     assert report["verdict"]["result"] == "worse"
+    timed = report["latency"]["versions"]
+    assert set(timed) == {f"v{first}", f"v{second}"}
+    assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in timed.values())
 
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.monitoring_experiment)

@@ -1189,6 +1189,15 @@ def _compare_text(report: dict[str, Any]) -> str:
             lines.append(
                 f"  Fisher's exact test on right/wrong: p={canary['fisher']['p_value']:.4g}"
             )
+    if report.get("latency"):
+        timed = report["latency"]
+        lines.append(
+            f"latency per single-row call, measured here on {timed['rows']} rows: "
+            + "; ".join(
+                f"{name} ({t['engine']}) p50 {t['p50_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms"
+                for name, t in timed["versions"].items()
+            )
+        )
     verdict = report["verdict"]
     lines.append(f"verdict: {verdict['result']}: {verdict['message']}")
     if report.get("run_id"):

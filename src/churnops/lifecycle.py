@@ -454,7 +454,7 @@ def live_comparison(settings: Settings, version: int) -> gate.Criterion | None:
     from churnops.monitoring import compare
 
     try:
-        found = compare.compare(settings, version, log_to_mlflow=False)
+        found = compare.compare(settings, version, log_to_mlflow=False, measure_latency=False)
     except OSError as exc:
         raise GateUnavailableError(
             f"could not read the prediction store for v{version}'s live comparison: {exc}; "

@@ -10,6 +10,7 @@ mode and share together.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -17,6 +18,8 @@ from typing import Literal
 from churnops import registry
 from churnops.config import Settings
 from churnops.watcher import ModelWatcher, ServedModel
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["shadow", "canary"]
 MODES: tuple[Mode, ...] = ("shadow", "canary")
@@ -94,6 +97,7 @@ class ChallengerRoute:
         on_cleared: Callable[[], object] = lambda: None,
     ) -> None:
         self.slot: Slot | None = None
+        self._fit: dict[tuple[int, int], bool] = {}
         self.watcher = ModelWatcher(
             slot_settings(settings),
             resolve=self._resolve,
@@ -109,15 +113,31 @@ class ChallengerRoute:
         self.slot = None if target is None else slot_from(*target)
         return None if self.slot is None else self.slot.version
 
-    def now(self, production: int) -> Challenger | None:
+    def now(self, production: ServedModel) -> Challenger | None:
         """The challenger to use beside ``production``, or None: none is set, its version is
-        not loaded yet (or failed to load), or it is production's own version."""
+        not loaded yet (or failed to load), it is production's own version, or it reads inputs
+        production's requests lack (an alias moved by hand, past `challenger set`'s check)."""
         found, model = self.slot, self.watcher.current
         if found is None or model is None or model.version != found.version:
             return None
-        if model.version == production:
+        if model.version == production.version or not self._fits(production, model):
             return None
         return Challenger(model, found)
+
+    def _fits(self, production: ServedModel, model: ServedModel) -> bool:
+        key = (production.version, model.version)
+        fits = self._fit.get(key)
+        if fits is None:
+            sent = {f.name for f in production.schema.fields}
+            fits = {f.name for f in model.schema.fields} <= sent
+            if not fits:
+                log.error(
+                    "challenger v%s reads inputs production v%s's requests lack; not using it",
+                    model.version,
+                    production.version,
+                )
+            self._fit = {key: fits}
+        return fits
 
     def current_for_shadow(self) -> ServedModel | None:
         """The model the shadow scorer uses now, or None when the slot is no shadow any more."""

@@ -565,7 +565,7 @@ def create_app(
         event_time = _event_time(request)
         columns = served.schema.columns(customers)
         request_id = _request_id(request)
-        other = challenger.now(served.version)
+        other = challenger.now(served)
         customer_ids = (
             served.schema.customer_ids(customers)
             if store is not None or other is not None
@@ -679,7 +679,7 @@ def create_app(
             mode=found.mode,
             percent=found.percent,
             loaded_version=loaded.version if loaded else None,
-            active=production is not None and challenger.now(production.version) is not None,
+            active=production is not None and challenger.now(production) is not None,
             last_error=challenger.watcher.last_error,
             shadow_queued_rows=shadow.queued() if shadow is not None else 0,
             shadow_scored_rows=shadow.scored_rows if shadow is not None else 0,

@@ -123,12 +123,12 @@ class ShadowScorer:
             self._on_dropped(rows)
             return 0
         names = [f.name for f in served.schema.fields]
-        merged: dict[str, list[Any]] = {name: [] for name in names}
-        for work in group:
-            for name in names:
-                merged[name] += work.columns[name]
         started = time.perf_counter()
         try:
+            merged: dict[str, list[Any]] = {name: [] for name in names}
+            for work in group:
+                for name in names:
+                    merged[name] += work.columns[name]
             result = served.engine.predict_columns(merged)
         except Exception as exc:  # noqa: BLE001 - a failing challenger never touches production
             self.failed_rows += rows

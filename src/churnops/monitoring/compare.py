@@ -162,6 +162,37 @@ def _verdict(section: dict[str, Any] | None, labelled: int, basis: str) -> dict[
     }
 
 
+LATENCY_ROWS = 200
+
+
+def latency(settings: Settings, versions: list[int]) -> dict[str, Any] | None:
+    """Each version's engine time per single-row call, in ms (p50, p99), measured here on the
+    same rows: up to 200 of the last version's training reference. The store holds no timings
+    (shadow rows are scored in batches off the request path); the API's Prometheus histogram
+    churnops_scoring_duration_seconds has the live figures per role and version."""
+    import time
+
+    engines = {v: registry.load_version(settings, v).engine for v in versions}
+    reference = registry.load_reference(settings, registry.get_version(settings, versions[-1]))
+    if reference is None or reference.rows.empty:
+        return None
+    rows = reference.rows.head(LATENCY_ROWS)
+    out = {}
+    for version, engine in engines.items():
+        times = []
+        for i in range(len(rows)):
+            one = rows.iloc[[i]]
+            started = time.perf_counter()
+            engine.predict_frame(one)
+            times.append((time.perf_counter() - started) * 1000)
+        out[f"v{version}"] = {
+            "engine": engine.kind,
+            "p50_ms": _r(float(np.percentile(times, 50))),
+            "p99_ms": _r(float(np.percentile(times, 99))),
+        }
+    return {"rows": len(rows), "versions": out}
+
+
 def compare(
     settings: Settings,
     version: int | None = None,
@@ -169,6 +200,7 @@ def compare(
     now: datetime | None = None,
     log_to_mlflow: bool = True,
     seed: int = 0,
+    measure_latency: bool = True,
 ) -> Comparison:
     """Compare challenger ``version`` (default: the one in the slot) with production."""
     now = now or datetime.now(UTC)
@@ -232,6 +264,9 @@ def compare(
         if section is not None:
             section.pop("_f1", None)
     report["shadow"], report["canary"] = shadow, canary
+    report["latency"] = None
+    if measure_latency and (shadow is not None or canary is not None):
+        report["latency"] = latency(settings, [*report["production_versions"][-1:], version])
     result = Comparison(report)
     if log_to_mlflow and (shadow is not None or canary is not None):
         result.run_id = _log(settings, report, now)

@@ -349,7 +349,9 @@ def _challenger_better(settings: Settings, now: datetime) -> dict[str, Any] | No
     found = routing.slot(settings)
     if found is None:
         return None
-    latest = compare.compare(settings, found.version, now=now, log_to_mlflow=False)
+    latest = compare.compare(
+        settings, found.version, now=now, log_to_mlflow=False, measure_latency=False
+    )
     if latest.verdict != "better":
         return None
     days = settings.challenger_better_days
@@ -359,6 +361,7 @@ def _challenger_better(settings: Settings, now: datetime) -> dict[str, Any] | No
         until=now - timedelta(days=days),
         now=now,
         log_to_mlflow=False,
+        measure_latency=False,
     )
     if earlier.verdict != "better":
         return None
