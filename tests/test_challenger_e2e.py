@@ -223,7 +223,15 @@ def test_challenger_moves_are_refused_for_inputs_production_lacks_and_kept_in_th
     cli: Callable[..., Result], settings: Settings, tmp_path: Path
 ) -> None:
     first = train_version(cli)
+    nothing = cli("challenger", "set", str(first))
+    assert nothing.exit_code == 1 and "nothing to challenge" in nothing.stderr
     ok(cli("promote", "--json", "--version", str(first), "--reason", "first"))
+    itself = cli("challenger", "set", str(first))
+    assert itself.exit_code == 1 and "production already" in itself.stderr
+    for bad in (["--percent", "0"], ["--percent", "101"], ["--mode", "canary", "--percent", "100"]):
+        refused_share = cli("challenger", "set", str(first), *bad)
+        assert refused_share.exit_code == 1
+        assert "--percent" in refused_share.stderr or "is a promotion" in refused_share.stderr
     table = data.generate(3000, seed=4).rename(columns={"region": "territory"})
     table.to_csv(tmp_path / "renamed.csv", index=False)
     other = train_version(cli, "--data", str(tmp_path / "renamed.csv"))
