@@ -56,6 +56,38 @@ def stored(settings: Settings) -> pd.DataFrame:
     ).to_pandas()
 
 
+def shadowed_traffic(
+    env: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    challenger: int,
+    days: int,
+    first_look: Callable[[ApiProcess], int] = lambda _: 0,
+) -> int:
+    """Serve ``days`` of simulated customers (250 a day, ending now) with ``challenger`` in
+    shadow (``first_look`` sends requests of its own first); the rows shadowed, once all are
+    stored."""
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1")
+    now = datetime.now(UTC)
+    try:
+        wait_for(lambda: challenger_active(api, challenger), timeout=60)
+        extra = first_look(api)
+        simulate.simulate(
+            api.url,
+            tmp_path / "outcomes.csv",
+            days=days,
+            rows_per_day=250,
+            horizon_days=HORIZON_DAYS,
+            end=now,
+            now=now,
+        )
+        rows = days * 250 + extra
+        wait_for(lambda: (stored(settings)["role"] == "shadow").sum() == rows, timeout=30)
+    finally:
+        stop_api(api)
+    return rows
+
+
 def test_a_shadow_is_stored_under_production_ids_never_returned_and_compared_pairwise(
     cli: Callable[..., Result], loop_env: dict[str, str], settings: Settings, tmp_path: Path
 ) -> None:
@@ -64,27 +96,16 @@ def test_a_shadow_is_stored_under_production_ids_never_returned_and_compared_pai
     second = train_version(cli, "--data", str(drifted_table(tmp_path / "drifted.csv", 3)))
     document = ok(cli("challenger", "set", str(second), "--json", "--reason", "try it"))
     assert document["slot"]["challenger"] == {"version": second, "mode": "shadow", "percent": 100}
-    api = start_api(loop_env, tmp_path / "serve.log", "--workers", "1")
-    now = datetime.now(UTC)
-    try:
-        wait_for(lambda: challenger_active(api, second), timeout=60)
+
+    def never_returned(api: ApiProcess) -> int:
         response = api.client.post("/predict/batch", json={"customers": [CUSTOMER] * 3})
         assert response.headers["X-Model-Version"] == str(first)
         body = response.json()
         assert body["model_version"] == first
         assert all("model_version" not in p for p in body["predictions"])
-        simulate.simulate(
-            api.url,
-            tmp_path / "outcomes.csv",
-            days=12,
-            rows_per_day=250,
-            horizon_days=HORIZON_DAYS,
-            end=now,
-            now=now,
-        )
-        wait_for(lambda: (stored(settings)["role"] == "shadow").sum() == 3003, timeout=30)
-    finally:
-        stop_api(api)
+        return 3
+
+    assert shadowed_traffic(loop_env, settings, tmp_path, second, 12, never_returned) == 3003
     rows = stored(settings)
     production = rows[rows["role"] == "production"]
     shadow = rows[rows["role"] == "shadow"]
@@ -276,22 +297,7 @@ def test_monitor_says_consider_promoting_once_the_challenger_was_better_long_eno
     ok(cli("promote", "--json", "--version", str(worse), "--reason", "first"))
     better = train_version(cli)
     ok(cli("challenger", "set", str(better), "--json"))
-    api = start_api(loop_env, tmp_path / "serve.log", "--workers", "1")
-    now = datetime.now(UTC)
-    try:
-        wait_for(lambda: challenger_active(api, better), timeout=60)
-        simulate.simulate(
-            api.url,
-            tmp_path / "outcomes.csv",
-            days=14,
-            rows_per_day=250,
-            horizon_days=HORIZON_DAYS,
-            end=now,
-            now=now,
-        )
-        wait_for(lambda: (stored(settings)["role"] == "shadow").sum() == 3500, timeout=30)
-    finally:
-        stop_api(api)
+    shadowed_traffic(loop_env, settings, tmp_path, better, 14)
     ok(cli("labels", "add", "--json", str(tmp_path / "outcomes.csv")))
     result = cli("monitor", "--json", "--no-log")
     assert result.exit_code == 3

@@ -15,7 +15,8 @@ from churnops import routing
 from churnops.inputs import InputField, RequestSchema
 from churnops.monitoring import store
 from churnops.predict import Predictions
-from churnops.shadow import ShadowScorer, Work
+from churnops.routing import Rows
+from churnops.shadow import ShadowScorer
 from churnops.watcher import ServedModel
 
 FIELDS = (InputField("tenure_months", "long", True), InputField("plan_type", "string", True))
@@ -46,13 +47,13 @@ def served(engine: HalfEngine, version: int = 2) -> ServedModel:
     return ServedModel(version, None, engine, {}, datetime.now(UTC), RequestSchema(FIELDS))
 
 
-def work(ids: list[str]) -> Work:
+def work(ids: list[str]) -> Rows:
     columns: dict[str, list[Any]] = {
         "tenure_months": [3] * len(ids),
         "plan_type": ["basic"] * len(ids),
         "x": [0] * len(ids),
     }
-    return Work(None, 1_700_000_000.0, ids, columns, [f"c{i}" for i in ids], "r")
+    return Rows(ids, columns, [f"c{i}" for i in ids], "r", None, 1_700_000_000.0)
 
 
 def writer(tmp_path: Path) -> store.BufferedWriter:

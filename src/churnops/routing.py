@@ -1,5 +1,6 @@
-"""Which version answers a request: the challenger slot as the API reads it, and the stable
-per-customer split a canary uses. Light on purpose: the API's workers import it, never the
+"""Which version answers a request: the challenger slot as the API reads it, the stable
+per-customer split a canary uses, and one request's rows on their way to the versions, the store
+and the shadow queue. Light on purpose: the API's workers import it, never the
 life-cycle modules (scikit-learn's training code, ~80 MiB).
 
 The slot is the alias ``challenger`` (CHURNOPS_CHALLENGER_ALIAS); its mode and share are tags on
@@ -12,11 +13,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
 
 from churnops import registry
 from churnops.config import Settings
+from churnops.monitoring.store import Batch
+from churnops.predict import Predictions
 from churnops.watcher import ModelWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,75 @@ def bucket(key: str) -> int:
 def chosen(key: str, percent: float) -> bool:
     """True for the ``percent`` share of keys the challenger takes."""
     return bucket(key) < round(percent * BUCKETS / 100)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One request's rows on their way through scoring, the store and the shadow queue."""
+
+    ids: list[str]
+    columns: dict[str, list[Any]]
+    customer_ids: list[str | None] | None
+    request_id: str
+    event_time: float | None
+    served_at: float
+    probabilities: np.ndarray = field(default_factory=lambda: np.empty(0))
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def scored(self, result: Predictions) -> Rows:
+        """These rows with their scores."""
+        return replace(self, probabilities=result.probability, labels=result.label)
+
+    def keys(self) -> list[str]:
+        """What a canary or a sampled shadow splits on: the customer, else the request."""
+        if self.customer_ids is None:
+            return [self.request_id] * len(self.ids)
+        return [c if c is not None else self.request_id for c in self.customer_ids]
+
+    def chosen(self, percent: float) -> np.ndarray | None:
+        """Which rows fall in the challenger's share; None when none does."""
+        mask = np.fromiter((chosen(k, percent) for k in self.keys()), bool, len(self.ids))
+        return mask if mask.any() else None
+
+    def take(self, index: np.ndarray, names: list[str]) -> Rows:
+        """The rows at ``index``, with only the input columns ``names``."""
+        picked = index.tolist()
+        return Rows(
+            [self.ids[i] for i in picked],
+            {n: [self.columns[n][i] for i in picked] for n in names},
+            None if self.customer_ids is None else [self.customer_ids[i] for i in picked],
+            self.request_id,
+            self.event_time,
+            self.served_at,
+            self.probabilities[index] if len(self.probabilities) else self.probabilities,
+            self.labels[index] if len(self.labels) else self.labels,
+        )
+
+    def sample(self, percent: float) -> Rows | None:
+        """The rows the shadow scores: all of them at 100%, else a stable share by customer."""
+        if percent >= 100:
+            return self
+        mask = self.chosen(percent)
+        return None if mask is None else self.take(np.flatnonzero(mask), list(self.columns))
+
+    def batch(self, model: str, served: ServedModel, alias: str, role: str) -> Batch:
+        """These scored rows as the prediction store takes them."""
+        return Batch(
+            time=self.event_time,
+            served_at=self.served_at,
+            source="api",
+            model=model,
+            version=served.version,
+            alias=alias,
+            threshold=served.engine.threshold,
+            prediction_ids=self.ids,
+            probabilities=self.probabilities,
+            labels=self.labels,
+            customer_ids=self.customer_ids,
+            request_id=self.request_id,
+            columns=self.columns,
+            role=role,
+        )
 
 
 @dataclass(frozen=True)

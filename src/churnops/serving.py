@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -38,7 +37,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter, ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from churnops import routing
 from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
 from churnops.errors import (
     BatchTooLargeError,
@@ -47,15 +45,14 @@ from churnops.errors import (
     NoProductionModelError,
     UnsupportedMediaTypeError,
 )
-from churnops.monitoring.store import Batch, BufferedWriter, open_store
+from churnops.monitoring.store import BufferedWriter, open_store
 from churnops.observability import (
     MULTIPROC_ENV,
     ServingMetrics,
     configure_json_logging,
 )
-from churnops.predict import Predictions
 from churnops.registry import LoadedModel
-from churnops.routing import ChallengerRoute
+from churnops.routing import ChallengerRoute, Rows
 from churnops.schemas import (
     BatchPredictionResponse,
     ChallengerState,
@@ -63,7 +60,7 @@ from churnops.schemas import (
     ModelResponse,
     PredictionResponse,
 )
-from churnops.shadow import ShadowScorer, Work
+from churnops.shadow import ShadowScorer
 from churnops.watcher import ModelWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -313,67 +310,6 @@ def _event_time(request: Request) -> float | None:
     return seconds
 
 
-@dataclass(frozen=True)
-class Rows:
-    """One request's rows on their way through scoring, the store and the shadow queue."""
-
-    ids: list[str]
-    columns: dict[str, list[Any]]
-    customer_ids: list[str | None] | None
-    request_id: str
-    event_time: float | None
-    served_at: float
-    probabilities: np.ndarray = field(default_factory=lambda: np.empty(0))
-    labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-
-    def scored(self, result: Predictions) -> Rows:
-        """These rows with their scores."""
-        return replace(self, probabilities=result.probability, labels=result.label)
-
-    def keys(self) -> list[str]:
-        """What a canary or a sampled shadow splits on: the customer, else the request."""
-        if self.customer_ids is None:
-            return [self.request_id] * len(self.ids)
-        return [c if c is not None else self.request_id for c in self.customer_ids]
-
-    def chosen(self, percent: float) -> np.ndarray | None:
-        """Which rows fall in the challenger's share; None when none does."""
-        mask = np.fromiter((routing.chosen(k, percent) for k in self.keys()), bool, len(self.ids))
-        return mask if mask.any() else None
-
-    def take(self, index: np.ndarray, names: list[str]) -> Rows:
-        """The rows at ``index``, with only the input columns ``names``."""
-        picked = index.tolist()
-        return Rows(
-            [self.ids[i] for i in picked],
-            {n: [self.columns[n][i] for i in picked] for n in names},
-            None if self.customer_ids is None else [self.customer_ids[i] for i in picked],
-            self.request_id,
-            self.event_time,
-            self.served_at,
-            self.probabilities[index] if len(self.probabilities) else self.probabilities,
-            self.labels[index] if len(self.labels) else self.labels,
-        )
-
-    def sample(self, percent: float) -> Rows | None:
-        """The rows the shadow scores: all of them at 100%, else a stable share by customer."""
-        if percent >= 100:
-            return self
-        mask = self.chosen(percent)
-        return None if mask is None else self.take(np.flatnonzero(mask), list(self.columns))
-
-    def work(self) -> Work:
-        """These rows as the shadow scorer's work."""
-        return Work(
-            self.event_time,
-            self.served_at,
-            self.ids,
-            self.columns,
-            self.customer_ids,
-            self.request_id,
-        )
-
-
 def _challenger_watcher(settings: Settings, metrics: ServingMetrics) -> ChallengerRoute:
     def swapped(served: ServedModel) -> None:
         metrics.challenger_version.set(served.version)
@@ -538,24 +474,7 @@ def create_app(
 
     def keep(served: ServedModel, rows: Rows, role: str, alias: str) -> None:
         assert store is not None
-        store.add(
-            Batch(
-                time=rows.event_time,
-                served_at=rows.served_at,
-                source="api",
-                model=settings.model_name,
-                version=served.version,
-                alias=alias,
-                threshold=served.engine.threshold,
-                prediction_ids=rows.ids,
-                probabilities=rows.probabilities,
-                labels=rows.labels,
-                customer_ids=rows.customer_ids,
-                request_id=rows.request_id,
-                columns=rows.columns,
-                role=role,
-            )
-        )
+        store.add(rows.batch(settings.model_name, served, alias, role))
 
     async def score(
         served: ServedModel, customers: list[dict[str, Any]], request: Request, batch: bool
@@ -605,7 +524,7 @@ def create_app(
         if shadow is not None and other is not None and other.slot.mode == "shadow":
             sampled = rows.sample(other.slot.percent)
             if sampled is not None:
-                shadow.offer(sampled.work())
+                shadow.offer(sampled)
         if batch:
             predictions = [
                 {"prediction_id": i, "prediction": label, "probability": p}

@@ -10,12 +10,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from churnops.monitoring.store import Batch, BufferedWriter
+from churnops.monitoring.store import BufferedWriter
+from churnops.routing import Rows
 from churnops.watcher import ServedModel
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,6 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.02
 # NB: rows per engine call, so one tick under heavy load holds the GIL in bounded steps.
 MAX_CALL_ROWS = 4096
-
-
-@dataclass(frozen=True)
-class Work:
-    """One answered request's rows, waiting for the challenger."""
-
-    time: float | None
-    served_at: float
-    prediction_ids: list[str]
-    columns: dict[str, list[Any]]
-    customer_ids: list[str | None] | None
-    request_id: str
 
 
 class ShadowScorer:
@@ -60,7 +49,7 @@ class ShadowScorer:
         self._limit = queue_rows
         self._on_scored = on_scored
         self._on_dropped = on_dropped
-        self._queue: list[Work] = []
+        self._queue: list[Rows] = []
         self._rows = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -69,9 +58,9 @@ class ShadowScorer:
         self.dropped_rows = 0
         self.failed_rows = 0
 
-    def offer(self, work: Work) -> bool:
+    def offer(self, work: Rows) -> bool:
         """Queue one request's rows; False (and counted) when the queue has no room for them."""
-        rows = len(work.prediction_ids)
+        rows = len(work.ids)
         with self._lock:
             if self._rows + rows > self._limit:
                 self.dropped_rows += rows
@@ -105,16 +94,16 @@ class ShadowScorer:
         done = 0
         start = 0
         while start < len(works):
-            group: list[Work] = []
+            group: list[Rows] = []
             rows = 0
             while start < len(works) and (not group or rows < MAX_CALL_ROWS):
                 group.append(works[start])
-                rows += len(works[start].prediction_ids)
+                rows += len(works[start].ids)
                 start += 1
             done += self._score(group, rows)
         return done
 
-    def _score(self, group: list[Work], rows: int) -> int:
+    def _score(self, group: list[Rows], rows: int) -> int:
         served = self._challenger()
         if served is None:
             # NB: the slot was cleared (or its version is still loading) after these were queued.
@@ -137,28 +126,16 @@ class ShadowScorer:
         seconds = time.perf_counter() - started
         offset = 0
         for work in group:
-            n = len(work.prediction_ids)
-            part = slice(offset, offset + n)
-            offset += n
-            self._store.add(
-                Batch(
-                    time=work.time,
-                    served_at=work.served_at,
-                    source="api",
-                    model=self._model,
-                    version=served.version,
-                    alias=self._alias,
-                    threshold=served.engine.threshold,
-                    prediction_ids=work.prediction_ids,
-                    probabilities=np.asarray(result.probability[part]),
-                    labels=np.asarray(result.label[part]),
-                    customer_ids=work.customer_ids,
-                    request_id=work.request_id,
-                    # NB: the inputs are production's row's, stored with it under the same id.
-                    columns={},
-                    role="shadow",
-                )
+            part = slice(offset, offset + len(work.ids))
+            offset += len(work.ids)
+            scored = replace(
+                work,
+                probabilities=np.asarray(result.probability[part]),
+                labels=np.asarray(result.label[part]),
+                # NB: the inputs are production's row's, stored with it under the same id.
+                columns={},
             )
+            self._store.add(scored.batch(self._model, served, self._alias, "shadow"))
         self.scored_rows += rows
         self._on_scored(served.version, rows, seconds)
         return rows
