@@ -261,7 +261,7 @@ def test_challenger_moves_are_refused_for_inputs_production_lacks_and_kept_in_th
     document = json.loads(refused.stdout)
     assert "cannot override" in document["error"]
     failed = {c["name"] for c in document["gate"]["criteria"] if not c["passed"]}
-    assert failed == {"signature compatible", "inputs production sends"}
+    assert failed == {"signature compatible", "inputs clients send"}
     assert routing.slot(settings) is None and len(ledger.entries(settings)) == 1
 
     second = train_version(cli, "--seed", "9")

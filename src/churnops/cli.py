@@ -452,8 +452,9 @@ def history() -> tuple[Any, str]:
     entries = lifecycle.history(settings)
     if not entries:
         return [], "no alias moves yet: run `churnops promote`"
+    width = max(9, *(len(e.action) for e in entries))
     lines = [
-        f"{'#':>4}  {'time (UTC)':<25} {'actor':<26} {'action':<9} {'move':<12} "
+        f"{'#':>4}  {'time (UTC)':<25} {'actor':<26} {'action':<{width}} {'move':<12} "
         f"{'state':<10} reason"
     ]
     for e in entries:
@@ -463,7 +464,7 @@ def history() -> tuple[Any, str]:
         flag = " [override]" if e.override else ""
         actor = e.actor + (f" for {e.on_behalf_of}" if e.on_behalf_of else "")
         lines.append(
-            f"{e.seq:>4}  {e.time:<25} {actor[:26]:<26} {e.action:<9} "
+            f"{e.seq:>4}  {e.time:<25} {actor[:26]:<26} {e.action:<{width}} "
             f"{before + ' -> ' + after:<12} {e.state:<10} {alias}{e.reason}{flag}"
         )
     return [e.to_dict() for e in entries], "\n".join(lines)
@@ -1152,6 +1153,10 @@ def challenger_status() -> tuple[dict[str, Any], str]:
     return state, _slot_text(state)
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
 def _compare_text(report: dict[str, Any]) -> str:
     lines = [
         f"{report['model']}: challenger v{report['challenger']} vs production "
@@ -1181,8 +1186,8 @@ def _compare_text(report: dict[str, Any]) -> str:
         rows, share = canary["rows"], canary["predicted_churn"]
         lines.append(
             f"canary: {rows['challenger']} rows answered by the challenger, {rows['production']} "
-            f"by production over the same period; predicted churn {share['challenger']} vs "
-            f"{share['production']}; labelled {canary['labelled']['challenger']} / "
+            f"by production over the same period; predicted churn {_share(share['challenger'])} "
+            f"vs {_share(share['production'])}; labelled {canary['labelled']['challenger']} / "
             f"{canary['labelled']['production']}"
         )
         if canary.get("fisher"):

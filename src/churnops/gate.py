@@ -169,7 +169,7 @@ def check_signature(
     )
 
 
-INPUTS_SENT = "inputs production sends"
+INPUTS_SENT = "inputs clients send"
 
 
 def check_inputs_sent(

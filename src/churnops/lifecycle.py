@@ -464,7 +464,7 @@ def live_comparison(settings: Settings, version: int) -> gate.Criterion | None:
     if report["shadow"] is None and report["canary"] is None:
         return None
     verdict = report["verdict"]
-    value = verdict["result"]
+    value = "undecided" if verdict["result"] == "no evidence yet" else verdict["result"]
     if verdict.get("f1_difference") is not None:
         value += f" (F1 {verdict['f1_difference']:+.4f})"
     return gate.Criterion(

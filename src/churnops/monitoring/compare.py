@@ -28,6 +28,8 @@ from churnops.monitoring import labels, paired, store
 
 # NB: below this many labelled rows per side no verdict is given (the intervals mean little).
 MIN_LABELLED = 30
+# NB: beyond this many times the labelled rows so far, "rows needed" is no practical advice.
+PRACTICAL = 100
 COLUMNS = (
     "prediction_id",
     "time",
@@ -144,7 +146,12 @@ def _verdict(section: dict[str, Any] | None, labelled: int, basis: str) -> dict[
         f"(95% interval {f1.low:+.4f} to {f1.high:+.4f}, {basis}, {labelled} labelled rows)"
     )
     if result is None:
-        if more is not None and more > 0:
+        if more is not None and more > PRACTICAL * labelled:
+            text += (
+                f"; a difference this small would take over {PRACTICAL}x the labelled rows so "
+                "far to become decisive: on F1 the two are equivalent for practical purposes"
+            )
+        elif more is not None and more > 0:
             text += (
                 f"; about {more:,} more labelled rows would make a difference this size decisive"
             )
