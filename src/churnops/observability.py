@@ -69,7 +69,8 @@ class ServingMetrics:
         )
         self.scoring = Histogram(
             "churnops_scoring_duration_seconds",
-            "Time of one engine call, by role and version.",
+            "Time of one engine call of the challenger, by role (shadow, canary) and version; "
+            "production's is churnops_http_request_duration_seconds.",
             ["role", "version"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -97,7 +97,17 @@ class Rows:
 
     def scored(self, result: Predictions) -> Rows:
         """These rows with their scores."""
-        return replace(self, probabilities=result.probability, labels=result.label)
+        # NB: the constructor, not dataclasses.replace: ~1 us less on every request.
+        return Rows(
+            self.ids,
+            self.columns,
+            self.customer_ids,
+            self.request_id,
+            self.event_time,
+            self.served_at,
+            result.probability,
+            result.label,
+        )
 
     def keys(self) -> list[str]:
         """What a canary or a sampled shadow splits on: the customer, else the request."""

@@ -353,6 +353,10 @@ def create_app(
     store: BufferedWriter | None = None
     shadow: ShadowScorer | None = None
 
+    def shadow_scored(version: int, labels: np.ndarray, seconds: float) -> None:
+        metrics.scoring.labels("shadow", str(version)).observe(seconds)
+        metrics.observe_predictions(labels.tolist(), version, "shadow")
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         nonlocal store, shadow
@@ -371,7 +375,7 @@ def create_app(
                 model=settings.model_name,
                 alias=settings.challenger_alias,
                 queue_rows=settings.shadow_queue_rows,
-                on_scored=lambda v, n, s: metrics.scoring.labels("shadow", str(v)).observe(s),
+                on_scored=shadow_scored,
                 on_dropped=metrics.shadow_dropped.inc,
             )
             shadow.start()
@@ -466,8 +470,10 @@ def create_app(
             result = served.engine.predict_columns(columns)
         else:
             result = await run_in_threadpool(served.engine.predict_columns, columns)
-        seconds = time.perf_counter() - started
-        metrics.scoring.labels(role, str(served.version)).observe(seconds)
+        if role != "production":
+            # NB: production's time is the request histogram's; ~3 us a request saved.
+            seconds = time.perf_counter() - started
+            metrics.scoring.labels(role, str(served.version)).observe(seconds)
         return result
 
     other_alias = settings.challenger_alias
@@ -502,6 +508,7 @@ def create_app(
             result = await predict(served, columns, "production")
             labels, probabilities = result.label.tolist(), result.probability.tolist()
             answered = [(served, "production", rows.scored(result))]
+            metrics.observe_predictions(labels, served.version)
         else:
             label_of = np.empty(len(ids), dtype=np.int64)
             probability_of = np.empty(len(ids), dtype=np.float64)
@@ -517,8 +524,9 @@ def create_app(
                     answered.append((model, role, part.scored(result)))
             labels, probabilities = label_of.tolist(), probability_of.tolist()
             answered_by = np.where(canary, other.model.version, served.version).tolist()
+            for model, role, part in answered:
+                metrics.observe_predictions(part.labels.tolist(), model.version, role)
         for model, role, part in answered:
-            metrics.observe_predictions(part.labels, model.version, role)
             if store is not None:
                 keep(model, part, role, settings.alias if role == "production" else other_alias)
         if shadow is not None and other is not None and other.slot.mode == "shadow":

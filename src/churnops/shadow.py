@@ -39,7 +39,7 @@ class ShadowScorer:
         model: str,
         alias: str,
         queue_rows: int,
-        on_scored: Callable[[int, int, float], object] = lambda _v, _n, _s: None,
+        on_scored: Callable[[int, np.ndarray, float], object] = lambda _v, _l, _s: None,
         on_dropped: Callable[[int], object] = lambda _n: None,
     ) -> None:
         self._challenger = challenger
@@ -137,7 +137,7 @@ class ShadowScorer:
             )
             self._store.add(scored.batch(self._model, served, self._alias, "shadow"))
         self.scored_rows += rows
-        self._on_scored(served.version, rows, seconds)
+        self._on_scored(served.version, result.label, seconds)
         return rows
 
     def close(self) -> None:

@@ -176,7 +176,7 @@ def latency(settings: Settings, versions: list[int]) -> dict[str, Any] | None:
     """Each version's engine time per single-row call, in ms (p50, p99), measured here on the
     same rows: up to 200 of the last version's training reference. The store holds no timings
     (shadow rows are scored in batches off the request path); the API's Prometheus histogram
-    churnops_scoring_duration_seconds has the live figures per role and version."""
+    churnops_scoring_duration_seconds has the challenger's live figures."""
     import time
 
     engines = {v: registry.load_version(settings, v).engine for v in versions}
