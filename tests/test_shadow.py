@@ -4,6 +4,7 @@ or cleared challenger never raising, and a stable split whose share matches the 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,19 @@ def test_the_canary_split_is_stable_and_takes_its_share() -> None:
     # NB: raising the share only adds customers: nobody already on the canary moves back.
     wider = [routing.chosen(c, 30) for c in customers]
     assert all(w for c, w in zip(chosen, wider, strict=True) if c)
+
+
+def test_the_scorer_thread_sleeps_until_rows_arrive_and_then_scores_them(tmp_path: Path) -> None:
+    engine = HalfEngine()
+    shadow = scorer(tmp_path, served(engine))
+    shadow.start()
+    try:
+        time.sleep(0.2)
+        assert engine.calls == 0
+        shadow.offer(work(["a-0"]))
+        deadline = time.monotonic() + 5
+        while shadow.scored_rows < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert shadow.scored_rows == 1 and shadow.queued() == 0
+    finally:
+        shadow.close()

@@ -53,6 +53,7 @@ class ShadowScorer:
         self._rows = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.scored_rows = 0
         self.dropped_rows = 0
@@ -62,15 +63,17 @@ class ShadowScorer:
         """Queue one request's rows; False (and counted) when the queue has no room for them."""
         rows = len(work.ids)
         with self._lock:
-            if self._rows + rows > self._limit:
+            dropped = self._rows + rows > self._limit
+            idle = not self._queue
+            if dropped:
                 self.dropped_rows += rows
-                dropped = True
             else:
                 self._queue.append(work)
                 self._rows += rows
-                dropped = False
         if dropped:
             self._on_dropped(rows)
+        elif idle:
+            self._wake.set()
         return not dropped
 
     def queued(self) -> int:
@@ -84,8 +87,13 @@ class ShadowScorer:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
-            self.drain()
+        # NB: asleep until rows arrive (no wake-ups while no challenger is shadowing), then one
+        # drain per tick while they keep coming.
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            while not self._stop.wait(TICK_SECONDS) and self.drain():
+                pass
 
     def drain(self) -> int:
         """Score everything queued now; return the rows scored."""
@@ -143,6 +151,7 @@ class ShadowScorer:
     def close(self) -> None:
         """Stop the thread and score what is still queued (before the store's last write)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.drain()
