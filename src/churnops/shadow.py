@@ -10,14 +10,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from churnops.monitoring import store
 from churnops.monitoring.store import BufferedWriter
-from churnops.predict import Predictions
 from churnops.routing import Rows
 from churnops.watcher import ServedModel
 
@@ -134,47 +132,21 @@ class ShadowScorer:
             log.warning("shadow v%s could not score %d rows: %s", served.version, rows, exc)
             return 0
         seconds = time.perf_counter() - started
-        self._store.add_table(self._table(group, served, result))
+        offset = 0
+        for work in group:
+            part = slice(offset, offset + len(work.ids))
+            offset += len(work.ids)
+            scored = replace(
+                work,
+                probabilities=np.asarray(result.probability[part]),
+                labels=np.asarray(result.label[part]),
+                # NB: the inputs are production's row's, stored with it under the same id.
+                columns={},
+            )
+            self._store.add(scored.batch(self._model, served, self._alias, "shadow"))
         self.scored_rows += rows
         self._on_scored(served.version, result.label, seconds)
         return rows
-
-    def _table(self, group: list[Rows], served: ServedModel, result: Predictions) -> pa.Table:
-        """The group's shadow rows as one store table, built with Arrow, not per request: the
-        store's writer thread never converts them, and this thread holds the GIL once per tick.
-        Inputs are left out: they are production's row's, stored with it under the same id."""
-        counts = np.fromiter((len(w.ids) for w in group), dtype=np.int64, count=len(group))
-        per_request = pa.table(
-            {
-                "time": store.timestamps(
-                    [w.event_time if w.event_time is not None else w.served_at for w in group]
-                ),
-                "served_at": store.timestamps([w.served_at for w in group]),
-                "request_id": pa.array([w.request_id for w in group], pa.string()),
-            }
-        )
-        per_row = per_request.take(pa.array(np.repeat(np.arange(len(group)), counts)))
-        customers = [c for w in group for c in (w.customer_ids or [None] * len(w.ids))]
-        meta = store.RowsMeta(
-            time=0.0,
-            served_at=0.0,
-            source="api",
-            model=self._model,
-            version=served.version,
-            alias=self._alias,
-            threshold=served.engine.threshold,
-            request_id="",
-            role="shadow",
-        )
-        return store.rows_table(
-            meta,
-            pa.array([i for w in group for i in w.ids], pa.string()),
-            result.probability,
-            result.label,
-            pa.array(customers, pa.string()),
-            {},
-            per_row=per_row,
-        )
 
     def close(self) -> None:
         """Stop the thread and score what is still queued (before the store's last write)."""

@@ -157,11 +157,6 @@ class Batch:
     role: str = "production"
 
 
-def timestamps(seconds: Sequence[float]) -> pa.Array:
-    """Epoch seconds as the store's UTC timestamps."""
-    return _timestamps(seconds)
-
-
 def _timestamps(seconds: Sequence[float]) -> pa.Array:
     return pa.array([round(s * 1_000_000) for s in seconds], type=pa.int64()).cast(TIMESTAMP)
 
@@ -247,17 +242,15 @@ def rows_table(
     labels: np.ndarray,
     customers: pa.Array,
     inputs: dict[str, pa.Array],
-    per_row: pa.Table | None = None,
 ) -> pa.Table:
-    """Prediction-store rows from arrays (batch scoring's chunks, the shadow's rows): the same
-    columns as :func:`to_table` builds from the API's requests. ``per_row`` (columns time,
-    served_at, request_id), when given, overrides those of ``meta`` row by row."""
+    """Prediction-store rows from arrays (batch scoring's chunks): the same columns as
+    :func:`to_table` builds from the API's requests."""
     rows = len(ids)
 
     def same(value: Any, kind: pa.DataType) -> pa.Array:
         return pa.repeat(pa.scalar(value, kind), rows)
 
-    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+    columns: dict[str, pa.Array] = {
         "prediction_id": ids,
         "time": same(round(meta.time * 1_000_000), pa.int64()).cast(TIMESTAMP),
         "served_at": same(round(meta.served_at * 1_000_000), pa.int64()).cast(TIMESTAMP),
@@ -272,9 +265,6 @@ def rows_table(
         "customer_id": customers,
         "request_id": same(meta.request_id, pa.string()),
     }
-    if per_row is not None:
-        for name in per_row.column_names:
-            columns[name] = per_row[name]
     for name, values in inputs.items():
         columns[INPUT_PREFIX + name] = _one_numeric_type(values)
     return pa.table(columns)
@@ -474,18 +464,6 @@ class BufferedWriter:
         with self._lock:
             self._pending.append(batch)
             self._rows += len(batch.prediction_ids)
-            full = self._rows >= self.buffer_rows
-        if full:
-            self._wake.set()
-
-    def add_table(self, table: pa.Table) -> None:
-        """Queue rows already built as a table (the shadow's), split into their days."""
-        days = pc.divide(table["time"].cast(pa.int64()), 86_400_000_000)
-        with self._write_lock:
-            for day in days.unique().to_pylist():
-                self._tables.setdefault(day, []).append(table.filter(pc.equal(days, day)))
-        with self._lock:
-            self._rows += table.num_rows
             full = self._rows >= self.buffer_rows
         if full:
             self._wake.set()
