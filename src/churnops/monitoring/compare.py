@@ -77,8 +77,9 @@ def _shares(rows: pd.DataFrame) -> dict[str, Any]:
     return {"rows": len(rows), "predicted_churn": _r(rows["label"].mean()) if len(rows) else None}
 
 
-def _shadow(pairs: pd.DataFrame, seed: int) -> dict[str, Any]:
-    """Paired: production (a) and challenger (b) on the same rows."""
+def _shadow(pairs: pd.DataFrame, seed: int) -> tuple[dict[str, Any], paired.Difference | None]:
+    """Paired: production (a) and challenger (b) on the same rows; the section and its F1
+    difference (None before outcomes)."""
     agree = float((pairs["label_a"] == pairs["label_b"]).mean())
     rho = stats.spearmanr(pairs["probability_a"], pairs["probability_b"]).statistic
     section: dict[str, Any] = {
@@ -92,6 +93,7 @@ def _shadow(pairs: pd.DataFrame, seed: int) -> dict[str, Any]:
     }
     known = pairs[pairs["outcome"].notna()]
     section["labelled"] = len(known)
+    f1 = None
     if len(known):
         truth = known["outcome"].to_numpy(int)
         a, b = known["label_a"].to_numpy(int), known["label_b"].to_numpy(int)
@@ -101,12 +103,14 @@ def _shadow(pairs: pd.DataFrame, seed: int) -> dict[str, Any]:
         section["roc_auc"] = paired.paired_auc(
             truth, known["probability_a"].to_numpy(), known["probability_b"].to_numpy()
         ).to_dict()
-        section["_f1"] = f1
-    return section
+    return section, f1
 
 
-def _canary(production: pd.DataFrame, canary: pd.DataFrame, seed: int) -> dict[str, Any]:
-    """Unpaired: production's customers (a) and the canary's (b) over the same period."""
+def _canary(
+    production: pd.DataFrame, canary: pd.DataFrame, seed: int
+) -> tuple[dict[str, Any], paired.Difference | None]:
+    """Unpaired: production's customers (a) and the canary's (b) over the same period; the
+    section and its F1 difference (None before outcomes on both sides)."""
     section: dict[str, Any] = {
         "rows": {"production": len(production), "challenger": len(canary)},
         "predicted_churn": {
@@ -116,6 +120,7 @@ def _canary(production: pd.DataFrame, canary: pd.DataFrame, seed: int) -> dict[s
     }
     a, b = production[production["outcome"].notna()], canary[canary["outcome"].notna()]
     section["labelled"] = {"production": len(a), "challenger": len(b)}
+    f1 = None
     if len(a) and len(b):
         ta, tb = a["outcome"].to_numpy(int), b["outcome"].to_numpy(int)
         la, lb = a["label"].to_numpy(int), b["label"].to_numpy(int)
@@ -125,12 +130,10 @@ def _canary(production: pd.DataFrame, canary: pd.DataFrame, seed: int) -> dict[s
         section["roc_auc"] = paired.unpaired_auc(
             ta, a["probability"].to_numpy(), tb, b["probability"].to_numpy()
         ).to_dict()
-        section["_f1"] = f1
-    return section
+    return section, f1
 
 
-def _verdict(section: dict[str, Any] | None, labelled: int, basis: str) -> dict[str, Any]:
-    f1: paired.Difference | None = None if section is None else section.pop("_f1", None)
+def _verdict(f1: paired.Difference | None, labelled: int, basis: str) -> dict[str, Any]:
     if f1 is None or f1.difference is None:
         return {
             "result": "no evidence yet",
@@ -239,13 +242,14 @@ def compare(
         "canary": None,
     }
     shadow = canary = None
+    shadow_f1 = canary_f1 = None
     if len(shadow_rows):
         pairs = production[["prediction_id", "probability", "label", "outcome"]].merge(
             shadow_rows[["prediction_id", "probability", "label"]],
             on="prediction_id",
             suffixes=("_a", "_b"),
         )
-        shadow = _shadow(pairs, seed)
+        shadow, shadow_f1 = _shadow(pairs, seed)
         report["production_versions"] = sorted(
             int(v)
             for v in production.loc[
@@ -255,21 +259,18 @@ def compare(
     if len(canary_rows):
         start, end = canary_rows["time"].min(), canary_rows["time"].max()
         period = production[(production["time"] >= start) & (production["time"] <= end)]
-        canary = _canary(period, canary_rows, seed)
+        canary, canary_f1 = _canary(period, canary_rows, seed)
     if shadow is not None and shadow["labelled"]:
-        report["verdict"] = _verdict(shadow, shadow["labelled"], "paired, shadow rows")
+        report["verdict"] = _verdict(shadow_f1, shadow["labelled"], "paired, shadow rows")
     elif canary is not None and min(canary["labelled"].values()):
         labelled = sum(canary["labelled"].values())
-        report["verdict"] = _verdict(canary, labelled, "unpaired, canary rows")
+        report["verdict"] = _verdict(canary_f1, labelled, "unpaired, canary rows")
     else:
         report["verdict"] = _verdict(None, 0, "shadow" if shadow is not None else "canary")
         if shadow is None and canary is None:
             report["verdict"]["message"] = (
                 f"no rows scored by v{version} as a challenger in the store yet"
             )
-    for section in (shadow, canary):
-        if section is not None:
-            section.pop("_f1", None)
     report["shadow"], report["canary"] = shadow, canary
     report["latency"] = None
     if measure_latency and (shadow is not None or canary is not None):
