@@ -227,9 +227,9 @@ def _live(tags: dict[str, str]) -> str:
 @click.option(
     "--version",
     "version_label",
-    default="v1",
-    show_default=True,
-    help="Free-form label of this training, logged as the run's `version` param.",
+    default=None,
+    help="Free-form label of this training, logged as the run's name and `version` param "
+    "[default: the registered version's number, e.g. v3].",
 )
 @click.option("--seed", default=42, show_default=True, help="Seed of the split and the model.")
 @click.option(
@@ -253,7 +253,7 @@ def train(
     data_file: Path | None,
     target: str,
     positive_label: str | None,
-    version_label: str,
+    version_label: str | None,
     seed: int,
     gate_f1: float,
     kind: ModelKind | None,
@@ -289,7 +289,8 @@ def train(
         f"run {report.run_id}\n"
         f"registered {settings.model_name} version {report.version}\n"
         f"held-out metrics: {metrics}\n"
-        f"gate: {'PASS' if report.verdict.passed else 'FAIL'} ({report.verdict.reason})"
+        f"gate: {'PASS' if report.verdict.passed else 'FAIL'} ({report.verdict.reason})\n"
+        f"reproduce: churnops reproduce {report.run_id}"
     )
     document = {
         "run_id": report.run_id,
@@ -1241,3 +1242,52 @@ def compare(version: int | None, until: str | None, no_log: bool) -> tuple[dict[
         log_to_mlflow=not no_log,
     )
     return result.report, _compare_text(result.report)
+
+
+def _reproduction_text(found: dict[str, Any]) -> str:
+    verdict = "identical" if found["identical"] else "NOT identical"
+    lines = [f"run {found['run_id']}: re-trained from what it recorded: {verdict}"]
+    if found["data_recorded"] is None:
+        lines.append(
+            f"  data      {found['data_source']}: digest {found['data_now']} (none recorded)"
+        )
+    else:
+        same = "same" if found["data_identical"] else "DIFFERENT"
+        lines.append(
+            f"  data      {same}: recorded {found['data_recorded']}, now {found['data_now']}"
+        )
+    for m in found["metrics"]:
+        mark = "same" if m["identical"] else "DIFFERENT"
+        lines.append(
+            f"  {m['name']:<12}{mark}: recorded {m['recorded']:.6f}, now {m['reproduced']:.6f}"
+        )
+    if found["probabilities_identical"] is not None:
+        mark = "same" if found["probabilities_identical"] else "DIFFERENT"
+        largest = found["largest_probability_difference"]
+        tail = "" if largest is None else f" (largest difference {largest:.3g})"
+        lines.append(f"  held-out probabilities {mark} on {found['rows_compared']} rows{tail}")
+    lines += [f"  warning: {w}" for w in found["warnings"]]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("run_id")
+@command
+def reproduce(run_id: str) -> None:
+    """Re-train RUN_ID from what its run recorded and say whether it comes out identical.
+
+    Uses the run's own copy of its table (kept when under 20 MB; the built-in data is re-made
+    from the seed), seed, gate, model kind and target, and compares every held-out metric and
+    the held-out probabilities exactly. Warns when a library version differs from the run's.
+    Exit 0 when identical, 1 when anything differs. `churnops status --json` gives each version's
+    run id; so does the version's description in the MLflow UI.
+    """
+    from churnops import reproduce as reproducing
+
+    found = reproducing.reproduce(_settings(), run_id).to_dict()
+    meta = click.get_current_context().meta
+    out = meta["churnops.stdout"]
+    out.write((json.dumps(found) if meta["churnops.json"] else _reproduction_text(found)) + "\n")
+    out.flush()
+    if not found["identical"]:
+        sys.exit(1)

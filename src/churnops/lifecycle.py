@@ -102,7 +102,7 @@ def train(
     settings: Settings,
     *,
     data_file: Path | None,
-    version_label: str,
+    version_label: str | None,
     seed: int,
     gate_f1: float,
     target: str = data.TARGET,
@@ -116,7 +116,7 @@ def train(
 
     registry.ping(settings)
     if data_file is None:
-        dataset = data.from_frame(data.generate(seed=seed), source="built-in synthetic data")
+        dataset = data.from_frame(data.generate(seed=seed), source=registry.BUILTIN_SOURCE)
     else:
         dataset = data.load_table(data_file, target=target, positive_label=positive_label)
     if kind is None:
@@ -138,6 +138,7 @@ def train(
         dataset=dataset,
         evidence=proof,
         reference=monitoring_reference(result, seed),
+        positive_label=positive_label,
     )
     log.info("registered %s version %s", settings.model_name, registered.version)
     return TrainReport(
@@ -287,6 +288,18 @@ def _champion_signature(settings: Settings, champion: int) -> list[dict[str, str
         raise _could_not_compare(champion, exc) from None
 
 
+def _full_precision(settings: Settings, info: registry.VersionInfo) -> dict[str, float]:
+    """The version's metrics as its run logged them: its tags are rounded for reading, and the
+    gate must not pass an F1 of 0.49996 as 0.5000."""
+    if not info.run_id:
+        return info.metrics
+    try:
+        _, logged, _ = registry.run_record(settings, info.run_id)
+    except VersionNotFoundError:
+        return info.metrics
+    return info.metrics | {k: v for k, v in logged.items() if k in info.metrics}
+
+
 def gate_report(
     settings: Settings,
     version: int,
@@ -303,9 +316,8 @@ def gate_report(
     # NB: the trainer's own gate_f1 can be anything (`train --gate-f1 0`); the promoter's
     # policy floor is the least it may be.
     gate_f1 = max(trained_gate, settings.gate_f1_min)
-    criteria = [
-        gate.check_quality(info.metrics.get("f1"), info.metrics.get("baseline_f1"), gate_f1)
-    ]
+    metrics = _full_precision(settings, info)
+    criteria = [gate.check_quality(metrics.get("f1"), metrics.get("baseline_f1"), gate_f1)]
     engine: Engine | None = None
     digests: dict[str, str] = {}
     try:

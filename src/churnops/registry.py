@@ -64,6 +64,13 @@ REFERENCE_ROWS = "reference.parquet"
 REFERENCE_SCORES = "reference_scores.parquet"
 CALIBRATION = "calibration.json"
 EVIDENCE_DIR = "evidence"
+TRAINING_DATA_DIR = "data"
+# NB: a table up to this size travels with its run, so `churnops reproduce` needs nothing else.
+TRAINING_DATA_MAX_BYTES = 20 * 1024 * 1024
+DATA_DIGEST_PARAM = "data_digest"
+BUILTIN_SOURCE = "built-in synthetic data"
+LIBRARIES = ("churnops", "mlflow", "scikit-learn", "pandas", "numpy", "scipy")
+LIBRARY_TAG_PREFIX = "library."
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,60 @@ def _pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in packages]
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of what decides a training's result, as recorded with every run."""
+    import platform
+    from importlib.metadata import version
+
+    return {"python": platform.python_version()} | {name: version(name) for name in LIBRARIES}
+
+
+def table_digest(frame: pd.DataFrame) -> str:
+    """A digest of a table's values and column names (not of its file's bytes), so the same rows
+    read from CSV or Parquet digest alike."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _description(result: TrainingResult, dataset: Dataset, seed: int, digest: str) -> str:
+    """A version's page in the registry, in Markdown: what it is, what it was trained on, how
+    good it is and whether it may ship, and the one command that re-makes it."""
+    from churnops.training import KIND_NAMES
+
+    m, verdict = result.metrics, result.verdict
+    gate = "passed" if verdict.passed else "failed"
+    return (
+        f"**{KIND_NAMES.get(result.kind, result.kind)}** trained by churnops on "
+        f"`{Path(dataset.source).name}`: {dataset.report.rows_kept:,} rows "
+        f"({result.train_rows:,} to train, {result.test_rows:,} held out), "
+        f"churn rate {dataset.report.positive_rate:.1%}, data digest `{digest}`, seed {seed}.\n\n"
+        f"Held out, at the tuned threshold {result.threshold:.3f}: "
+        f"**F1 {m['f1']:.4f}**, ROC AUC {m['roc_auc']:.4f}, precision {m['precision']:.4f}, "
+        f"recall {m['recall']:.4f}.\n\n"
+        f"Gate: **{gate}**: {verdict.reason}.\n\n"
+        "Reproduce: `churnops reproduce {run_id}`"
+    )
+
+
+MODEL_DESCRIPTION = (
+    "Customer-churn classifier managed by churnops. Every version is one `churnops train` run "
+    "(see its description and run page); the alias `production` is the version the prediction "
+    "API serves, moved only by `churnops promote` / `rollback`, each move recorded in the "
+    "`{model}-ledger` experiment."
+)
+
+
+def _describe(settings: Settings, version: int, description: str) -> None:
+    client = _client(settings)
+    client.update_model_version(settings.model_name, str(version), description=description)
+    model = client.get_registered_model(settings.model_name)
+    if not model.description:
+        client.update_registered_model(
+            settings.model_name, description=MODEL_DESCRIPTION.format(model=settings.model_name)
+        )
+
+
 def _skops_trusted_types(model: Any) -> list[str]:
     """The non-default types a skops file of ``model`` needs, so logging and loading accept it."""
     import skops.io
@@ -250,11 +311,12 @@ def log_training(
     settings: Settings,
     result: TrainingResult,
     *,
-    version_label: str,
+    version_label: str | None,
     seed: int,
     dataset: Dataset,
     evidence: Evidence | None = None,
     reference: Reference | None = None,
+    positive_label: str | None = None,
 ) -> RegisteredRun:
     """Log one training as a run in the experiment and register it as a new version.
 
@@ -269,6 +331,9 @@ def log_training(
 
     _use_tracking_uri(settings)
     trusted = _skops_trusted_types(result.model)
+    digest = table_digest(
+        dataset.features.assign(**{dataset.report.target: dataset.target.to_numpy()})
+    )
     example = result.input_example
     with warnings.catch_warnings():
         # NB: MLflow warns that integer columns cannot hold missing values; the API validates them.
@@ -282,10 +347,13 @@ def log_training(
         with mlflow.start_run(run_name=version_label) as run:
             mlflow.log_params(
                 {
-                    "version": version_label,
+                    **({"version": version_label} if version_label else {}),
                     "seed": seed,
                     "gate_f1": result.verdict.gate_f1,
                     "data": dataset.source,
+                    "target": dataset.report.target,
+                    **({"positive_label": positive_label} if positive_label else {}),
+                    DATA_DIGEST_PARAM: digest,
                     "train_rows": result.train_rows,
                     "test_rows": result.test_rows,
                     **result.params,
@@ -306,6 +374,7 @@ def log_training(
                 )
                 mlflow.log_input(logged_data, context="training")
             mlflow.log_dict(dataset.report.to_dict(), DATA_REPORT_ARTIFACT)
+            _log_training_table(dataset.source)
             if evidence is not None:
                 for name, document in evidence.documents.items():
                     mlflow.log_dict(document, f"{EVIDENCE_DIR}/{name}")
@@ -316,6 +385,7 @@ def log_training(
                     GATE_PASSED_TAG: str(result.verdict.passed).lower(),
                     "gate_reason": result.verdict.reason,
                 }
+                | {LIBRARY_TAG_PREFIX + k: v for k, v in library_versions().items()}
             )
             if reference is not None:
                 _log_reference(reference)
@@ -345,12 +415,13 @@ def log_training(
                     skops_trusted_types=trusted,
                     pip_requirements=_pip_requirements(),
                 )
-            tags = {name: repr(result.metrics[name]) for name in METRIC_TAGS}
+            # NB: rounded for reading on the version's page; the run keeps full precision.
+            tags = {name: f"{result.metrics[name]:.4f}" for name in METRIC_TAGS}
             tags |= {
                 GATE_PASSED_TAG: str(result.verdict.passed).lower(),
                 "gate_f1": repr(result.verdict.gate_f1),
                 "gate_reason": result.verdict.reason,
-                "version_label": version_label,
+                **({"version_label": version_label} if version_label else {}),
                 "model_type": result.kind,
                 THRESHOLD_TAG: repr(result.threshold),
                 INFERENCE_TAG: "onnx" if result.export.onnx is not None else "sklearn",
@@ -359,7 +430,66 @@ def log_training(
             if dataset.id_column:
                 tags[ID_COLUMN_TAG] = dataset.id_column
             mv = mlflow.register_model(info.model_uri, settings.model_name, tags=tags)
+            if not version_label:
+                # NB: unnamed runs take their version's number, so the run list reads v1, v2...
+                label = f"v{mv.version}"
+                mlflow.log_param("version", label)
+                _client(settings).update_run(run.info.run_id, name=label)
+                _client(settings).set_model_version_tag(
+                    settings.model_name, mv.version, "version_label", label
+                )
+            description = _description(result, dataset, seed, digest)
+            _describe(settings, int(mv.version), description.replace("{run_id}", run.info.run_id))
     return RegisteredRun(run_id=run.info.run_id, version=int(mv.version))
+
+
+def _log_training_table(source: str) -> None:
+    """Keep the training file with its run when it is small (built-in data is re-made from the
+    seed): what `churnops reproduce` re-trains from."""
+    import mlflow
+
+    path = Path(source)
+    if source != BUILTIN_SOURCE and path.is_file():
+        if path.stat().st_size <= TRAINING_DATA_MAX_BYTES:
+            mlflow.log_artifact(str(path), artifact_path=TRAINING_DATA_DIR)
+        else:
+            log.info("not keeping %s with the run: over %d bytes", path, TRAINING_DATA_MAX_BYTES)
+
+
+def run_record(
+    settings: Settings, run_id: str
+) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+    """A run's parameters, metrics (full precision) and tags."""
+    client = _client(settings)
+    with mlflow_errors(settings):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise VersionNotFoundError(
+                    f"no run {run_id!r} on {settings.tracking_uri}; `churnops status --json` shows "
+                    "each version's run id"
+                ) from None
+            raise
+    return dict(run.data.params), dict(run.data.metrics), dict(run.data.tags)
+
+
+def download_run_folder(settings: Settings, run_id: str, folder: str, dst: Path) -> Path | None:
+    """A run's artifact folder downloaded under ``dst``; None when the run has none."""
+    import mlflow.artifacts
+
+    with mlflow_errors(settings):
+        try:
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=folder,
+                    dst_path=str(dst),
+                    tracking_uri=settings.tracking_uri,
+                )
+            )
+        except (MlflowException, OSError):
+            return None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from churnops.data import Dataset
 from churnops.gate import DEFAULT_GATE_F1, GateVerdict, decide
 
 CANDIDATES: tuple[ModelKind, ...] = ("logreg", "hgb")
+KIND_NAMES = {"logreg": "Logistic regression", "hgb": "Histogram gradient boosting"}
 CV_FOLDS = 5
 TEST_SIZE = 0.25
 HOLDOUT_TARGET = "__churn__"

@@ -1,0 +1,175 @@
+"""Reproduce a training run from what it recorded: its table (kept with the run, or re-made from
+the seed for the built-in data), seed, gate, model kind and target; then say whether the metrics
+and the held-out probabilities come out identical, and what differs when they do not.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnops import data, registry, training
+from churnops.config import Settings
+from churnops.errors import ChurnopsError
+
+REQUIRED_PARAMS = ("seed", "gate_f1", "data", "model_requested")
+
+
+@dataclass(frozen=True)
+class MetricCheck:
+    """One held-out metric as the run logged it and as the re-training gives it."""
+
+    name: str
+    recorded: float
+    reproduced: float
+
+    @property
+    def identical(self) -> bool:
+        return self.recorded == self.reproduced
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What re-training a run gave, beside what the run recorded."""
+
+    run_id: str
+    data_source: str
+    data_recorded: str | None
+    data_now: str
+    metrics: list[MetricCheck]
+    rows_compared: int
+    probabilities_identical: bool | None
+    largest_probability_difference: float | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def data_identical(self) -> bool:
+        return self.data_recorded is None or self.data_recorded == self.data_now
+
+    @property
+    def identical(self) -> bool:
+        return (
+            self.data_identical
+            and all(m.identical for m in self.metrics)
+            and self.probabilities_identical is not False
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        found = asdict(self)
+        found["identical"] = self.identical
+        found["data_identical"] = self.data_identical
+        for check, row in zip(self.metrics, found["metrics"], strict=True):
+            row["identical"] = check.identical
+        return found
+
+
+def _params(
+    settings: Settings, run_id: str
+) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+    params, metrics, tags = registry.run_record(settings, run_id)
+    missing = [name for name in REQUIRED_PARAMS if name not in params]
+    if missing:
+        raise ChurnopsError(
+            f"run {run_id} was not logged by `churnops train` (it has no {', '.join(missing)} "
+            "parameter), so there is nothing to reproduce it from"
+        )
+    return params, metrics, tags
+
+
+def _dataset(
+    settings: Settings, run_id: str, params: dict[str, str], tmp: Path, warnings: list[str]
+) -> data.Dataset:
+    """The table the run was trained on: the copy kept with the run, else the built-in data
+    re-made from the seed, else the original path if it is still there (with a warning)."""
+    source = params["data"]
+    target = params.get("target", data.TARGET)
+    positive = params.get("positive_label")
+    if source == registry.BUILTIN_SOURCE:
+        return data.from_frame(data.generate(seed=int(params["seed"])), source=source)
+    kept = registry.download_run_folder(settings, run_id, registry.TRAINING_DATA_DIR, tmp)
+    name = Path(source).name
+    if kept is not None and (kept / name).is_file():
+        return data.load_table(kept / name, target=target, positive_label=positive)
+    if Path(source).is_file():
+        warnings.append(
+            f"the run kept no copy of its table; re-training from {source} as it is now"
+        )
+        return data.load_table(Path(source), target=target, positive_label=positive)
+    raise ChurnopsError(
+        f"run {run_id} kept no copy of its table (over "
+        f"{registry.TRAINING_DATA_MAX_BYTES // (1024 * 1024)} MB, or logged before churnops kept "
+        f"one) and {source} is not here; copy the table back to that path and run again"
+    )
+
+
+def _library_warnings(tags: dict[str, str]) -> list[str]:
+    found = []
+    for name, now in registry.library_versions().items():
+        then = tags.get(registry.LIBRARY_TAG_PREFIX + name)
+        if then is None:
+            found.append(f"the run did not record its {name} version (now {now})")
+        elif then != now:
+            found.append(f"{name} was {then} at training and is {now} here")
+    return found
+
+
+def reproduce(settings: Settings, run_id: str) -> Reproduction:
+    """Re-train ``run_id`` from what it recorded and compare."""
+    registry.ping(settings)
+    params, logged, tags = _params(settings, run_id)
+    warnings = _library_warnings(tags)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        dataset = _dataset(settings, run_id, params, tmp, warnings)
+        kind = params["model_requested"]
+        if kind not in training.CANDIDATES and kind != "auto":
+            raise ChurnopsError(f"run {run_id} names an unknown model kind {kind!r}")
+        result = training.train(
+            dataset,
+            seed=int(params["seed"]),
+            gate_f1=float(params["gate_f1"]),
+            kind=kind,  # type: ignore[arg-type]
+        )
+        recorded = _recorded_probabilities(settings, run_id, tmp)
+    table = dataset.features.assign(**{dataset.report.target: dataset.target.to_numpy()})
+    metrics = [
+        MetricCheck(name, logged[name], value)
+        for name, value in sorted(result.metrics.items())
+        if name in logged
+    ]
+    probability = result.model.predict_proba(result.holdout_features)[:, 1]
+    same: bool | None = None
+    largest: float | None = None
+    if recorded is None:
+        warnings.append("the run kept no held-out probabilities; only its metrics are compared")
+    elif len(recorded) != len(probability):
+        same = False
+    else:
+        same = bool(np.array_equal(recorded, probability))
+        largest = float(np.max(np.abs(recorded - probability))) if len(recorded) else 0.0
+    return Reproduction(
+        run_id=run_id,
+        data_source=params["data"],
+        data_recorded=params.get(registry.DATA_DIGEST_PARAM),
+        data_now=registry.table_digest(table),
+        metrics=metrics,
+        rows_compared=len(probability),
+        probabilities_identical=same,
+        largest_probability_difference=largest,
+        warnings=warnings,
+    )
+
+
+def _recorded_probabilities(settings: Settings, run_id: str, tmp: Path) -> np.ndarray | None:
+    """The logged model's probabilities on its held-out rows, as its monitoring reference kept
+    them at training."""
+    folder = registry.download_run_folder(settings, run_id, registry.REFERENCE_DIR, tmp / "ref")
+    path = None if folder is None else folder / registry.REFERENCE_SCORES
+    if path is None or not path.is_file():
+        return None
+    return pd.read_parquet(path)["probability"].to_numpy()
