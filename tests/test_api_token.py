@@ -1,4 +1,4 @@
-"""CHURNOPS_API_TOKEN: every route but the probes needs the bearer token."""
+"""CHURNOPS_API_TOKEN: every route but the probes and the docs needs the bearer token."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ TOKEN = "t0ken-" + uuid.uuid4().hex
 GUARDED = [
     ("GET", "/model"),
     ("GET", "/metrics"),
-    ("GET", "/docs"),
-    ("GET", "/openapi.json"),
     ("POST", "/predict"),
     ("POST", "/predict/batch"),
 ]
@@ -49,6 +47,22 @@ def _body(path: str) -> dict:
 def test_probes_stay_open_without_the_token(api: ApiProcess) -> None:
     assert api.client.get("/health").status_code == 200
     assert api.client.get("/ready").status_code == 200
+
+
+def test_the_docs_open_without_the_token_and_show_no_training_row(api: ApiProcess) -> None:
+    assert api.client.get("/docs").status_code == 200
+    document = api.client.get("/openapi.json").json()
+    [example] = document["components"]["schemas"]["Customer"]["examples"]
+    assert example == {
+        "tenure_months": 0,
+        "num_complaints": 0,
+        "avg_session_minutes": 0.0,
+        "plan_type": "unknown",
+        "region": "unknown",
+    }
+    # The placeholder is a valid request: "Try it out" answers with a prediction.
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert api.client.post("/predict", json=example, headers=headers).status_code == 200
 
 
 @pytest.mark.parametrize(("method", "path"), GUARDED)

@@ -135,6 +135,11 @@ class RequestSchema:
         self.one: TypeAdapter[dict[str, Any]] = TypeAdapter(customer)
         self.batch: TypeAdapter[dict[str, Any]] = TypeAdapter(batch)
 
+    def placeholder_example(self) -> dict[str, Any]:
+        """A request every field of which is a type's neutral value, not a customer's."""
+        neutral = {"integer": 0, "long": 0, "float": 0.0, "double": 0.0, "boolean": False}
+        return {f.name: neutral.get(f.type, "unknown") for f in self.fields}
+
     def _description(self) -> str:
         optional = [f.name for f in self.fields if not f.required]
         text = (

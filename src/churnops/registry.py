@@ -270,7 +270,7 @@ def _description(result: TrainingResult, dataset: Dataset, seed: int, digest: st
     m, verdict = result.metrics, result.verdict
     gate = "passed" if verdict.passed else "failed"
     return (
-        f"**{KIND_NAMES.get(result.kind, result.kind)}** trained by churnops on "
+        f"{KIND_NAMES.get(result.kind, result.kind)} trained by churnops on "
         f"`{Path(dataset.source).name}`: {dataset.report.rows_kept:,} rows "
         f"({result.train_rows:,} to train, {result.test_rows:,} held out), "
         f"churn rate {dataset.report.positive_rate:.1%}, data digest `{digest}`, seed {seed}.\n\n"
@@ -439,7 +439,12 @@ def log_training(
                     settings.model_name, mv.version, "version_label", label
                 )
             description = _description(result, dataset, seed, digest)
-            _describe(settings, int(mv.version), description.replace("{run_id}", run.info.run_id))
+            description = description.replace("{run_id}", run.info.run_id)
+            _describe(settings, int(mv.version), description)
+            # NB: the run page shows the same account under "Description".
+            mlflow.set_tag(
+                "mlflow.note.content", f"Registered as version {mv.version}. {description}"
+            )
     return RegisteredRun(run_id=run.info.run_id, version=int(mv.version))
 
 

@@ -196,10 +196,12 @@ class BearerTokenMiddleware:
     """Pure ASGI middleware: every route but the probes needs ``Authorization: Bearer <token>``.
 
     /health and /ready stay open, so load balancers and orchestrators can probe without the
-    secret. The comparison is constant-time.
+    secret, and so do /docs and /openapi.json. The comparison is constant-time.
     """
 
-    OPEN_PATHS = frozenset({"/health", "/ready"})
+    # NB: the docs pages and the OpenAPI document carry field names only (their example is a
+    # placeholder when a token is set), so a user can reach "Authorize" without the secret.
+    OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
@@ -434,6 +436,9 @@ def create_app(
                 schemas |= {CUSTOMER_SCHEMA: NO_MODEL_SCHEMA, BATCH_SCHEMA: NO_MODEL_SCHEMA}
             else:
                 schemas |= served.schema.json_schemas
+                if settings.api_token is not None:
+                    # NB: the docs are open when a token guards the API: no training row in them.
+                    schemas[CUSTOMER_SCHEMA]["examples"] = [served.schema.placeholder_example()]
             openapi_cache.clear()
             openapi_cache[key] = document
         return openapi_cache[key]
