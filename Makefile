@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test check bench bench-peers lock clean
+.PHONY: help install up test check docs screenshots bench bench-peers lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ check: $(STAMP) ## Lint and type-check (ruff + mypy)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+screenshots: $(STAMP) ## Photograph the MLflow UI and API pages the README shows into docs/img/
+	$(BIN)/python -m tests.screenshots --out docs/img
 
 bench: $(STAMP) ## Run the benchmarks in bench/
 	$(BIN)/python bench/serve.py

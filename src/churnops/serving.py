@@ -33,6 +33,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import TypeAdapter, ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -71,6 +72,7 @@ EVENT_TIME_HEADER = "X-Event-Time"
 # NB: request bodies are validated against the serving version's generated schema, which the
 # OpenAPI document references by these names and fills in from that version.
 CUSTOMER_SCHEMA = "Customer"
+DOCS_ASSETS = "/docs-assets"
 BATCH_SCHEMA = "BatchPredictionRequest"
 NO_MODEL_SCHEMA = {
     "type": "object",
@@ -208,7 +210,13 @@ class BearerTokenMiddleware:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS or self._allowed(scope):
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in self.OPEN_PATHS
+            or path.startswith(DOCS_ASSETS + "/")
+            or self._allowed(scope)
+        ):
             await self.app(scope, receive, send)
             return
         detail = (
@@ -400,7 +408,11 @@ def create_app(
                 # written before the process exits.
                 await run_in_threadpool(store.close)
 
-    app = FastAPI(
+    # NB: FastAPIOffline serves Swagger UI's files itself: FastAPI's /docs loads them from a CDN,
+    # which leaves the page blank on a machine without Internet access.
+    app = FastAPIOffline(
+        redoc_url=None,
+        static_url=DOCS_ASSETS,
         title="churnops prediction API",
         description=f"Serves `{settings.model_uri}` and follows every promotion and rollback live.",
         version="0.1.0",
