@@ -363,6 +363,15 @@ _tolerance = click.option(
 )
 
 
+_schema_change = click.option(
+    "--allow-schema-change",
+    is_flag=True,
+    help="Let a version that reads another table (other columns) take production: overrides "
+    "only the signature and a champion that cannot score its rows, never the F1 gate or the "
+    "smoke test; needs --reason, recorded in the ledger as an override.",
+)
+
+
 @main.command()
 @click.option(
     "--version",
@@ -371,12 +380,18 @@ _tolerance = click.option(
     help="Version to promote (default: the latest).",
 )
 @_force
+@_schema_change
 @_reason
 @_actor
 @_tolerance
 @command
 def promote(
-    version: int | None, force: bool, reason: str, actor: str | None, tolerance: float
+    version: int | None,
+    force: bool,
+    allow_schema_change: bool,
+    reason: str,
+    actor: str | None,
+    tolerance: float,
 ) -> tuple[dict[str, Any], str]:
     """Point the production alias at a version, if it passes the promotion gate.
 
@@ -385,7 +400,8 @@ def promote(
     the current production version by more than --tolerance F1, both scored on the candidate's
     held-out split), signature compatibility (accepts every input the current version accepts)
     and a smoke test (loads safely from the registry and predicts on its input example).
-    --force overrides the quality criteria, never the smoke test. When the champion cannot be
+    --force overrides the quality criteria, never the smoke test; --allow-schema-change only a
+    switch to another table (see its help). When the champion cannot be
     compared for now, nothing changes and the exit code is 2 (retry). The version already in
     production changes nothing (exit 0, no ledger entry). Every move is recorded in the ledger
     (`churnops history`), its intent before the alias moves.
@@ -393,18 +409,21 @@ def promote(
     from churnops import lifecycle
 
     return _move_output(
-        lifecycle.promote(_mover_settings(actor), version, force, reason, tolerance)
+        lifecycle.promote(
+            _mover_settings(actor), version, force, reason, tolerance, allow_schema_change
+        )
     )
 
 
 @main.command()
 @click.argument("version", type=click.IntRange(min=1), required=False)
 @_force
+@_schema_change
 @_reason
 @_actor
 @command
 def rollback(
-    version: int | None, force: bool, reason: str, actor: str | None
+    version: int | None, force: bool, allow_schema_change: bool, reason: str, actor: str | None
 ) -> tuple[dict[str, Any], str]:
     """Undo the last production change, or move production to VERSION.
 
@@ -418,7 +437,9 @@ def rollback(
     """
     from churnops import lifecycle
 
-    return _move_output(lifecycle.rollback(_mover_settings(actor), version, force, reason))
+    return _move_output(
+        lifecycle.rollback(_mover_settings(actor), version, force, reason, allow_schema_change)
+    )
 
 
 @main.command(name="gate")

@@ -36,6 +36,8 @@ def decide(f1: float, baseline_f1: float, gate_f1: float = DEFAULT_GATE_F1) -> G
 DEFAULT_TOLERANCE = 0.01
 # NB: --force may override quality criteria with a reason, never these.
 SAFETY_CRITERIA = frozenset({"smoke test"})
+SIGNATURE_CRITERION = "signature compatible"
+CHAMPION_CRITERION = "champion vs challenger"
 
 # NB: a column may widen (an integer column becomes a double) without breaking live clients.
 _WIDENS_TO = {
@@ -125,7 +127,7 @@ def check_champion(
 ) -> Criterion:
     """The candidate is not worse than the champion by more than ``tolerance`` on the same data."""
     return Criterion(
-        "champion vs challenger",
+        CHAMPION_CRITERION,
         candidate_f1 >= champion_f1 - tolerance,
         f"{candidate_f1:.4f} vs v{champion} {champion_f1:.4f}",
         f">= champion - {tolerance:.2f}",
@@ -141,7 +143,7 @@ def check_signature(
     cannot be read (a broken version), and then there is nothing to stay compatible with."""
     if current is None:
         return Criterion(
-            "signature compatible",
+            SIGNATURE_CRITERION,
             True,
             "not compared",
             f"accepts every input of v{champion}",
@@ -161,7 +163,7 @@ def check_signature(
         if n not in {c["name"] for c in current}
     ]
     return Criterion(
-        "signature compatible",
+        SIGNATURE_CRITERION,
         not problems,
         "compatible" if not problems else f"{len(problems)} incompatible",
         f"accepts every input of v{champion}",

@@ -225,6 +225,19 @@ def _not_compared(name: str, threshold: str, champion: int, exc: BaseException) 
     )
 
 
+NOT_COMPARABLE = "not comparable"
+
+
+def schema_change_only(report: gate.GateReport) -> bool:
+    """True when what fails is only that the candidate reads another table: its signature, and
+    a champion that cannot score its rows. `--allow-schema-change` overrides exactly that."""
+    return bool(report.failures) and all(
+        c.name == gate.SIGNATURE_CRITERION
+        or (c.name == gate.CHAMPION_CRITERION and c.value == NOT_COMPARABLE)
+        for c in report.failures
+    )
+
+
 def _champion_criterion(
     settings: Settings,
     candidate: VersionInfo,
@@ -258,6 +271,22 @@ def _champion_criterion(
     # NB: a column the candidate dropped reaches the champion as missing, as it would from a
     # client that stopped sending it; the signature criterion reports the drop itself.
     wanted = [c["name"] for c in champion_inputs]
+    lacking = [
+        c["name"]
+        for c in champion_inputs
+        if c["name"] not in features.columns and c.get("required", "true") == "true"
+    ]
+    if lacking:
+        # NB: all-missing rows would score (the pipeline imputes), and F1 0.0000 would "pass":
+        # a champion that needs inputs the candidate's table lacks cannot be compared on it.
+        return gate.Criterion(
+            name,
+            False,
+            NOT_COMPARABLE,
+            threshold,
+            f"v{champion} needs {len(lacking)} input(s) v{candidate.version}'s table lacks "
+            f"({', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}): another table",
+        )
     try:
         champion_f1 = _f1(
             champion_engine.predict_frame(features.reindex(columns=wanted)).label, truth
@@ -268,7 +297,7 @@ def _champion_criterion(
         return gate.Criterion(
             name,
             False,
-            "not comparable",
+            NOT_COMPARABLE,
             threshold,
             f"v{champion} cannot score v{candidate.version}'s held-out split: {str(exc)[:300]}",
         )
@@ -367,6 +396,7 @@ def _move(
     reason: str,
     apply: Callable[[], object] | None = None,
     unforceable: frozenset[str] = gate.SAFETY_CRITERIA,
+    allow_schema_change: bool = False,
 ) -> MoveResult:
     """Move ``settings.alias`` to ``target`` (by ``apply``, default: set the alias): the intent
     is linked into the ledger first, then the alias moves, then the entry is finished; if nothing
@@ -378,21 +408,30 @@ def _move(
             f"({unsafe[0].value}: {unsafe[0].detail[:200]}); {settings.alias} stays where it is",
             report,
         )
-    if not report.passed and not force:
+    schema_change = allow_schema_change and schema_change_only(report)
+    if not report.passed and not force and not schema_change:
         failed = ", ".join(c.name for c in report.failures)
+        remedy = (
+            "It reads another table: to switch production to it on purpose, pass "
+            "--allow-schema-change --reason TEXT (or serve it under its own CHURNOPS_MODEL_NAME)."
+            if schema_change_only(report)
+            else "Pass --force --reason TEXT to override."
+        )
         raise GateRefusedError(
             f"version {target} failed the gate ({failed}); {settings.alias} stays at "
             + (f"v{decided_from}" if decided_from is not None else "none")
-            + ". Pass --force --reason TEXT to override.",
+            + f". {remedy}",
             report,
         )
+    if schema_change:
+        reason = f"schema change: {reason}"
     actor, on_behalf_of = actor_of(settings)
     intent = ledger.Intent(
         actor=actor,
         action=action,
         to_version=target,
         reason=reason,
-        override=force and not report.passed,
+        override=(force or schema_change) and not report.passed,
         gate=report.to_dict(),
         on_behalf_of=on_behalf_of,
         digests=report.digests or None,
@@ -413,9 +452,13 @@ def _unchanged(settings: Settings, version: int) -> MoveResult:
     return MoveResult(AliasMove(settings.model_name, settings.alias, version, version), None, None)
 
 
-def _check_force(force: bool, reason: str) -> None:
+def _check_force(force: bool, reason: str, allow_schema_change: bool = False) -> None:
     if force and not reason.strip():
         raise ChurnopsError("--force needs --reason TEXT: say why the gate is overridden")
+    if allow_schema_change and not reason.strip():
+        raise ChurnopsError(
+            "--allow-schema-change needs --reason TEXT: say why production switches tables"
+        )
 
 
 def promote(
@@ -424,10 +467,12 @@ def promote(
     force: bool = False,
     reason: str = "",
     tolerance: float = gate.DEFAULT_TOLERANCE,
+    allow_schema_change: bool = False,
 ) -> MoveResult:
     """Point the serving alias at ``version`` (default: the latest) if it passes the gate; a
-    version already in production changes nothing."""
-    _check_force(force, reason)
+    version already in production changes nothing. ``allow_schema_change`` lets a version that
+    reads another table through, and nothing else."""
+    _check_force(force, reason, allow_schema_change)
     registry.ping(settings)
     if version is None:
         versions = registry.list_versions(settings)
@@ -453,6 +498,7 @@ def promote(
         report=report,
         force=force,
         reason=reason,
+        allow_schema_change=allow_schema_change,
     )
 
 
@@ -509,12 +555,16 @@ def undo_target(settings: Settings, current: int) -> int | None:
 
 
 def rollback(
-    settings: Settings, version: int | None = None, force: bool = False, reason: str = ""
+    settings: Settings,
+    version: int | None = None,
+    force: bool = False,
+    reason: str = "",
+    allow_schema_change: bool = False,
 ) -> MoveResult:
     """Undo the last production change, or move the alias back to an older ``version``;
     gate-checked either way (without the champion comparison). Moving to a newer version is a
     promotion and is refused here."""
-    _check_force(force, reason)
+    _check_force(force, reason, allow_schema_change)
     registry.ping(settings)
     current = registry.alias_version(settings)
     if version is not None:
@@ -550,6 +600,7 @@ def rollback(
         report=report,
         force=force,
         reason=reason,
+        allow_schema_change=allow_schema_change,
     )
 
 

@@ -848,7 +848,8 @@ def load_data_report(settings: Settings, info: VersionInfo) -> dict[str, Any] | 
 
 
 def signature_inputs(settings: Settings, version: int) -> list[dict[str, str]]:
-    """A version's input columns as logged in its signature: [{"name": ..., "type": ...}]."""
+    """A version's input columns as logged in its signature:
+    [{"name": ..., "type": ..., "required": "true" | "false"}]."""
     from mlflow.models import get_model_info
 
     _use_tracking_uri(settings)
@@ -858,7 +859,12 @@ def signature_inputs(settings: Settings, version: int) -> list[dict[str, str]]:
     if info.signature is None:
         return []
     return [
-        {"name": str(c["name"]), "type": str(c["type"])} for c in info.signature.inputs.to_dict()
+        {
+            "name": str(c["name"]),
+            "type": str(c["type"]),
+            "required": str(c.get("required", True)).lower(),
+        }
+        for c in info.signature.inputs.to_dict()
     ]
 
 
