@@ -8,11 +8,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 from click.testing import Result
 
 from churnops import data, ledger, registry
 from churnops.config import Settings
-from tests.conftest import ok, train_version
+from tests.conftest import ok, run_churnops, start_api, stop_api, train_version
 
 RENAMED = {
     "tenure_months": "months_as_customer",
@@ -75,3 +76,73 @@ def test_allow_schema_change_never_lets_a_version_below_the_f1_gate_through(
     assert _criteria(refused)["held-out f1"]["passed"] is False
     assert "Pass --force --reason TEXT" in refused.stderr
     assert registry.alias_version(settings) == 1
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    [line] = [x for x in stderr.splitlines() if x.startswith("error:")]
+    return line
+
+
+def test_writing_to_a_place_that_cannot_be_written_is_one_error_line_before_any_work(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    refused = cli("data", "generate", "--out", "/proc/churn.csv")
+    assert refused.exit_code == 1
+    assert "cannot write /proc/churn.csv" in _one_error_line(refused.stderr)
+    table = tmp_path / "in.csv"
+    data.write_generated(table, rows=100)
+    scored = cli("score", str(table), "/proc/scores.csv")
+    assert scored.exit_code == 1
+    assert "cannot write /proc/scores.csv" in _one_error_line(scored.stderr)
+    parquet_out = cli("score", str(table), str(tmp_path / "scores.parquet"))
+    assert parquet_out.exit_code == 1 and "writes CSV" in _one_error_line(parquet_out.stderr)
+
+
+def test_data_generate_writes_parquet_for_a_parquet_name_and_says_it_made_the_folder(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    out = tmp_path / "new" / "folder" / "churn.parquet"
+    done = cli("data", "generate", "--rows", "200", "--out", str(out))
+    assert done.exit_code == 0
+    assert len(pd.read_parquet(out)) == 200  # Parquet, not CSV under a .parquet name
+    assert f"created the folder {out.parent}" in done.stderr
+
+
+def test_a_tracking_uri_that_is_not_an_address_is_one_error_line(
+    env: dict[str, str],
+) -> None:
+    done = run_churnops("status", env={**env, "MLFLOW_TRACKING_URI": "notaurl"})
+    assert done.returncode == 1
+    assert "MLFLOW_TRACKING_URI ('notaurl') is not an address" in _one_error_line(done.stderr)
+
+
+def test_the_prediction_api_given_as_the_tracking_uri_is_named_for_what_it_is(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    api = start_api(env, tmp_path / "serve.log", "--workers", "1")
+    try:
+        done = run_churnops("status", env={**env, "MLFLOW_TRACKING_URI": api.url})
+    finally:
+        stop_api(api)
+    assert done.returncode == 1
+    assert "is the churnops prediction API, not an MLflow tracking server" in _one_error_line(
+        done.stderr
+    )
+
+
+def test_a_configuration_error_names_the_setting_but_never_echoes_the_token(
+    env: dict[str, str],
+) -> None:
+    done = run_churnops("status", env={**env, "CHURNOPS_API_TOKEN": "short-secret"})
+    assert done.returncode == 1
+    line = _one_error_line(done.stderr)
+    assert "api_token" in line and "at least 16 characters" in line
+    assert "short-secret" not in done.stderr
+
+
+def test_a_usage_error_exits_64_not_2_which_means_the_server_is_down(
+    cli: Callable[..., Result],
+) -> None:
+    assert cli("promote", "--no-such-option").exit_code == 64
+    assert cli("--help").exit_code == 0

@@ -86,6 +86,9 @@ def test_a_messy_table_gives_one_scored_row_or_one_reject_per_input_row(
     assert reasons["A5"] == "tenure_months: 7.5 is not a whole number"
     assert "num_complaints: missing" in reasons["A7"] and "plan_type: missing" in reasons["A7"]
     assert "notes" not in rejects.columns and "churn" not in rejects.columns
+    as_text = pd.read_csv(scoring.rejects_path(out), dtype=str, keep_default_na=False)
+    # A column with a blank is read as floats; its values go back as given: 2, not 2.0.
+    assert as_text.set_index("customer_id").loc["A3", "num_complaints"] == "2"
 
     # The scores are the version's own, at its tuned threshold.
     loaded = registry.load_version(settings, version)
@@ -160,7 +163,7 @@ def test_both_version_and_alias_is_a_usage_error(
     cli: Callable[..., Result], tmp_path: Path
 ) -> None:
     result = cli("score", "in.csv", "out.csv", "--version", "1", "--alias", "staging")
-    assert result.exit_code == 2 and "not both" in result.stderr
+    assert result.exit_code == 64 and "not both" in result.stderr
 
 
 @pytest.mark.parametrize("same", ["scores.csv", "./scores.csv"])

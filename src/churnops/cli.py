@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import click
+from pydantic import ValidationError
 
 from churnops.config import (
     DEFAULT_CHUNK_ROWS,
@@ -31,6 +32,7 @@ from churnops.config import (
 )
 from churnops.errors import (
     ChurnopsError,
+    ConfigurationError,
     GateRefusedError,
     ServerStartError,
     TrackingUnavailableError,
@@ -47,10 +49,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _settings(data_dir: Path | None = None) -> Settings:
     try:
         settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
-    except ValueError as exc:
-        raise click.UsageError(f"invalid configuration: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid configuration: {_without_values(exc)}") from None
     apply_mlflow_client_limits(settings)
     return settings
+
+
+def _without_values(exc: ValidationError) -> str:
+    """Each problem of a configuration, without the value given: it may be a secret."""
+    return "; ".join(
+        (f"{e['loc'][0]}: " if e["loc"] else "") + str(e["msg"]).removeprefix("Value error, ")
+        for e in exc.errors()
+    )
+
+
+def _say_created(folder: Path | None) -> None:
+    if folder is not None:
+        click.echo(f"created the folder {folder}", err=True)
 
 
 def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
@@ -131,7 +146,31 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+USAGE_EXIT = 64  # NB: sysexits' EX_USAGE; click's own 2 would read as "server down, retry".
+
+
+class _Group(click.Group):
+    """click's group, with usage errors on exit 64 instead of 2 (which churnops keeps for a
+    tracking server that does not answer)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.show()
+            sys.exit(USAGE_EXIT)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # NB: without standalone mode, --help and --version return their exit code.
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="churnops")
 def main() -> None:
     """churnops: train, gate, promote, roll back and serve a churn model on MLflow.
@@ -139,6 +178,9 @@ def main() -> None:
     Every command talks to the tracking server at MLFLOW_TRACKING_URI
     (default http://127.0.0.1:5000). Start one with `churnops server`, or run
     everything at once with `churnops up`.
+
+    Exit codes: 0 done; 1 refused or failed (the message says why); 2 the tracking server
+    does not answer (retry); 3 `monitor` raised an alert; 64 a usage error (see --help).
     """
 
 
@@ -555,6 +597,10 @@ def score(
     settings = _settings()
     if alias is not None:
         settings = settings.model_copy(update={"alias": alias})
+    from churnops import data
+
+    if output.suffix.lower() not in data.PARQUET_SUFFIXES:
+        _say_created(data.writable_destination(output))
     total = scoring.count_rows(source) if source.is_file() else None
     with click.progressbar(
         length=total or 0, label="scoring", file=sys.stderr, show_pos=True
@@ -825,7 +871,8 @@ def data_group() -> None:
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="CSV to write (default: <data dir>/data/churn.csv).",
+    help="File to write: CSV, or Parquet when it ends in .parquet "
+    "(default: <data dir>/data/churn.csv).",
 )
 @command
 def generate(rows: int, seed: int, out: Path | None) -> tuple[dict[str, Any], str]:
@@ -833,6 +880,7 @@ def generate(rows: int, seed: int, out: Path | None) -> tuple[dict[str, Any], st
     path = out or _settings().default_data_file
     from churnops import data
 
+    _say_created(data.writable_destination(path))
     frame = data.write_generated(path, rows=rows, seed=seed)
     rate = float(frame[TARGET].mean())
     return (

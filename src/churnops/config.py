@@ -227,6 +227,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MLFLOW_TRACKING_URI is empty; unset it or set e.g. http://127.0.0.1:5000"
             )
+        if "://" not in value and value != "databricks":
+            shown = "" if "@" in value else f" ({value!r})"
+            raise ValueError(
+                f"MLFLOW_TRACKING_URI{shown} is not an address; set the tracking server's, "
+                "e.g. http://127.0.0.1:5000"
+            )
         return value
 
     @property

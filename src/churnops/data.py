@@ -4,6 +4,7 @@ target, refusing unusable tables with a message that names the problem.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 from churnops.config import MIN_LABELLED_ROWS, TARGET
 from churnops.errors import DataError
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
 NUMERIC_FEATURES = ("tenure_months", "num_complaints", "avg_session_minutes")
 CATEGORICAL_FEATURES = ("plan_type", "region")
 PLAN_TYPES = ("basic", "standard", "premium")
@@ -143,12 +145,42 @@ def write_generated(path: Path, rows: int = 5000, seed: int = 42) -> pd.DataFram
     """Generate the built-in data set and write it to ``path`` atomically."""
     if rows < MIN_LABELLED_ROWS:
         raise DataError(f"--rows must be at least {MIN_LABELLED_ROWS} (got {rows})")
+    writable_destination(path)
     frame = generate(rows=rows, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    frame.to_csv(partial, index=False)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        frame.to_parquet(partial, index=False)
+    else:
+        frame.to_csv(partial, index=False)
     partial.replace(path)
     return frame
+
+
+def writable_destination(path: Path) -> Path | None:
+    """Make sure ``path`` can be written before any work starts: its folder is created when
+    missing (and returned, so the caller can say so); an unwritable place is one DataError."""
+    folder = path.parent
+    created = None
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a file name, e.g. {path / 'scores.csv'}")
+    try:
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            created = folder
+    except OSError as exc:
+        raise DataError(
+            f"cannot create the folder {folder} for {path.name}: {exc.strerror}; choose a "
+            "place you can write to"
+        ) from None
+    try:
+        # NB: a real file, not os.access: root passes every access check, and /proc refuses.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise DataError(
+            f"cannot write {path}: {exc.strerror or exc}; choose a place you can write to"
+        ) from None
+    return created
 
 
 def _label_text(labels: pd.Series) -> pd.Series:
@@ -273,7 +305,7 @@ def _coerce_numeric_text(frame: pd.DataFrame) -> pd.DataFrame:
 def load_table(path: Path, target: str = TARGET, positive_label: str | None = None) -> Dataset:
     """Read a churn table (CSV, or Parquet by its suffix) and validate it for training."""
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if path.suffix.lower() in PARQUET_SUFFIXES:
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_csv(path, keep_default_na=False, na_values=list(MISSING_MARKERS))

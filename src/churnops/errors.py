@@ -16,6 +16,7 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
     ├── UnsupportedMediaTypeError         a request body that is not JSON          (HTTP 415)
     ├── EventTimeError                    a bad X-Event-Time header                (HTTP 422)
+    ├── ConfigurationError        exit 1  a setting (environment variable) is invalid
     ├── PortInUseError            exit 1  a server cannot bind its port
     ├── ServerStartError          exit 1  a server process died or did not answer in time
     └── TrackingUnavailableError  exit 2  the tracking server does not answer      (HTTP 503)
@@ -31,6 +32,10 @@ class ChurnopsError(Exception):
 
     exit_code = 1
     http_status = 400
+
+
+class ConfigurationError(ChurnopsError):
+    """A setting read from the environment is invalid (named, without its value)."""
 
 
 class DataError(ChurnopsError):

@@ -125,6 +125,13 @@ def ping(settings: Settings, timeout: float = 3.0) -> None:
         raise TrackingUnavailableError(uri, type(exc).__name__) from None
     if response.status_code != 200:
         raise TrackingUnavailableError(uri, f"/health answered {response.status_code}")
+    if response.headers.get("content-type", "").startswith("application/json"):
+        # NB: MLflow's /health answers the text "OK"; churnops's API answers JSON.
+        raise ChurnopsError(
+            f"{uri} is the churnops prediction API, not an MLflow tracking server; set "
+            "MLFLOW_TRACKING_URI to the tracking server's address (`churnops up` prints it as "
+            "'MLflow UI', by default http://127.0.0.1:5000)"
+        )
 
 
 def _answers(settings: Settings) -> bool:

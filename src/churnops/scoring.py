@@ -29,7 +29,7 @@ import pyarrow.csv as pa_csv
 
 from churnops import registry
 from churnops.config import DEFAULT_CHUNK_ROWS, Settings
-from churnops.data import IDENTIFIER, MISSING_MARKERS
+from churnops.data import IDENTIFIER, MISSING_MARKERS, PARQUET_SUFFIXES, writable_destination
 from churnops.errors import DataError, NoProductionModelError
 from churnops.inputs import MAX_TEXT_LENGTH, InputField, out_of_range, range_rule
 from churnops.monitoring import store
@@ -429,7 +429,13 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def _text(values: pd.Series) -> np.ndarray:
     """Values as they would be written back, with an empty string for a missing one; text that
     a spreadsheet would run as a formula is prefixed with an apostrophe."""
-    text = values.astype(str).where(values.notna(), "")
+    if pd.api.types.is_float_dtype(values):
+        # NB: a column with a blank is read as floats; 137 is written back as 137, not 137.0.
+        whole = values.notna() & (values % 1 == 0) & (values.abs() < 2**53)
+        text = values.astype(str).where(~whole, values.where(whole, 0).astype("int64").astype(str))
+        text = text.where(values.notna(), "")
+    else:
+        text = values.astype(str).where(values.notna(), "")
     if not pd.api.types.is_numeric_dtype(values):
         text = text.where(~text.str.startswith(FORMULA_STARTS), "'" + text)
     return text.to_numpy()
@@ -469,12 +475,16 @@ def score_file(
             raise DataError(
                 f"{written} would overwrite the input {source}; choose another output path"
             )
+    if output.suffix.lower() in PARQUET_SUFFIXES:
+        raise DataError(
+            f"churnops score writes CSV; name the output e.g. {output.with_suffix('.csv')}"
+        )
+    writable_destination(output)
     registry.ping(settings)
     number = resolve_version(settings, version)
     info = registry.get_version(settings, number)
     loaded = registry.load_version(settings, number, threads=os.cpu_count() or 1)
     ident = _id_column(settings, info, _header(source), id_column)
-    output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     kept: list[pa.Table] = []
 
