@@ -8,19 +8,20 @@ STAMP  := $(VENV)/.installed
 .PHONY: help install up test check docs screenshots bench bench-peers lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@echo "installing the pinned dependencies into $(VENV) (a few minutes on a fresh machine)"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the pinned dependencies and churnops
 	@echo "installed: $(BIN)/churnops"
 
-up: $(STAMP) ## Run the main job: tracking server, data, first model, prediction API
-	$(BIN)/churnops up
+up: $(STAMP) ## Run the main job: tracking server, data, first model, API (MLFLOW_PORT=, API_PORT= to move them)
+	$(if $(MLFLOW_PORT),MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT)) $(BIN)/churnops up $(if $(API_PORT),--port $(API_PORT))
 
 test: $(STAMP) ## Run the whole test suite (starts its own servers)
 	$(BIN)/python -m pytest

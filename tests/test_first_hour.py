@@ -5,6 +5,8 @@ servers (the switch to another table, one-line errors, names and files that say 
 from __future__ import annotations
 
 import json
+import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,6 +131,12 @@ def test_the_prediction_api_given_as_the_tracking_uri_is_named_for_what_it_is(
     assert "is the churnops prediction API, not an MLflow tracking server" in _one_error_line(
         done.stderr
     )
+    # Not a terminal: the API logged JSON lines only, without uvicorn's ANSI color_message.
+    logged = api.log.read_text().splitlines()
+    assert logged[0].startswith("churnops API: ")  # the banner, on stdout
+    lines = [json.loads(line) for line in logged[1:] if line.strip()]
+    assert any(line["logger"] == "uvicorn.error" for line in lines)
+    assert not any("color_message" in line for line in lines)
 
 
 def test_a_configuration_error_names_the_setting_but_never_echoes_the_token(
@@ -146,3 +154,31 @@ def test_a_usage_error_exits_64_not_2_which_means_the_server_is_down(
 ) -> None:
     assert cli("promote", "--no-such-option").exit_code == 64
     assert cli("--help").exit_code == 0
+
+
+def test_logs_are_json_lines_off_a_terminal_and_text_lines_when_asked(
+    env: dict[str, str],
+) -> None:
+    trained = run_churnops("train", "--seed", "3", env=env)
+    assert trained.returncode == 0, trained.stderr
+    records = [json.loads(x) for x in trained.stderr.splitlines() if x.startswith("{")]
+    fitting = [r for r in records if r["message"].startswith("fitting Logistic regression")]
+    assert fitting and fitting[0]["logger"] == "churnops.training"  # progress while it fits
+    assert "View run" not in trained.stdout + trained.stderr
+    text = run_churnops("--log-format", "text", "train", "--seed", "3", env=env)
+    assert re.search(r"^\d\d:\d\d:\d\d INFO churnops.training: fitting", text.stderr, re.MULTILINE)
+    assert not any(x.startswith('{"time"') for x in text.stderr.splitlines())
+
+
+def test_up_and_serve_on_a_taken_port_fail_before_training_or_printing_an_address(
+    env: dict[str, str], settings: Settings
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        up = run_churnops("up", "--port", port, env=env)
+        serve = run_churnops("serve", "--port", port, env=env)
+    assert up.returncode == 1 and f"127.0.0.1:{port} is already in use" in up.stderr
+    assert registry.list_versions(settings) == []  # nothing was trained or promoted
+    assert serve.returncode == 1 and "churnops API:" not in serve.stdout

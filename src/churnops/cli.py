@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -33,6 +33,7 @@ from churnops.config import (
 from churnops.errors import (
     ChurnopsError,
     ConfigurationError,
+    DataError,
     GateRefusedError,
     ServerStartError,
     TrackingUnavailableError,
@@ -63,6 +64,13 @@ def _without_values(exc: ValidationError) -> str:
     )
 
 
+def _input_file(path: Path | None) -> None:
+    """Refuse a missing input at once, before MLflow and scikit-learn are imported (~2 s)."""
+    if path is not None and not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"data file {path} {what}")
+
+
 def _say_created(folder: Path | None) -> None:
     if folder is not None:
         click.echo(f"created the folder {folder}", err=True)
@@ -81,13 +89,11 @@ def command(func: F) -> F:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
     @functools.wraps(func)
     def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
-        logging.basicConfig(
-            level=logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        for noisy in ("mlflow", "httpx", "alembic"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        from churnops.observability import configure_logging
+
+        configure_logging(os.environ.get(LOG_FORMAT_ENV, "auto"))
+        # NB: MLflow's "🏃 View run ..." lines: churnops prints the run id itself.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         meta = click.get_current_context().meta
         meta["churnops.json"], meta["churnops.stdout"] = as_json, sys.stdout
         try:
@@ -170,9 +176,19 @@ class _Group(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+LOG_FORMAT_ENV = "CHURNOPS_LOG_FORMAT"
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="churnops")
-def main() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json"]),
+    default=None,
+    help="Log lines on stderr: text in a terminal, JSON otherwise (auto, the default), or "
+    "always text or JSON; the API's workers follow it. Also CHURNOPS_LOG_FORMAT.",
+)
+def main(log_format: str | None) -> None:
     """churnops: train, gate, promote, roll back and serve a churn model on MLflow.
 
     Every command talks to the tracking server at MLFLOW_TRACKING_URI
@@ -182,6 +198,9 @@ def main() -> None:
     Exit codes: 0 done; 1 refused or failed (the message says why); 2 the tracking server
     does not answer (retry); 3 `monitor` raised an alert; 64 a usage error (see --help).
     """
+    if log_format is not None:
+        # NB: through the environment, so the API's worker processes log the same way.
+        os.environ[LOG_FORMAT_ENV] = log_format
 
 
 @main.command()
@@ -309,6 +328,7 @@ def train(
 
     Exits 0 once the version is registered, whether or not it passed the gate.
     """
+    _input_file(data_file)
     from churnops import lifecycle
 
     settings = _settings()
@@ -589,10 +609,11 @@ def score(
     Both files appear only once the whole table is scored. Every scored row is also kept in
     the prediction store with its prediction_id, for `churnops labels add` and `monitor`.
     """
-    from churnops import scoring
-
     if version is not None and alias is not None:
         raise click.UsageError("give --version or --alias, not both")
+    _input_file(source)
+    from churnops import scoring
+
     event_time = _moment(as_of, "--as-of").timestamp() if as_of else None
     settings = _settings()
     if alias is not None:
@@ -779,6 +800,10 @@ def serve(
         "store_predictions": store_predictions,
     }
     settings = _settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    from churnops.tracking_server import ensure_port_free
+
+    # NB: checked before the banner, so a taken port never prints an address that is not ours.
+    ensure_port_free(host, port)
     api = f"http://{host}:{port}"
     _announce(
         {"api": api, "docs": f"{api}/docs"},
@@ -805,14 +830,18 @@ def serve(
 def up(port: int, data_dir: Path | None) -> None:
     """The main job: tracking server, data, a first production model, then the API.
 
-    Starts the tracking server if none answers at the tracking URI, generates the default data if
-    missing, trains and promotes a first version if none is in production, then serves the API.
-    Ctrl-C stops everything it started.
+    Starts the tracking server if none answers at the tracking URI (its port is the URI's:
+    MLFLOW_TRACKING_URI=http://127.0.0.1:5001 for another), generates the default data if
+    missing, trains and promotes a first version if none is in production, then serves the API
+    on --port. Both ports are checked before anything starts. Ctrl-C stops everything it started.
+    With make: `make up MLFLOW_PORT=5001 API_PORT=8001`.
     """
     from churnops import data, lifecycle, registry, tracking_server
     from churnops.serving import run_api
 
     settings = _settings(data_dir)
+    # NB: before anything is started, trained or promoted: a taken port fails at once.
+    tracking_server.ensure_port_free("127.0.0.1", port)
     _stop_on_sigterm()
     started: tracking_server.ServerProcess | None = None
     try:
@@ -822,6 +851,7 @@ def up(port: int, data_dir: Path | None) -> None:
             address = _split_tracking_uri(settings.tracking_uri)
             if address is None:
                 raise
+            tracking_server.ensure_port_free(*address)
             server_log = settings.data_dir / "logs" / "mlflow-server.log"
             click.echo(
                 f"starting the tracking server at {settings.tracking_uri} (log: {server_log})",
@@ -838,7 +868,7 @@ def up(port: int, data_dir: Path | None) -> None:
             report = lifecycle.train(
                 settings,
                 data_file=data_file,
-                version_label="v1",
+                version_label=None,
                 seed=42,
                 gate_f1=DEFAULT_GATE_F1,
                 kind="logreg",

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         "(CHURNOPS_CHALLENGER_BETTER_DAYS).",
     )
     experiment: str = Field(default="churn", description="MLflow experiment for training runs.")
+    log_format: Literal["auto", "text", "json"] = Field(
+        default="auto",
+        description="Log lines on stderr: text in a terminal and JSON otherwise (auto), or "
+        "always one of them (CHURNOPS_LOG_FORMAT, or `churnops --log-format`).",
+    )
     actor: str | None = Field(
         default=None,
         description="Who moves aliases, for the ledger (CHURNOPS_ACTOR; default: OS user).",

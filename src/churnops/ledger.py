@@ -404,6 +404,7 @@ def move(
     """
     deadline = time.monotonic() + settings.move_timeout
     lease = _Lease(settings.lease_seconds)
+    said: set[int] = set()
     with mlflow_errors(settings):
         store = LedgerStore(settings)
         while True:
@@ -419,6 +420,19 @@ def move(
                         f"entry #{head.seq} ({head.action} to {_label(head.to_version)} by "
                         f"{head.actor}) is still in progress and its holder is alive after "
                         f"{settings.move_timeout:.0f} s; retry when it finishes"
+                    )
+                if head.seq not in said:
+                    # NB: a wait of up to a lease (15 s) or the move timeout (60 s) says why.
+                    said.add(head.seq)
+                    log.info(
+                        "waiting for entry #%d (%s to %s by %s) to finish: up to %.0f s while "
+                        "its holder is alive, %.0f s if it crashed",
+                        head.seq,
+                        head.action,
+                        _label(head.to_version),
+                        head.actor,
+                        settings.move_timeout,
+                        settings.lease_seconds,
                     )
                 time.sleep(min(0.5, settings.lease_seconds / 10))
                 continue

@@ -10,6 +10,7 @@ import json
 import logging
 import logging.handlers
 import os
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -135,17 +136,31 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
         }
         for key, value in record.__dict__.items():
-            if key not in self._standard and not key.startswith("_"):
+            # NB: uvicorn adds color_message, the message again with ANSI colour codes.
+            if key not in self._standard and not key.startswith("_") and key != "color_message":
                 document[key] = value
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document, default=str)
 
 
-def configure_json_logging(level: int = logging.INFO) -> None:
-    """Route every log record to stderr as JSON lines (called by the serving entry point)."""
+LOG_FORMATS = ("auto", "text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def json_logs(log_format: str) -> bool:
+    """Whether logs go out as JSON lines: asked for, or ``auto`` and stderr is no terminal (a
+    log collector reads it); a person at a terminal reads text lines."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+
+
+def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
+    """Route every log record to stderr, as text lines or JSON lines (see json_logs), the same
+    in every process of one command so a terminal never shows the two mixed."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(
+        JsonFormatter() if json_logs(log_format) else logging.Formatter(TEXT_FORMAT, "%H:%M:%S")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -156,5 +171,8 @@ def configure_json_logging(level: int = logging.INFO) -> None:
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False
-    for noisy in ("mlflow", "httpx", "urllib3"):
+    for noisy in ("mlflow", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # NB: urllib3 warns "Retrying ..." on every retry while the registry is down; churnops
+    # reports the outage itself (once, on /model and /metrics, or as the command's error).
+    logging.getLogger("urllib3").setLevel(logging.ERROR)

@@ -50,7 +50,7 @@ from churnops.monitoring.store import BufferedWriter, open_store
 from churnops.observability import (
     MULTIPROC_ENV,
     ServingMetrics,
-    configure_json_logging,
+    configure_logging,
 )
 from churnops.registry import LoadedModel
 from churnops.routing import ChallengerRoute, Rows
@@ -693,7 +693,7 @@ def app_from_environment() -> FastAPI:
     """Factory each uvicorn worker process calls: settings from the environment, JSON logs."""
     settings = Settings()
     apply_mlflow_client_limits(settings)
-    configure_json_logging()
+    configure_logging(settings.log_format)
     return create_app(settings)
 
 
