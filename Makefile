@@ -26,10 +26,14 @@ up: $(STAMP) ## Run the main job: tracking server, data, first model, API (MLFLO
 test: $(STAMP) ## Run the whole test suite (starts its own servers)
 	$(BIN)/python -m pytest
 
-check: $(STAMP) ## Lint and type-check (ruff + mypy)
+check: $(STAMP) ## Lint, type-check and build the docs strictly (ruff, mypy, mkdocs)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict --quiet
+
+docs: $(STAMP) ## Build the reference site under docs/ into .site/ (MkDocs)
+	$(BIN)/mkdocs build --strict
 
 screenshots: $(STAMP) ## Photograph the MLflow UI and API pages the README shows into docs/img/
 	$(BIN)/python -m tests.screenshots --out docs/img

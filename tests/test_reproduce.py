@@ -27,8 +27,9 @@ def test_a_version_just_trained_on_the_built_in_data_reproduces_identically(
     assert all(m["recorded"] == m["reproduced"] for m in found["metrics"])
     assert found["probabilities_identical"] is True and found["rows_compared"] == 1250
     assert found["warnings"] == []
-    text = cli("reproduce", trained["run_id"])
+    text = cli("reproduce", "--version", str(trained["version"]))
     assert text.exit_code == 0 and "identical" in text.stdout and "DIFFERENT" not in text.stdout
+    assert trained["run_id"] in text.stdout
 
 
 def test_the_version_page_tells_what_it_is_how_good_and_how_to_reproduce_it(

@@ -1370,10 +1370,17 @@ def _reproduction_text(found: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    help="The version whose training run to reproduce, instead of RUN_ID.",
+)
 @command
-def reproduce(run_id: str) -> None:
-    """Re-train RUN_ID from what its run recorded and say whether it comes out identical.
+def reproduce(run_id: str | None, version: int | None) -> None:
+    """Re-train RUN_ID (or --version N's run) from what it recorded; say whether it comes out
+    identical.
 
     Uses the run's own copy of its table (kept when under 20 MB; the built-in data is re-made
     from the seed), seed, gate, model kind and target, and compares every held-out metric and
@@ -1381,9 +1388,18 @@ def reproduce(run_id: str) -> None:
     Exit 0 when identical, 1 when anything differs. `churnops status --json` gives each version's
     run id; so does the version's description in the MLflow UI.
     """
+    if (run_id is None) == (version is None):
+        raise click.UsageError("give RUN_ID or --version N (one of them)")
+    from churnops import registry
     from churnops import reproduce as reproducing
 
-    found = reproducing.reproduce(_settings(), run_id).to_dict()
+    settings = _settings()
+    if run_id is None:
+        assert version is not None
+        run_id = registry.get_version(settings, version).run_id
+        if run_id is None:
+            raise DataError(f"version {version} has no training run to reproduce")
+    found = reproducing.reproduce(settings, run_id).to_dict()
     meta = click.get_current_context().meta
     out = meta["churnops.stdout"]
     out.write((json.dumps(found) if meta["churnops.json"] else _reproduction_text(found)) + "\n")
