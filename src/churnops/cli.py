@@ -702,6 +702,26 @@ def _split_tracking_uri(uri: str) -> tuple[str, int] | None:
     "MLFLOW_FLASK_SERVER_SECRET_KEY in the environment; users live in DATA_DIR/auth.",
 )
 @click.option(
+    "--jobs",
+    is_flag=True,
+    help="Also run MLflow's job runner, for the UI's evaluation, scorer, issue-detection and "
+    "prompt-optimization buttons (more processes and memory). Without it those requests get a "
+    "501 that says so, and leave nothing behind.",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    help="Host names the server answers, comma-separated, `*` patterns allowed (as `mlflow "
+    "server`; the loopback names always stay allowed).  [default: loopback names and private "
+    "addresses]",
+)
+@click.option(
+    "--cors-allowed-origins",
+    default=None,
+    help="Origins browsers may call it from, comma-separated (as `mlflow server`; default: "
+    "localhost origins).",
+)
+@click.option(
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Project data folder (default: CHURNOPS_DATA_DIR or the current directory).",
@@ -714,10 +734,15 @@ def server(
     backend_store_uri: str | None,
     artifacts_destination: str | None,
     auth: bool,
+    jobs: bool,
+    allowed_hosts: str | None,
+    cors_allowed_origins: str | None,
     data_dir: Path | None,
 ) -> None:
     """Run the tracking server (MLflow's app, launched lean: one process by default, no job
-    runner) until Ctrl-C. Artifacts go through the server, so clients need no storage access."""
+    runner unless --jobs) until Ctrl-C. Artifacts go through the server, so clients need no
+    storage access. Webhook secrets are encrypted with a key kept in DATA_DIR (unless
+    MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY is set), so they survive restarts."""
     from churnops import tracking_server
 
     settings = _settings(data_dir)
@@ -740,6 +765,7 @@ def server(
             port=port,
             workers=workers or tracking_server.default_workers(),
             auth=auth,
+            options=tracking_server.ServerOptions(jobs, allowed_hosts, cors_allowed_origins),
         )
         ui = f"http://{host}:{port}"
         _announce(

@@ -107,8 +107,54 @@ def default_workers() -> int:
     return max(1, min((os.cpu_count() or 1) // 2, 4))
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    """What `churnops server` passes on to MLflow's app beyond the stores, as `mlflow server`
+    names it: the job runner, and the security middleware's host and origin lists."""
+
+    jobs: bool = False
+    allowed_hosts: str | None = None
+    cors_allowed_origins: str | None = None
+
+    def arguments(self) -> list[str]:
+        found = ["--jobs"] if self.jobs else []
+        if self.allowed_hosts:
+            found += ["--allowed-hosts", self.allowed_hosts]
+        if self.cors_allowed_origins:
+            found += ["--cors-allowed-origins", self.cors_allowed_origins]
+        return found
+
+
+WEBHOOK_KEY_ENV = "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"
+WEBHOOK_KEY_FILE = "webhook-secret.key"
+
+
+def webhook_key_environment(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The key MLflow encrypts webhook secrets with, kept in the data folder.
+
+    NB: without it MLflow draws a random key per process, so a webhook's secret cannot be read
+    after a restart or by another worker (its deliveries fail). A key set in the environment
+    wins; servers sharing one database must share the key."""
+    if env.get(WEBHOOK_KEY_ENV):
+        return {}
+    path = settings.data_dir.resolve() / WEBHOOK_KEY_FILE
+    if not path.exists():
+        from cryptography.fernet import Fernet
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(Fernet.generate_key())
+    return {WEBHOOK_KEY_ENV: path.read_text().strip()}
+
+
 def server_command(
-    settings: Settings, host: str, port: int, workers: int, auth: bool = False
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    auth: bool = False,
+    options: ServerOptions | None = None,
 ) -> list[str]:
     """The lean launcher's command line (``churnops.registry_app``) for the configured stores.
 
@@ -129,6 +175,7 @@ def server_command(
         "--workers",
         str(workers),
     ]
+    command += (options or ServerOptions()).arguments()
     return [*command, "--app-name", "basic-auth"] if auth else command
 
 
@@ -174,6 +221,7 @@ def start(
     log_file: Path | None = None,
     auth: bool = False,
     extra_env: dict[str, str] | None = None,
+    options: ServerOptions | None = None,
 ) -> ServerProcess:
     """Start the embedded tracking server and return once its registry answers.
 
@@ -191,12 +239,13 @@ def start(
     env[BACKEND_STORE_ENV] = settings.server_backend_store_uri
     if auth:
         env.update(auth_environment(settings, env))
+    env.update(webhook_key_environment(settings, env))
     output: int | IO[bytes] = subprocess.DEVNULL if quiet else 2
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         output = log_file.open("ab")
     proc = subprocess.Popen(
-        server_command(settings, host, port, workers, auth),
+        server_command(settings, host, port, workers, auth, options),
         env=env,
         stdout=output,
         stderr=output,

@@ -1,0 +1,220 @@
+"""`churnops server` gives everything plain `mlflow server` gives: a broad client script
+(tests/parity.py) observes the same on both, so an MLflow upgrade cannot silently break parity;
+plus what churnops adds: webhook secrets that survive a restart, a clear 501 instead of a
+half-made run for job buttons when jobs are off, and `mlflow server`'s host and CORS options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from churnops import tracking_server
+from churnops.config import Settings
+from tests.conftest import free_port
+from tests.parity import WEBHOOK_SECRET, signature_valid, start_receiver
+
+pytestmark = pytest.mark.slow
+
+# NB: MLflow refuses webhooks to http:// and to private addresses unless told; the receivers
+# here are on loopback. The same variables go to both servers.
+WEBHOOK_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+}
+# The operations whose success the comparison rests on: equal failures would not be parity.
+MUST_SUCCEED = (
+    "artifacts: 20 MB round trip",
+    "model: log and load",
+    "registry: load by alias",
+    "traces: log and search",
+    "prompts: register, alias, load",
+    "webhooks: create and test",
+)
+
+
+@contextlib.contextmanager
+def plain_mlflow_server(folder: Path) -> Iterator[str]:
+    """`mlflow server` as its documentation starts it, on SQLite and a local artifact folder."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        env={**tracking_server.child_env(), **WEBHOOK_ENV},
+        stdout=(folder / "server.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        tracking_server.wait_until_answers(
+            process, url, tracking_server.READY_PATH, 120, "plain mlflow server"
+        )
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def churnops_server(folder: Path, **options: object) -> Iterator[str]:
+    server = tracking_server.start(
+        Settings(data_dir=folder),
+        port=free_port(),
+        quiet=True,
+        extra_env=WEBHOOK_ENV,
+        options=tracking_server.ServerOptions(**options),  # type: ignore[arg-type]
+    )
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _observe(url: str, folder: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.parity", url, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((folder / "observed.json").read_text())
+
+
+def test_a_broad_client_script_observes_the_same_on_churnops_server_as_on_mlflow_server(
+    tmp_path: Path,
+) -> None:
+    with plain_mlflow_server(tmp_path / "plain") as url:
+        plain = _observe(url, tmp_path / "plain-client")
+    with churnops_server(tmp_path / "churnops") as url:
+        ours = _observe(url, tmp_path / "churnops-client")
+    assert len(plain) >= 50
+    for name in MUST_SUCCEED:
+        assert "ok" in plain[name], (name, plain[name])
+    assert plain["webhooks: delivery signed with the secret"] == {"ok": [True]}
+    differing = {
+        k: (plain.get(k), ours.get(k))
+        for k in plain.keys() | ours.keys()
+        if plain.get(k) != ours.get(k)
+    }
+    assert differing == {}
+
+
+def test_webhook_secrets_still_sign_deliveries_after_a_restart(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    receiver = start_receiver()
+    try:
+        with churnops_server(tmp_path) as url:
+            hook = MlflowClient(url).create_webhook(
+                name="after-restart",
+                url=receiver.url,
+                events=["model_version.created"],
+                secret=WEBHOOK_SECRET,
+            )
+        with churnops_server(tmp_path) as url:
+            result = MlflowClient(url).test_webhook(hook.webhook_id)
+    finally:
+        receiver.stop()
+    assert result.success, result.error_message
+    assert [signature_valid(d, WEBHOOK_SECRET) for d in receiver.deliveries] == [True]
+    key = tmp_path / tracking_server.WEBHOOK_KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_without_jobs_the_ui_job_buttons_get_a_clear_501_and_leave_no_run_behind(
+    tmp_path: Path,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    with churnops_server(tmp_path) as url:
+        experiment = MlflowClient(url).create_experiment("evaluations")
+        for path in (
+            "/ajax-api/3.0/mlflow/genai/evaluate/invoke",
+            "/ajax-api/3.0/mlflow/scorer/invoke",
+            "/ajax-api/3.0/mlflow/issues/invoke",
+            "/ajax-api/3.0/jobs/",
+            "/ajax-api/3.0/mlflow/prompt-optimization/jobs",
+        ):
+            answer = httpx.post(url + path, json={"experiment_id": experiment}, timeout=30)
+            assert answer.status_code == 501, (path, answer.text)
+            assert "churnops server --jobs" in answer.json()["message"]
+        assert MlflowClient(url).search_runs([experiment]) == []
+        assert httpx.post(url + "/ajax-api/3.0/jobs/search", json={}).status_code == 200
+
+
+def test_with_jobs_the_job_runner_starts_and_stops_with_the_server(tmp_path: Path) -> None:
+    with churnops_server(tmp_path, jobs=True) as url:
+        answer = httpx.post(url + "/ajax-api/3.0/mlflow/genai/evaluate/invoke", json={})
+        # MLflow itself answers now: a missing experiment id, not "jobs are off".
+        assert answer.status_code == 400 and "experiment_id" in answer.json()["message"]
+        runners = _job_runners()
+        assert runners
+    assert not _alive(runners)
+
+
+def _job_runners() -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", "huey_consumer|job_runner|_executor_runner"], capture_output=True, text=True
+    )
+    return [int(p) for p in found.stdout.split()]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        living = [p for p in pids if Path(f"/proc/{p}").exists()]
+        if not living:
+            return []
+        time.sleep(0.5)
+    return living
+
+
+def test_allowed_hosts_and_cors_origins_are_passed_on_as_mlflow_server_takes_them(
+    tmp_path: Path,
+) -> None:
+    search = "/api/2.0/mlflow/experiments/search?max_results=1"
+    with churnops_server(tmp_path / "default") as url:
+        assert httpx.get(url + search, headers={"Host": "mlflow.internal"}).status_code == 403
+    with churnops_server(
+        tmp_path / "widened",
+        allowed_hosts="mlflow.internal",
+        cors_allowed_origins="https://ui.example",
+    ) as url:
+        assert httpx.get(url + search, headers={"Host": "mlflow.internal"}).status_code == 200
+        assert httpx.get(url + search, headers={"Host": "evil.example"}).status_code == 403
+        allowed = httpx.get(url + search, headers={"Origin": "https://ui.example"})
+        assert allowed.headers.get("access-control-allow-origin") == "https://ui.example"
+        other = httpx.get(url + search, headers={"Origin": "https://evil.example"})
+        assert other.headers.get("access-control-allow-origin") != "https://evil.example"
