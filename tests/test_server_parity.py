@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -67,20 +65,14 @@ def plain_mlflow_server(folder: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    server = tracking_server.ServerProcess(process, f"http://127.0.0.1:{port}")
     try:
         tracking_server.wait_until_answers(
-            process, url, tracking_server.READY_PATH, 120, "plain mlflow server"
+            process, server.url, tracking_server.READY_PATH, 120, "plain mlflow server"
         )
-        yield url
+        yield server.url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        server.stop(timeout=30)
 
 
 @contextlib.contextmanager
