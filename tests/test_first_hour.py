@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import Result
 
 from churnops import data, ledger, registry
@@ -182,3 +185,25 @@ def test_up_and_serve_on_a_taken_port_fail_before_training_or_printing_an_addres
     assert up.returncode == 1 and f"127.0.0.1:{port} is already in use" in up.stderr
     assert registry.list_versions(settings) == []  # nothing was trained or promoted
     assert serve.returncode == 1 and "churnops API:" not in serve.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--data", "/no/such.csv"],
+        ["score", "/no/such.csv", "out.csv"],
+        ["labels", "add", "/no/such.csv"],
+    ],
+)
+def test_a_missing_input_file_is_refused_before_mlflow_is_even_imported(args: list[str]) -> None:
+    script = (
+        "import sys\n"
+        "from churnops.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code, 'mlflow' in sys.modules, 'sklearn' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.split() == ["1", "False", "False"], done.stderr
+    assert "error: data file /no/such.csv does not exist" in done.stderr

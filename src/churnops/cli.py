@@ -976,6 +976,7 @@ def labels_add(source: Path, target: str, id_column: str | None) -> tuple[dict[s
     conflicting outcomes the latest added wins. Outcomes no stored prediction matches are
     counted, not refused. A file with a problem is refused whole.
     """
+    _input_file(source)
     from churnops.monitoring import labels
 
     settings = _settings()
