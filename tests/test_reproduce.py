@@ -36,7 +36,7 @@ def test_the_version_page_tells_what_it_is_how_good_and_how_to_reproduce_it(
     cli: Callable[..., Result], settings: Settings
 ) -> None:
     trained = ok(cli("train", "--json", "--seed", "12"))
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     version = client.get_model_version(settings.model_name, str(trained["version"]))
     text = version.description or ""
     assert "Logistic regression" in text and "5,000 rows" in text
@@ -60,7 +60,7 @@ def test_a_run_whose_kept_table_was_altered_does_not_reproduce_and_exits_1(
     table = tmp_path / "customers.csv"
     data.write_generated(table, rows=1500, seed=4)
     trained = ok(cli("train", "--json", "--data", str(table), "--model", "logreg"))
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     kept = [a.path for a in client.list_artifacts(trained["run_id"], "data")]
     assert kept == ["data/customers.csv"]
     assert ok(cli("reproduce", trained["run_id"], "--json"))["identical"] is True

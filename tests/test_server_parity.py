@@ -124,17 +124,18 @@ def test_a_broad_client_script_observes_the_same_on_churnops_server_as_on_mlflow
 def test_webhook_secrets_still_sign_deliveries_after_a_restart(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
+    # NB: registry_uri given: MlflowClient otherwise follows a registry URI an earlier test set.
     receiver = start_receiver()
     try:
         with churnops_server(tmp_path) as url:
-            hook = MlflowClient(url).create_webhook(
+            hook = MlflowClient(url, registry_uri=url).create_webhook(
                 name="after-restart",
                 url=receiver.url,
                 events=["model_version.created"],
                 secret=WEBHOOK_SECRET,
             )
         with churnops_server(tmp_path) as url:
-            result = MlflowClient(url).test_webhook(hook.webhook_id)
+            result = MlflowClient(url, registry_uri=url).test_webhook(hook.webhook_id)
     finally:
         receiver.stop()
     assert result.success, result.error_message
@@ -149,7 +150,7 @@ def test_without_jobs_the_ui_job_buttons_get_a_clear_501_and_leave_no_run_behind
     from mlflow.tracking import MlflowClient
 
     with churnops_server(tmp_path) as url:
-        experiment = MlflowClient(url).create_experiment("evaluations")
+        experiment = MlflowClient(url, registry_uri=url).create_experiment("evaluations")
         for path in (
             "/ajax-api/3.0/mlflow/genai/evaluate/invoke",
             "/ajax-api/3.0/mlflow/scorer/invoke",
@@ -160,7 +161,7 @@ def test_without_jobs_the_ui_job_buttons_get_a_clear_501_and_leave_no_run_behind
             answer = httpx.post(url + path, json={"experiment_id": experiment}, timeout=30)
             assert answer.status_code == 501, (path, answer.text)
             assert "churnops server --jobs" in answer.json()["message"]
-        assert MlflowClient(url).search_runs([experiment]) == []
+        assert MlflowClient(url, registry_uri=url).search_runs([experiment]) == []
         assert httpx.post(url + "/ajax-api/3.0/jobs/search", json={}).status_code == 200
 
 
