@@ -71,11 +71,6 @@ def _input_file(path: Path | None) -> None:
         raise DataError(f"data file {path} {what}")
 
 
-def _say_created(folder: Path | None) -> None:
-    if folder is not None:
-        click.echo(f"created the folder {folder}", err=True)
-
-
 def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
     if as_json:
         click.echo(json.dumps(document, default=str))
@@ -137,10 +132,11 @@ def _refusals_as_errors(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 def _announce(document: dict[str, Any], text: str) -> None:
-    """Print a long-running command's addresses on the real stdout, past the --json redirect."""
+    """Print on the real stdout, past the --json redirect, at once: a long-running command's
+    addresses, or the result of a command that then exits with a code of its own."""
     meta = click.get_current_context().meta
     out = meta["churnops.stdout"]
-    out.write((json.dumps(document) if meta["churnops.json"] else text) + "\n")
+    out.write((json.dumps(document, default=str) if meta["churnops.json"] else text) + "\n")
     out.flush()
 
 
@@ -618,10 +614,6 @@ def score(
     settings = _settings()
     if alias is not None:
         settings = settings.model_copy(update={"alias": alias})
-    from churnops import data
-
-    if output.suffix.lower() not in data.PARQUET_SUFFIXES:
-        _say_created(data.writable_destination(output))
     total = scoring.count_rows(source) if source.is_file() else None
     with click.progressbar(
         length=total or 0, label="scoring", file=sys.stderr, show_pos=True
@@ -936,7 +928,6 @@ def generate(rows: int, seed: int, out: Path | None) -> tuple[dict[str, Any], st
     path = out or _settings().default_data_file
     from churnops import data
 
-    _say_created(data.writable_destination(path))
     frame = data.write_generated(path, rows=rows, seed=seed)
     rate = float(frame[TARGET].mean())
     return (
@@ -1086,13 +1077,7 @@ def monitor(
         log_to_mlflow=not no_log,
     )
     result = monitoring.run(settings, options)
-    meta = click.get_current_context().meta
-    out = meta["churnops.stdout"]
-    as_json = meta["churnops.json"]
-    out.write(
-        (json.dumps(result.report, default=str) if as_json else _monitor_text(result.report)) + "\n"
-    )
-    out.flush()
+    _announce(result.report, _monitor_text(result.report))
     if not result.healthy:
         sys.exit(3)
 
@@ -1427,9 +1412,6 @@ def reproduce(run_id: str | None, version: int | None) -> None:
         if run_id is None:
             raise DataError(f"version {version} has no training run to reproduce")
     found = reproducing.reproduce(settings, run_id).to_dict()
-    meta = click.get_current_context().meta
-    out = meta["churnops.stdout"]
-    out.write((json.dumps(found) if meta["churnops.json"] else _reproduction_text(found)) + "\n")
-    out.flush()
+    _announce(found, _reproduction_text(found))
     if not found["identical"]:
         sys.exit(1)

@@ -4,6 +4,7 @@ target, refusing unusable tables with a message that names the problem.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ CATEGORICAL_FEATURES = ("plan_type", "region")
 PLAN_TYPES = ("basic", "standard", "premium")
 REGIONS = ("NA", "EU", "AF", "AS")
 IDENTIFIER = "identifier: every value distinct"
+BUILTIN_SOURCE = "built-in synthetic data"
+log = logging.getLogger(__name__)
 
 # NB: label spellings seen in real churn tables; anything else needs an explicit mapping.
 _POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "t", "churn", "churned"})
@@ -41,6 +44,11 @@ class Dataset:
     categorical: tuple[str, ...]
     source: str
     report: DataReport
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The features with the 0/1 target column beside them, as training saw the table."""
+        return self.features.assign(**{self.report.target: self.target.to_numpy()})
 
     @property
     def positive_rate(self) -> float:
@@ -156,17 +164,16 @@ def write_generated(path: Path, rows: int = 5000, seed: int = 42) -> pd.DataFram
     return frame
 
 
-def writable_destination(path: Path) -> Path | None:
-    """Make sure ``path`` can be written before any work starts: its folder is created when
-    missing (and returned, so the caller can say so); an unwritable place is one DataError."""
+def writable_destination(path: Path) -> None:
+    """Make sure ``path`` can be written before any work starts: its folder is created (and
+    said so on the log) when missing; an unwritable place is one clear DataError."""
     folder = path.parent
-    created = None
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a file name, e.g. {path / 'scores.csv'}")
     try:
         if not folder.exists():
             folder.mkdir(parents=True)
-            created = folder
+            log.info("created the folder %s", folder)
     except OSError as exc:
         raise DataError(
             f"cannot create the folder {folder} for {path.name}: {exc.strerror}; choose a "
@@ -180,7 +187,6 @@ def writable_destination(path: Path) -> Path | None:
         raise DataError(
             f"cannot write {path}: {exc.strerror or exc}; choose a place you can write to"
         ) from None
-    return created
 
 
 def _label_text(labels: pd.Series) -> pd.Series:
@@ -300,6 +306,15 @@ def _coerce_numeric_text(frame: pd.DataFrame) -> pd.DataFrame:
         if present.any() and numbers[present].notna().all():
             frame[column] = numbers
     return frame
+
+
+def load(
+    path: Path | None, seed: int, target: str = TARGET, positive_label: str | None = None
+) -> Dataset:
+    """The table at ``path``, or without one the built-in data drawn with ``seed``."""
+    if path is None:
+        return from_frame(generate(seed=seed), source=BUILTIN_SOURCE)
+    return load_table(path, target=target, positive_label=positive_label)
 
 
 def load_table(path: Path, target: str = TARGET, positive_label: str | None = None) -> Dataset:

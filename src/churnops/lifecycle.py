@@ -115,10 +115,7 @@ def train(
     from churnops import evidence
 
     registry.ping(settings)
-    if data_file is None:
-        dataset = data.from_frame(data.generate(seed=seed), source=registry.BUILTIN_SOURCE)
-    else:
-        dataset = data.load_table(data_file, target=target, positive_label=positive_label)
+    dataset = data.load(data_file, seed, target=target, positive_label=positive_label)
     if kind is None:
         kind = "logreg" if data_file is None else "auto"
     result = training.train(dataset, seed=seed, gate_f1=gate_f1, kind=kind)
@@ -408,13 +405,14 @@ def _move(
             f"({unsafe[0].value}: {unsafe[0].detail[:200]}); {settings.alias} stays where it is",
             report,
         )
-    schema_change = allow_schema_change and schema_change_only(report)
+    another_table = schema_change_only(report)
+    schema_change = allow_schema_change and another_table
     if not report.passed and not force and not schema_change:
         failed = ", ".join(c.name for c in report.failures)
         remedy = (
             "It reads another table: to switch production to it on purpose, pass "
             "--allow-schema-change --reason TEXT (or serve it under its own CHURNOPS_MODEL_NAME)."
-            if schema_change_only(report)
+            if another_table
             else "Pass --force --reason TEXT to override."
         )
         raise GateRefusedError(

@@ -68,7 +68,6 @@ TRAINING_DATA_DIR = "data"
 # NB: a table up to this size travels with its run, so `churnops reproduce` needs nothing else.
 TRAINING_DATA_MAX_BYTES = 20 * 1024 * 1024
 DATA_DIGEST_PARAM = "data_digest"
-BUILTIN_SOURCE = "built-in synthetic data"
 LIBRARIES = ("churnops", "mlflow", "scikit-learn", "pandas", "numpy", "scipy")
 LIBRARY_TAG_PREFIX = "library."
 
@@ -269,7 +268,9 @@ def table_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def _description(result: TrainingResult, dataset: Dataset, seed: int, digest: str) -> str:
+def _description(
+    result: TrainingResult, dataset: Dataset, seed: int, digest: str, run_id: str
+) -> str:
     """A version's page in the registry, in Markdown: what it is, what it was trained on, how
     good it is and whether it may ship, and the one command that re-makes it."""
     from churnops.training import KIND_NAMES
@@ -285,7 +286,7 @@ def _description(result: TrainingResult, dataset: Dataset, seed: int, digest: st
         f"**F1 {m['f1']:.4f}**, ROC AUC {m['roc_auc']:.4f}, precision {m['precision']:.4f}, "
         f"recall {m['recall']:.4f}.\n\n"
         f"Gate: **{gate}**: {verdict.reason}.\n\n"
-        "Reproduce: `churnops reproduce {run_id}`"
+        f"Reproduce: `churnops reproduce {run_id}`"
     )
 
 
@@ -338,9 +339,7 @@ def log_training(
 
     _use_tracking_uri(settings)
     trusted = _skops_trusted_types(result.model)
-    digest = table_digest(
-        dataset.features.assign(**{dataset.report.target: dataset.target.to_numpy()})
-    )
+    digest = table_digest(dataset.table)
     example = result.input_example
     with warnings.catch_warnings():
         # NB: MLflow warns that integer columns cannot hold missing values; the API validates them.
@@ -368,13 +367,12 @@ def log_training(
             )
             mlflow.log_metrics(result.metrics)
             # NB: MLflow's dataset API records name, digest, schema and source with the run.
-            table = dataset.features.assign(**{dataset.report.target: dataset.target.to_numpy()})
             with warnings.catch_warnings():
                 # NB: MLflow guesses among source kinds for a local path and says so each time,
                 # and repeats its integer-column hint when it infers the dataset's schema.
                 warnings.simplefilter("ignore", UserWarning)
                 logged_data = from_pandas(
-                    table,
+                    dataset.table,
                     source=dataset.source,
                     name=Path(dataset.source).name,
                     targets=dataset.report.target,
@@ -441,12 +439,12 @@ def log_training(
                 # NB: unnamed runs take their version's number, so the run list reads v1, v2...
                 label = f"v{mv.version}"
                 mlflow.log_param("version", label)
-                _client(settings).update_run(run.info.run_id, name=label)
-                _client(settings).set_model_version_tag(
+                client = _client(settings)
+                client.update_run(run.info.run_id, name=label)
+                client.set_model_version_tag(
                     settings.model_name, mv.version, "version_label", label
                 )
-            description = _description(result, dataset, seed, digest)
-            description = description.replace("{run_id}", run.info.run_id)
+            description = _description(result, dataset, seed, digest, run.info.run_id)
             _describe(settings, int(mv.version), description)
             # NB: the run page shows the same account under "Description".
             mlflow.set_tag(
@@ -459,6 +457,8 @@ def _log_training_table(source: str) -> None:
     """Keep the training file with its run when it is small (built-in data is re-made from the
     seed): what `churnops reproduce` re-trains from."""
     import mlflow
+
+    from churnops.data import BUILTIN_SOURCE
 
     path = Path(source)
     if source != BUILTIN_SOURCE and path.is_file():

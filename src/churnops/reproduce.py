@@ -87,19 +87,26 @@ def _dataset(
     """The table the run was trained on: the copy kept with the run, else the built-in data
     re-made from the seed, else the original path if it is still there (with a warning)."""
     source = params["data"]
-    target = params.get("target", data.TARGET)
-    positive = params.get("positive_label")
-    if source == registry.BUILTIN_SOURCE:
-        return data.from_frame(data.generate(seed=int(params["seed"])), source=source)
-    kept = registry.download_run_folder(settings, run_id, registry.TRAINING_DATA_DIR, tmp)
-    name = Path(source).name
-    if kept is not None and (kept / name).is_file():
-        return data.load_table(kept / name, target=target, positive_label=positive)
-    if Path(source).is_file():
+    path = None if source == data.BUILTIN_SOURCE else _table_path(settings, run_id, source, tmp)
+    if path == Path(source):
         warnings.append(
             f"the run kept no copy of its table; re-training from {source} as it is now"
         )
-        return data.load_table(Path(source), target=target, positive_label=positive)
+    return data.load(
+        path,
+        int(params["seed"]),
+        target=params.get("target", data.TARGET),
+        positive_label=params.get("positive_label"),
+    )
+
+
+def _table_path(settings: Settings, run_id: str, source: str, tmp: Path) -> Path:
+    """Where the run's training file is: its kept copy, else the original path."""
+    kept = registry.download_run_folder(settings, run_id, registry.TRAINING_DATA_DIR, tmp)
+    if kept is not None and (kept / Path(source).name).is_file():
+        return kept / Path(source).name
+    if Path(source).is_file():
+        return Path(source)
     raise ChurnopsError(
         f"run {run_id} kept no copy of its table (over "
         f"{registry.TRAINING_DATA_MAX_BYTES // (1024 * 1024)} MB, or logged before churnops kept "
@@ -136,7 +143,6 @@ def reproduce(settings: Settings, run_id: str) -> Reproduction:
             kind=kind,  # type: ignore[arg-type]
         )
         recorded = _recorded_probabilities(settings, run_id, tmp)
-    table = dataset.features.assign(**{dataset.report.target: dataset.target.to_numpy()})
     metrics = [
         MetricCheck(name, logged[name], value)
         for name, value in sorted(result.metrics.items())
@@ -156,7 +162,7 @@ def reproduce(settings: Settings, run_id: str) -> Reproduction:
         run_id=run_id,
         data_source=params["data"],
         data_recorded=params.get(registry.DATA_DIGEST_PARAM),
-        data_now=registry.table_digest(table),
+        data_now=registry.table_digest(dataset.table),
         metrics=metrics,
         rows_compared=len(probability),
         probabilities_identical=same,
