@@ -160,3 +160,18 @@ def test_a_version_whose_files_differ_from_its_pinned_digests_is_never_served() 
     assert intact.get("/model").json()["verified"] is True
     unpinned = client_for(settings, pinned=None)
     assert unpinned.get("/model").json()["verified"] is None
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"caf\xe9"])
+def test_a_string_that_is_not_utf8_is_a_422_naming_the_problem(
+    client: TestClient, raw: bytes
+) -> None:
+    for path, body in (
+        ("/predict", b'{"tenure_months": 3, "plan_type": "' + raw + b'"}'),
+        ("/predict/batch", b'{"customers": [{"tenure_months": 3, "plan_type": "' + raw + b'"}]}'),
+    ):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        [error] = response.json()["detail"]
+        assert "invalid unicode" in error["msg"].lower()
+        assert isinstance(error["input"], str)

@@ -90,3 +90,31 @@ def test_numbers_json_cannot_carry_in_any_field_never_cause_a_5xx(fuzzed_api: Ap
                 )
                 assert response.status_code < 500, (path, name, literal, response.text[:200])
                 assert response.headers["content-type"] == "application/json"
+
+
+# NB: bytes that are not UTF-8 inside a JSON string once made the 422 encoder fail with a 500.
+NOT_UTF8 = (b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"caf\xe9")
+
+
+def test_bytes_that_are_not_utf8_in_any_field_are_a_422_never_a_5xx(fuzzed_api: ApiProcess) -> None:
+    document = fuzzed_api.client.get("/openapi.json").json()
+    customer = document["components"]["schemas"]["Customer"]
+    example = customer["examples"][0]
+    for name in customer["properties"]:
+        for raw in NOT_UTF8:
+            fields = [
+                json.dumps(k).encode()
+                + b": "
+                + (b'"' + raw + b'"' if k == name else json.dumps(v).encode())
+                for k, v in example.items()
+            ]
+            row = b"{" + b", ".join(fields) + b"}"
+            for path, body in (
+                ("/predict", row),
+                ("/predict/batch", b'{"customers": [' + row + b"]}"),
+            ):
+                response = fuzzed_api.client.post(
+                    path, content=body, headers={"content-type": "application/json"}
+                )
+                assert response.status_code == 422, (path, name, raw, response.text[:200])
+                assert response.json()["detail"], response.text[:200]

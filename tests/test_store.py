@@ -3,6 +3,7 @@ written by the background writer and all there after shutdown, day partitions, r
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from churnops.config import Settings
 from churnops.monitoring import store
+from churnops.routing import ChallengerRoute
 from churnops.serving import create_app
+from tests.conftest import wait_for
 from tests.test_api_edges import CUSTOMER, loaded, watcher_for
 
 
@@ -28,7 +31,10 @@ def settings_for(tmp_path: Path) -> Settings:
 def serve(settings: Settings) -> TestClient:
     watcher = watcher_for(settings, None, loaded())
     watcher.poll_once()
-    return TestClient(create_app(settings, watcher), base_url="http://127.0.0.1:8000")
+    # NB: no challenger, and no registry to ask: its watcher would retry a dead address for 30 s.
+    challenger = ChallengerRoute(settings)
+    challenger.watcher._resolve = lambda _: None
+    return TestClient(create_app(settings, watcher, challenger), base_url="http://127.0.0.1:8000")
 
 
 def batch(ids: list[str], **given: Any) -> store.Batch:
@@ -153,3 +159,109 @@ def test_a_failed_write_keeps_the_rows_and_the_next_flush_writes_them(tmp_path: 
     assert writer.flush() == 5 and writer.unwritten() == 0
     rows = store.read_predictions(store.open_store(str(root)), "m")
     assert sorted(rows["prediction_id"].to_pylist()) == [f"p{i}" for i in range(5)]
+
+
+def test_an_event_time_before_1970_is_a_422_and_nothing_is_stored(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    with serve(settings) as client:
+        for bad in ("0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59Z"):
+            refused = client.post("/predict", json=CUSTOMER, headers={"X-Event-Time": bad})
+            assert refused.status_code == 422, bad
+            assert "before 1970" in refused.json()["detail"]
+        assert client.post("/predict", json=CUSTOMER).status_code == 200
+    assert stored(settings).num_rows == 1
+
+
+def test_the_writer_skips_and_counts_a_row_it_cannot_keep_and_writes_every_other_one(
+    tmp_path: Path,
+) -> None:
+    writer = store.BufferedWriter(store.open_store(str(tmp_path)), 0.05, 10**6, 400)
+    writer.start()
+    try:
+        writer.add(batch(["before"]))
+        # NB: year 0 once killed the writer thread: nothing after it was ever written.
+        writer.add(batch(["year0"], time=-62135647200.0))
+        writer.add(batch(["nan"], time=float("nan")))
+        writer.add(batch(["after"]))
+        wait_for(lambda: writer.written_rows == 2, timeout=10)
+        writer.add(batch(["later"]))
+        wait_for(lambda: writer.written_rows == 3, timeout=10)
+        assert writer._thread is not None and writer._thread.is_alive()
+    finally:
+        writer.close()
+    assert writer.state().bad_rows == 2 and writer.unwritten() == 0
+    ids = store.read_predictions(store.open_store(str(tmp_path)), "m")["prediction_id"]
+    assert sorted(ids.to_pylist()) == ["after", "before", "later"]
+
+
+def test_an_unwritable_store_bounds_the_buffer_drops_and_counts_the_rest_and_backs_off(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "store"
+    root.write_text("not a folder")  # every write fails while this file is in the way
+    writer = store.BufferedWriter(
+        store.open_store(str(root)), 0.02, buffer_rows=5, retention_days=400, max_rows=50
+    )
+    writer.start()
+    try:
+        for i in range(80):
+            writer.add(batch([f"p{i}"]))
+            time.sleep(0.01)  # ~0.8 s of traffic: a flush every 0.02 s were it not backing off
+        state = writer.state()
+        assert state.unwritten_rows == 50 and state.dropped_rows == 30
+        assert 1 <= state.failed_writes <= 2
+        assert state.retry_in_seconds is not None and state.last_error
+        root.unlink()
+    finally:
+        writer.close()
+    assert writer.written_rows == 50 and writer.state().dropped_rows == 30
+    ids = store.read_predictions(store.open_store(str(root)), "m")["prediction_id"].to_pylist()
+    assert sorted(ids) == sorted(f"p{i}" for i in range(50))
+
+
+def test_rows_a_stopped_worker_could_not_write_are_spooled_and_written_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    root, spool = tmp_path / "store", tmp_path / "spool"
+    root.write_text("not a folder")
+    first = store.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400, spool_dir=spool)
+    first.start()
+    for i in range(7):
+        first.add(batch([f"p{i}"]))
+    first.close()
+    assert first.unwritten() == 7 and list(spool.glob("*.arrow"))
+    root.unlink()
+    second = store.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400, spool_dir=spool)
+    second.start()
+    assert second.state().recovered_rows == 7
+    second.close()
+    ids = store.read_predictions(store.open_store(str(root)), "m")["prediction_id"].to_pylist()
+    assert sorted(ids) == [f"p{i}" for i in range(7)]
+    assert not list(spool.iterdir())
+
+
+def test_a_living_writers_spool_is_never_taken_over(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    target = store.open_store(str(tmp_path / "store"))
+    alive = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    alive.start()
+    alive.add(batch(["mine"]))
+    alive._convert()  # now in its spool
+    other = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    other.start()
+    assert other.state().recovered_rows == 0
+    other.close()
+    alive.close()
+    ids = store.read_predictions(target, "m")["prediction_id"].to_pylist()
+    assert ids == ["mine"]
+
+
+def test_the_model_endpoint_reports_the_store_writers_counts(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    with serve(settings) as client:
+        client.post("/predict", json=CUSTOMER)
+        state = client.get("/model").json()["store"]
+        assert state["unwritten_rows"] == 1 and state["dropped_rows"] == 0
+        assert client.get("/ready").json()["store"]["unwritten_rows"] == 1
+        metrics = client.get("/metrics").text
+        assert "churnops_store_unwritten_rows" in metrics

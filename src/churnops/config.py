@@ -122,6 +122,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Rows a worker buffers before writing early (CHURNOPS_STORE_BUFFER_ROWS).",
     )
+    store_max_buffer_rows: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Most rows a worker holds while the store cannot be written "
+        "(CHURNOPS_STORE_MAX_BUFFER_ROWS, ~0.5 KB each): beyond this, answered rows are dropped "
+        "and counted in /model and /metrics instead of growing memory.",
+    )
+    store_spool: bool = Field(
+        default=True,
+        description="Keep rows not yet written in a local spool under <data dir>/store-spool "
+        "(CHURNOPS_STORE_SPOOL), so a killed worker loses at most its last quarter-second and "
+        "the next start writes the rest.",
+    )
     store_retention_days: int = Field(
         default=400,
         gt=0,
@@ -275,6 +288,11 @@ class Settings(BaseSettings):
     def store_uri(self) -> str:
         """Where the prediction store lives."""
         return self.prediction_store or str((self.data_dir / "store").resolve())
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """Where API workers spool rows not yet in the store (None: no spool)."""
+        return (self.data_dir / "store-spool").resolve() if self.store_spool else None
 
     @property
     def monitoring_experiment(self) -> str:

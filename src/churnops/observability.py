@@ -13,10 +13,13 @@ import os
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from churnops.monitoring.store import WriterState
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -88,6 +91,26 @@ class ServingMetrics:
             "them all the same).",
             registry=self.registry,
         )
+        self.store_unwritten = Gauge(
+            "churnops_store_unwritten_rows",
+            "Answered rows waiting in memory for the prediction store.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.store_rows = Counter(
+            "churnops_store_rows",
+            "Prediction-store rows by outcome: written; dropped (buffer full while the store "
+            "failed); bad (a row the store cannot take); recovered (spooled by a stopped worker, "
+            "written by this one).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.store_failed_writes = Counter(
+            "churnops_store_failed_writes",
+            "Prediction-store writes that failed (retried with backoff).",
+            registry=self.registry,
+        )
+        self._store_seen: dict[str, int] = {}
         self.model_version.set(0)
         self.challenger_version.set(0)
 
@@ -111,6 +134,24 @@ class ServingMetrics:
             self.predictions.labels(role, tag, "1").inc(positives)
         if total - positives:
             self.predictions.labels(role, tag, "0").inc(total - positives)
+
+    def observe_store(self, state: WriterState) -> None:
+        """Publish the store writer's counts (the writer thread calls this every tick)."""
+        self.store_unwritten.set(state.unwritten_rows)
+        for outcome, total in (
+            ("written", state.written_rows),
+            ("dropped", state.dropped_rows),
+            ("bad", state.bad_rows),
+            ("recovered", state.recovered_rows),
+            ("failed_writes", state.failed_writes),
+        ):
+            delta = total - self._store_seen.get(outcome, 0)
+            if delta > 0:
+                self._store_seen[outcome] = total
+                if outcome == "failed_writes":
+                    self.store_failed_writes.inc(delta)
+                else:
+                    self.store_rows.labels(outcome).inc(delta)
 
     def exposition(self) -> bytes:
         """The Prometheus text format, summed over every worker in multiprocess mode."""

@@ -54,6 +54,27 @@ class ChallengerState(BaseModel):
     shadow_dropped_rows: int = Field(description="Rows not shadowed: the queue was full.")
 
 
+class StoreState(BaseModel):
+    """This worker's prediction-store writer: what is written, waiting, and lost."""
+
+    written_rows: int = Field(description="Rows this worker wrote to the store.")
+    unwritten_rows: int = Field(description="Answered rows waiting to be written (in memory).")
+    dropped_rows: int = Field(
+        description="Answered rows never stored: the buffer was full while the store could not "
+        "be written (CHURNOPS_STORE_MAX_BUFFER_ROWS)."
+    )
+    bad_rows: int = Field(description="Rows the store could not take (skipped, logged).")
+    recovered_rows: int = Field(
+        description="Rows a stopped or killed worker had spooled, written by this one."
+    )
+    failed_writes: int = Field(description="Writes that failed and were retried.")
+    spool_failures: int = Field(description="Rows that could not be kept in the local spool.")
+    last_error: str | None = Field(description="Why the last failed write failed.")
+    retry_in_seconds: float | None = Field(
+        description="When the next write is tried, while the store fails."
+    )
+
+
 class ModelResponse(BaseModel):
     """Answer of GET /model: what is serving and how the watcher is doing."""
 
@@ -81,6 +102,9 @@ class ModelResponse(BaseModel):
     )
     worker_pid: int = Field(description="The worker process that answered.")
     challenger: ChallengerState | None = None
+    store: StoreState | None = Field(
+        default=None, description="The prediction store's writer; null when rows are not kept."
+    )
 
 
 class ErrorResponse(BaseModel):

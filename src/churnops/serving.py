@@ -60,6 +60,7 @@ from churnops.schemas import (
     ErrorResponse,
     ModelResponse,
     PredictionResponse,
+    StoreState,
 )
 from churnops.shadow import ShadowScorer
 from churnops.watcher import ModelWatcher, ServedModel
@@ -245,6 +246,9 @@ def _echoable(value: Any) -> Any:
     input as JSON (``1e400`` parses to inf, which JSON cannot carry)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, bytes | bytearray):
+        # NB: pydantic hands back the raw body when it is not UTF-8 (a \xff in a string).
+        return bytes(value[:200]).decode("utf-8", errors="replace")
     if isinstance(value, dict):
         return {k: _echoable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -315,6 +319,11 @@ def _event_time(request: Request) -> float | None:
             f"2026-12-01T09:30:00Z; got {given[:64]!r}"
         )
     seconds = moment.timestamp()
+    if seconds < 0:
+        raise EventTimeError(
+            f"{EVENT_TIME_HEADER} {given[:64]!r} is before 1970-01-01T00:00:00Z; the prediction "
+            "store keeps event times from then on"
+        )
     if seconds > time.time() + MAX_EVENT_TIME_AHEAD:
         raise EventTimeError(f"{EVENT_TIME_HEADER} {given[:64]!r} is in the future")
     return seconds
@@ -376,6 +385,9 @@ def create_app(
                 flush_seconds=settings.store_flush_seconds,
                 buffer_rows=settings.store_buffer_rows,
                 retention_days=settings.store_retention_days,
+                max_rows=settings.store_max_buffer_rows,
+                spool_dir=settings.spool_dir,
+                on_state=metrics.observe_store,
             )
             store.start()
             app.state.store = store
@@ -588,7 +600,20 @@ def create_app(
     @app.get("/ready", summary="Readiness: 200 once a model is loaded, 503 before")
     async def ready() -> dict[str, object]:
         served = serving()
-        return {"status": "ready", "model_version": served.version, "stale": served.stale}
+        answer: dict[str, object] = {
+            "status": "ready",
+            "model_version": served.version,
+            "stale": served.stale,
+        }
+        if store is not None:
+            # NB: still ready (answers are right) while the store fails: the figures say so.
+            state = store.state()
+            answer["store"] = {
+                "unwritten_rows": state.unwritten_rows,
+                "dropped_rows": state.dropped_rows,
+                "failing": state.retry_in_seconds is not None,
+            }
+        return answer
 
     @app.get("/model", response_model=ModelResponse, summary="The model this worker serves")
     async def model() -> ModelResponse:
@@ -610,6 +635,7 @@ def create_app(
             stale=served.stale if served else False,
             worker_pid=os.getpid(),
             challenger=_challenger_state(),
+            store=StoreState.model_validate(store.state().to_dict()) if store is not None else None,
         )
 
     def _challenger_state() -> ChallengerState | None:

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -35,6 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from churnops.monitoring.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -415,8 +419,42 @@ def read_labels(store: Store) -> pa.Table | None:
 # NB: how often the writer thread turns queued rows into Arrow tables: small steps, so it holds
 # the GIL (which it shares with the request path) for a few milliseconds at a time, not for one
 # long conversion per file (measured: ~0.2 s for 18,500 single-row requests, which showed as a
-# p99 of 90 ms at one connection).
+# p99 of 90 ms at one connection). It is also how often converted rows reach the spool, so it
+# bounds what a killed worker can lose.
 CONVERT_SECONDS = 0.25
+# NB: after a failed write the next try waits this long, doubling up to the maximum: a store
+# that is down is not hammered on every request, and the log gets a line per try, not per row.
+RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
+# NB: the event times the store can partition by: a day before 0001-01-01 or after 9999-12-31
+# has no date, and the API refuses times before the epoch anyway.
+_FIRST_DAY = (date(1970, 1, 1) - date(1970, 1, 1)).days
+_LAST_DAY = (date(9999, 12, 31) - date(1970, 1, 1)).days
+
+
+@dataclass(frozen=True)
+class WriterState:
+    """What a worker's store writer has done, for /model, /ready and /metrics."""
+
+    written_rows: int
+    unwritten_rows: int
+    dropped_rows: int
+    bad_rows: int
+    recovered_rows: int
+    failed_writes: int
+    spool_failures: int
+    last_error: str | None
+    retry_in_seconds: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        """The state as JSON-ready data."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Converted:
+    table: pa.Table
+    spooled: Path | None
 
 
 @dataclass
@@ -424,32 +462,61 @@ class BufferedWriter:
     """Takes rows from the request path without blocking it and writes them from a thread.
 
     ``add`` only appends to a list under a lock. Every CONVERT_SECONDS the thread turns what is
-    queued into Arrow tables, one list per day; every ``flush_seconds`` (sooner once
-    ``buffer_rows`` rows wait) it writes one file per day; ``close`` writes everything left. A
-    failed write (S3 down) keeps the rows and tries again at the next flush, and is logged.
+    queued into Arrow tables, one list per day, and puts them in the spool (when there is one);
+    every ``flush_seconds`` (sooner once ``buffer_rows`` rows wait) it writes one file per day;
+    ``close`` writes everything left. A failed write (S3 down, a read-only disk) keeps the rows,
+    is logged, and is tried again after a backoff (RETRY_SECONDS doubling to MAX_RETRY_SECONDS).
+    At most ``max_rows`` rows wait in memory: beyond that a request's rows are dropped and
+    counted, never memory. A row the store cannot take (a date it cannot partition by) is
+    skipped and counted; the thread never stops on one.
     """
 
     store: Store
     flush_seconds: float
     buffer_rows: int
     retention_days: int
+    max_rows: int = 1_000_000
+    spool_dir: Path | None = None
+    on_state: Callable[[WriterState], object] = lambda _: None
     _pending: list[Batch] = field(default_factory=list)
-    _tables: dict[int, list[pa.Table]] = field(default_factory=dict)
+    _tables: dict[int, list[_Converted]] = field(default_factory=dict)
+    _backlog: list[Path] = field(default_factory=list)
     _rows: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _spool: Spool | None = None
+    _retry_at: float = 0.0
+    _retry_wait: float = 0.0
     written_rows: int = 0
     failed_flushes: int = 0
+    dropped_rows: int = 0
+    bad_rows: int = 0
+    recovered_rows: int = 0
+    spool_failures: int = 0
+    last_error: str | None = None
 
     def start(self) -> None:
-        """Start the writer thread (and apply retention once)."""
+        """Open the spool and take over a dead writer's rows, then start the writer thread
+        (and apply retention once)."""
         # NB: the first table and Parquet file import pyarrow's lazy modules (~0.3 s, holding
         # the GIL): done here, before serving, rather than in the middle of the traffic.
         sample = Batch(None, 0.0, "", "", 0, "", 0.0, ["x"], [0.0], [0], None, "", {"x": [0]})
         pq.write_table(to_table([sample]), pa.BufferOutputStream(), compression="zstd")
+        if self.spool_dir is not None:
+            try:
+                self._spool = Spool(self.spool_dir)
+                self._backlog = self._spool.claim_orphans()
+            except OSError as exc:
+                log.warning(
+                    "prediction store spool %s unusable (%s): a killed worker loses the rows "
+                    "it had not written",
+                    self.spool_dir,
+                    exc,
+                )
+            self._load_backlog()
         try:
             apply_retention(self.store, self.retention_days)
         except OSError as exc:
@@ -461,11 +528,15 @@ class BufferedWriter:
 
     def add(self, batch: Batch) -> None:
         """Queue one request's rows (cheap: the request path calls this)."""
+        rows = len(batch.prediction_ids)
         with self._lock:
+            if self._rows + rows > self.max_rows:
+                self.dropped_rows += rows
+                return
             self._pending.append(batch)
-            self._rows += len(batch.prediction_ids)
-            full = self._rows >= self.buffer_rows
-        if full:
+            before, self._rows = self._rows, self._rows + rows
+        # NB: once, when the buffer fills: while writes fail, the timer retries, not each request.
+        if before < self.buffer_rows <= before + rows:
             self._wake.set()
 
     def _run(self) -> None:
@@ -473,14 +544,27 @@ class BufferedWriter:
         while not self._stop.is_set():
             woken = self._wake.wait(min(CONVERT_SECONDS, self.flush_seconds))
             self._wake.clear()
-            self._convert()
-            if woken or time.monotonic() - last_write >= self.flush_seconds:
-                last_write = time.monotonic()
-                self.flush()
-            if time.monotonic() - last_retention > 86_400:
-                last_retention = time.monotonic()
-                with contextlib.suppress(OSError):
-                    apply_retention(self.store, self.retention_days)
+            try:
+                self._convert()
+                due = woken or time.monotonic() - last_write >= self.flush_seconds
+                if due and time.monotonic() >= self._retry_at:
+                    last_write = time.monotonic()
+                    self.flush()
+                if time.monotonic() - last_retention > 86_400:
+                    last_retention = time.monotonic()
+                    with contextlib.suppress(OSError):
+                        apply_retention(self.store, self.retention_days)
+            except Exception:
+                # NB: the thread is the only writer of this worker's rows: it must outlive any
+                # one bad row or surprise, or everything after it is lost.
+                log.exception("prediction store writer: unexpected error; writing continues")
+            self._publish()
+
+    def _publish(self) -> None:
+        try:
+            self.on_state(self.state())
+        except Exception:
+            log.exception("prediction store writer: could not publish its counts")
 
     def _convert(self) -> None:
         with self._lock:
@@ -488,12 +572,71 @@ class BufferedWriter:
         by_day: dict[int, list[Batch]] = {}
         for b in batches:
             moment = b.time if b.time is not None else b.served_at
-            by_day.setdefault(int(moment // 86_400), []).append(b)
+            day = int(moment // 86_400) if math.isfinite(moment) else _LAST_DAY + 1
+            if not _FIRST_DAY <= day <= _LAST_DAY:
+                self._skip([b], f"event time {moment!r} has no date the store can keep")
+                continue
+            by_day.setdefault(day, []).append(b)
         for day, group in by_day.items():
             # NB: a batch has one time, so days are split per batch, not per row.
-            table = to_table(group)
+            for table in self._tables_of(group):
+                spooled = self._put_in_spool(table)
+                with self._write_lock:
+                    self._tables.setdefault(day, []).append(_Converted(table, spooled))
+
+    def _tables_of(self, group: list[Batch]) -> list[pa.Table]:
+        try:
+            return [to_table(group)]
+        except Exception:  # noqa: BLE001
+            # NB: one batch the store cannot take must not cost the others: find it.
+            tables = []
+            for b in group:
+                try:
+                    tables.append(to_table([b]))
+                except Exception as exc:  # noqa: BLE001
+                    self._skip([b], str(exc))
+            return tables
+
+    def _skip(self, batches: list[Batch], why: str) -> None:
+        rows = sum(len(b.prediction_ids) for b in batches)
+        with self._lock:
+            self.bad_rows += rows
+            self._rows -= rows
+        log.error("prediction store: skipped %d row(s) it cannot keep: %s", rows, why[:200])
+
+    def _put_in_spool(self, table: pa.Table) -> Path | None:
+        if self._spool is None:
+            return None
+        try:
+            return self._spool.put(table)
+        except OSError as exc:
+            self.spool_failures += 1
+            if self.spool_failures == 1 or self.spool_failures % 1000 == 0:
+                log.warning("prediction store spool: could not keep rows on disk: %s", exc)
+            return None
+
+    def _load_backlog(self) -> None:
+        """Queue spooled rows a dead writer left, as far as memory allows."""
+        while self._backlog and self._unwritten_now() < self.max_rows:
+            path = self._backlog.pop(0)
+            try:
+                table = Spool.read(path)
+            except (OSError, pa.ArrowException) as exc:
+                log.error("prediction store spool: %s is unreadable, left in place: %s", path, exc)
+                continue
+            days = pc.divide(table["time"].cast(pa.int64()), 86_400_000_000)
             with self._write_lock:
-                self._tables.setdefault(day, []).append(table)
+                for day in days.unique().to_pylist():
+                    part = table.filter(pc.equal(days, day))
+                    # NB: the file is deleted once its last day is written.
+                    self._tables.setdefault(day, []).append(_Converted(part, path))
+            with self._lock:
+                self._rows += table.num_rows
+            self.recovered_rows += table.num_rows
+            log.info(
+                "prediction store: recovered %d rows a stopped worker had not written",
+                table.num_rows,
+            )
 
     def flush(self) -> int:
         """Write every queued row now; return how many were written."""
@@ -501,46 +644,116 @@ class BufferedWriter:
         with self._write_lock:
             tables, self._tables = self._tables, {}
         rows = 0
+        failed = False
         for day in sorted(tables):
-            try:
-                table = pa.concat_tables(tables[day], promote_options="default")
-                _write_day(self.store, day, table, time.time())
-            except (OSError, pa.ArrowException) as exc:
-                self.failed_flushes += 1
-                log.warning(
-                    "could not write %d predictions to %s: %s",
-                    sum(t.num_rows for t in tables[day]),
-                    self.store.uri,
-                    exc,
-                )
+            written, error = self._write(day, tables[day])
+            rows += written
+            if error is not None:
+                failed = True
                 with self._write_lock:
                     self._tables.setdefault(day, [])[:0] = tables[day]
-                continue
-            rows += table.num_rows
+        done = {c.spooled for ts in tables.values() for c in ts} - {
+            c.spooled for ts in self._tables.values() for c in ts
+        }
+        Spool.discard([p for p in done if p is not None])
         with self._lock, self._write_lock:
             self._rows = self._unwritten()
         self.written_rows += rows
+        if failed:
+            self.failed_flushes += 1
+            self._retry_wait = min(MAX_RETRY_SECONDS, max(RETRY_SECONDS, self._retry_wait * 2))
+            self._retry_at = time.monotonic() + self._retry_wait
+        else:
+            self._retry_wait, self._retry_at = 0.0, 0.0
+            self._load_backlog()
         return rows
+
+    def _write(self, day: int, converted: list[_Converted]) -> tuple[int, str | None]:
+        """Write one day's tables as one file: (rows written, the error that kept them)."""
+        count = sum(c.table.num_rows for c in converted)
+        try:
+            table = pa.concat_tables([c.table for c in converted], promote_options="default")
+            _write_day(self.store, day, table, time.time())
+        except OSError as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning(
+                "could not write %d predictions to %s (next try in %.0f s): %s",
+                count,
+                self.store.uri,
+                min(MAX_RETRY_SECONDS, max(RETRY_SECONDS, self._retry_wait * 2)),
+                exc,
+            )
+            return 0, self.last_error
+        except Exception as exc:  # noqa: BLE001
+            # NB: not the store's fault but the rows': write them one table at a time and skip
+            # the ones that cannot be written, rather than retrying them for ever.
+            if len(converted) == 1:
+                self.bad_rows += count
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("prediction store: skipped %d row(s) it cannot write: %s", count, exc)
+                return 0, None
+            written = 0
+            for one in converted:
+                done, error = self._write(day, [one])
+                written += done
+                if error is not None:
+                    return written, error
+            return written, None
+        return count, None
 
     def _unwritten(self) -> int:
         return sum(len(b.prediction_ids) for b in self._pending) + sum(
-            t.num_rows for ts in self._tables.values() for t in ts
+            c.table.num_rows for ts in self._tables.values() for c in ts
         )
 
-    def unwritten(self) -> int:
-        """Rows queued or converted but not yet in a file."""
+    def _unwritten_now(self) -> int:
         with self._lock, self._write_lock:
             return self._unwritten()
 
+    def unwritten(self) -> int:
+        """Rows queued or converted but not yet in a file."""
+        return self._unwritten_now()
+
+    def state(self) -> WriterState:
+        """Counts for /model, /ready and /metrics."""
+        wait = self._retry_at - time.monotonic()
+        return WriterState(
+            written_rows=self.written_rows,
+            unwritten_rows=self._unwritten_now(),
+            dropped_rows=self.dropped_rows,
+            bad_rows=self.bad_rows,
+            recovered_rows=self.recovered_rows,
+            failed_writes=self.failed_flushes,
+            spool_failures=self.spool_failures,
+            last_error=self.last_error,
+            retry_in_seconds=round(wait, 1) if wait > 0 else None,
+        )
+
     def close(self) -> None:
-        """Stop the thread and write everything still queued."""
+        """Stop the thread and write everything still queued; what cannot be written stays in
+        the spool for the next start."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for _ in range(3):
+        for attempt in range(3):
             self.flush()
             if not self.unwritten():
-                return
-            time.sleep(0.5)
-        log.error("prediction store: %d rows could not be written at shutdown", self.unwritten())
+                break
+            time.sleep(0.5 * (attempt + 1))
+        left = self.unwritten()
+        if left:
+            kept = (
+                f"they are kept in {self._spool.folder} and written when the API next starts"
+                if self._spool is not None and self.spool_failures == 0
+                else "they are lost"
+            )
+            log.error(
+                "prediction store: %d rows could not be written at shutdown (%s); %s",
+                left,
+                self.last_error,
+                kept,
+            )
+        if self._spool is not None:
+            self._spool.close()
+        self._publish()

@@ -1,0 +1,113 @@
+"""A worker's local spool: the rows it answered but has not yet written to the prediction store,
+kept on local disk so that a worker killed outright (SIGKILL, the OOM killer) or stopped while
+the store is unwritable loses nothing it had already spooled.
+
+Each writer owns a token (host, pid, random part) and holds an exclusive ``flock`` on
+``<token>.lock`` for as long as it lives; the kernel releases that lock when the process dies,
+however it dies. Every conversion tick (``store.CONVERT_SECONDS``) the writer puts what it
+converted into ``<token>-<n>.arrow`` (Arrow IPC, written under a temporary name and renamed, no
+fsync: a killed process's page cache survives it, a machine crash is not covered), and deletes
+those files once their rows are in the store. A writer starting up takes every lock it can get
+that is not its own: each such lock belonged to a dead writer, whose files it renames into its
+own name (so two starting workers never both replay one file) and writes to the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+log = logging.getLogger(__name__)
+
+LOCK = ".lock"
+SPOOLED = ".arrow"
+PARTIAL = ".partial"
+
+
+class Spool:
+    """One writer's spool folder entries; see the module docstring."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        host = socket.gethostname().replace("/", "_").replace("-", "_")[:40]
+        self.token = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # NB: locked under a temporary name, then renamed: no other writer ever sees this lock
+        # file unlocked and takes it for a dead writer's.
+        partial = folder / f"{self.token}{LOCK}{PARTIAL}"
+        self._lock = os.open(partial, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(partial, folder / f"{self.token}{LOCK}")
+        self._n = 0
+
+    def _next(self) -> Path:
+        self._n += 1
+        return self.folder / f"{self.token}-{self._n:012d}{SPOOLED}"
+
+    def put(self, table: pa.Table) -> Path:
+        """Keep ``table`` in a new spool file; its path."""
+        path = self._next()
+        partial = path.with_name(path.name + PARTIAL)
+        with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(partial, path)
+        return path
+
+    @staticmethod
+    def read(path: Path) -> pa.Table:
+        """The rows of one spool file."""
+        with pa.OSFile(str(path), "rb") as source:
+            return ipc.open_file(source).read_all()
+
+    @staticmethod
+    def discard(paths: list[Path]) -> None:
+        """Delete spool files whose rows are in the store now."""
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def claim_orphans(self) -> list[Path]:
+        """Take over the files of every writer that died: renamed into this writer's name, in
+        their original order; partial files (the process died while writing one) are counted
+        in the log and deleted."""
+        claimed: list[Path] = []
+        for lock in sorted(self.folder.glob(f"*{LOCK}")):
+            token = lock.name[: -len(LOCK)]
+            if token == self.token:
+                continue
+            try:
+                handle = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # NB: its writer is alive
+                for path in sorted(self.folder.glob(f"{token}-*{SPOOLED}")):
+                    mine = self._next()
+                    os.rename(path, mine)
+                    claimed.append(mine)
+                for partial in self.folder.glob(f"{token}-*{SPOOLED}{PARTIAL}"):
+                    log.warning("prediction store spool: %s was cut off by a crash", partial.name)
+                    partial.unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(handle)
+        return claimed
+
+    def close(self) -> None:
+        """Release the lock; the lock file goes too unless rows are still spooled, so that the
+        next writer to start finds and writes them."""
+        if not any(self.folder.glob(f"{self.token}-*{SPOOLED}")):
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / f"{self.token}{LOCK}").unlink()
+        os.close(self._lock)
