@@ -175,3 +175,47 @@ def test_the_output_may_not_overwrite_the_input(
     result = cli("score", "scores.csv", same)
     assert result.exit_code == 1 and "would overwrite the input" in result.stderr
     assert Path("scores.csv").read_text() == "a,b\n1,2\n"
+
+
+@pytest.mark.parametrize("input_name", ["scores.csv.partial", "scores.rejects.csv.partial"])
+def test_an_input_named_like_a_temporary_output_is_read_whole_and_left_intact(
+    cli: Callable[..., Result],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    input_name: str,
+) -> None:
+    _train_with_ids_and_gaps(settings, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    data.generate(rows=500, seed=3).to_csv(input_name, index=False)
+    before = Path(input_name).read_bytes()
+    report = _json(cli("score", input_name, "scores.csv", "--chunk-rows", "64", "--json"))
+    assert report["rows_read"] == 500 and report["rows_scored"] + report["rows_rejected"] == 500
+    assert Path(input_name).read_bytes() == before
+    assert len(pd.read_csv("scores.csv")) == report["rows_scored"]
+    # NB: no temporary file or staging folder is left beside the outputs.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_output_that_is_a_hard_link_to_the_input_is_refused(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    source = tmp_path / "customers.csv"
+    source.write_text("a,b\n1,2\n")
+    (tmp_path / "scores.csv").hardlink_to(source)
+    result = cli("score", str(source), str(tmp_path / "scores.csv"))
+    assert result.exit_code == 1 and "would overwrite the input" in result.stderr
+    assert source.read_text() == "a,b\n1,2\n"
+
+
+def test_stored_rows_of_a_run_in_many_chunks_are_all_in_the_store_once(
+    cli: Callable[..., Result], settings: Settings, tmp_path: Path
+) -> None:
+    _train_with_ids_and_gaps(settings, tmp_path)
+    source, out = tmp_path / "customers.csv", tmp_path / "scores.csv"
+    data.generate(rows=700, seed=4).to_csv(source, index=False)
+    report = _json(cli("score", str(source), str(out), "--chunk-rows", "50", "--json"))
+    rows = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    ids = rows["prediction_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == report["rows_scored"]
+    assert set(ids) == set(pd.read_csv(out)["prediction_id"])

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -360,8 +362,9 @@ def score_engine(
     used = [f.name for f in fields if f.name in header]
     columns = used + ([id_column] if id_column and id_column not in used else [])
     rejects = rejects_path(output)
-    partial_out = output.with_name(output.name + ".partial")
-    partial_rejects = rejects.with_name(rejects.name + ".partial")
+    partial_out, partial_rejects = temporary_name(output), temporary_name(rejects)
+    for written in (output, rejects, partial_out, partial_rejects):
+        refuse_overwriting(source, written)
     out_columns = ([id_column] if id_column else []) + list(OUTPUT_COLUMNS)
     reject_columns = ["row", *([id_column] if id_column else []), "reason", *used]
     scored_out, rejected_out = _CsvOut(partial_out), _CsvOut(partial_rejects)
@@ -414,6 +417,63 @@ def score_engine(
     partial_out.replace(output)
     partial_rejects.replace(rejects)
     return read, scored, rejected
+
+
+def temporary_name(path: Path, kind: str = "partial") -> Path:
+    """A hidden name beside ``path`` that no other run (and no input) has: ``.<name>.<random>.
+    <kind>``."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}")
+
+
+def refuse_overwriting(source: Path, written: Path) -> None:
+    """A DataError when writing ``written`` would replace the input ``source``."""
+    same = source.resolve() == written.resolve()
+    if not same and written.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(source, written)
+    if same:
+        raise DataError(f"{written} would overwrite the input {source}; choose another output path")
+
+
+class _StoreStage:
+    """Scored chunks' prediction-store rows, staged as Parquet files in a hidden folder beside
+    the output so that memory holds one chunk, never the run; written to the store only once
+    the outputs exist (a failed run leaves no rows whose ids nobody has)."""
+
+    # NB: store files of about this many rows: few files, and ~150 MB at most in memory.
+    FILE_ROWS = 250_000
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._files: list[Path] = []
+
+    def add(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"{len(self._files):08d}.parquet"
+        pq.write_table(table, path, compression="lz4")
+        self._files.append(path)
+
+    def publish(self, target: store.Store) -> None:
+        import pyarrow.parquet as pq
+
+        waiting: list[pa.Table] = []
+        rows = 0
+        for path in self._files:
+            table = pq.read_table(path)
+            waiting.append(table)
+            rows += table.num_rows
+            if rows >= self.FILE_ROWS:
+                store.write_predictions(
+                    target, pa.concat_tables(waiting, promote_options="permissive")
+                )
+                waiting, rows = [], 0
+        if waiting:
+            store.write_predictions(target, pa.concat_tables(waiting, promote_options="permissive"))
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def prediction_ids(rows: int) -> pa.Array:
@@ -471,10 +531,7 @@ def score_file(
     """Score a customer table with a version (default: the one the alias points at); every
     scored row also goes to the prediction store, dated ``event_time`` (default: now)."""
     for written in (output, rejects_path(output)):
-        if source.resolve() == written.resolve():
-            raise DataError(
-                f"{written} would overwrite the input {source}; choose another output path"
-            )
+        refuse_overwriting(source, written)
     if output.suffix.lower() in PARQUET_SUFFIXES:
         raise DataError(
             f"churnops score writes CSV; name the output e.g. {output.with_suffix('.csv')}"
@@ -486,7 +543,8 @@ def score_file(
     loaded = registry.load_version(settings, number, threads=os.cpu_count() or 1)
     ident = _id_column(settings, info, _header(source), id_column)
     started = time.perf_counter()
-    kept: list[pa.Table] = []
+    stage = _StoreStage(temporary_name(output, "store"))
+    refuse_overwriting(source, stage.folder)
 
     def keep(
         ids: pa.Array, result: Predictions, inputs: pd.DataFrame, customers: np.ndarray | None
@@ -494,27 +552,25 @@ def score_file(
         if settings.store_predictions:
             alias = settings.alias if version is None else ""
             rows = _Scored(ids, result, inputs, customers)
-            kept.append(
+            stage.add(
                 _stored_rows(settings, number, alias, loaded.engine.threshold, rows, event_time)
             )
 
-    read, scored, rejected = score_engine(
-        loaded.engine,
-        loaded.inputs,
-        source,
-        output,
-        version=number,
-        id_column=ident,
-        chunk_rows=chunk_rows,
-        on_chunk=on_chunk,
-        on_scored=keep,
-    )
-    if kept:
-        # NB: written once the outputs exist, so a failed run leaves no rows whose ids nobody has.
-        store.write_predictions(
-            store.open_store(settings.store_uri),
-            pa.concat_tables(kept, promote_options="default"),
+    try:
+        read, scored, rejected = score_engine(
+            loaded.engine,
+            loaded.inputs,
+            source,
+            output,
+            version=number,
+            id_column=ident,
+            chunk_rows=chunk_rows,
+            on_chunk=on_chunk,
+            on_scored=keep,
         )
+        stage.publish(store.open_store(settings.store_uri))
+    finally:
+        stage.discard()
     return ScoreReport(
         source=str(source),
         output=str(output),
