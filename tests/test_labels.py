@@ -5,6 +5,9 @@ idempotent, unknown ids counted, bad files refused whole."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +159,89 @@ def test_a_bad_label_file_is_refused_whole_with_a_clear_error(
 def test_a_missing_label_file_is_a_clear_error(project: Path) -> None:
     code, _, stderr = add(str(project / "nope.csv"))
     assert code == 1 and "does not exist" in stderr
+
+
+def test_outcomes_keyed_by_prediction_id_and_by_customer_read_together(project: Path) -> None:
+    by_id, by_customer = project / "by_id.csv", project / "by_customer.csv"
+    by_id.write_text("prediction_id,churn\na-0,1\n")
+    by_customer.write_text("customer_id,time,churn\nc2,2026-10-05T00:00:00Z,0\n")
+    assert add(str(by_id))[0] == 0 and add(str(by_customer))[0] == 0
+    # NB: this concatenation once failed (timestamp[ms] vs timestamp[us, tz=UTC]) and with it
+    # every later monitor and promote.
+    table = store.read_labels(store.open_store(str(project / "store")))
+    assert table is not None and table.schema == store.LABELS_SCHEMA
+    assert sorted(table["key"].to_pylist()) == ["a-0", "c2"]
+
+
+def test_an_outcome_file_written_by_an_earlier_version_still_reads(project: Path) -> None:
+    folder = project / "store" / "labels"
+    folder.mkdir(parents=True)
+    old = pd.DataFrame(
+        {
+            "key_kind": ["prediction_id"],
+            "key": ["a-1"],
+            "outcome": np.array([1], dtype="int8"),
+            "time": pd.Series([pd.NaT], dtype="datetime64[ms]"),
+            "added_at": [pd.Timestamp("2026-10-01", tz="UTC")],
+            "row": [0],
+        }
+    )
+    old.to_parquet(folder / "old.parquet", index=False)
+    path = project / "by_customer.csv"
+    path.write_text("customer_id,time,churn\nc1,2026-10-05,1\n")
+    assert add(str(path))[0] == 0
+    table = store.read_labels(store.open_store(str(project / "store")))
+    assert table is not None and sorted(table["key"].to_pylist()) == ["a-1", "c1"]
+
+
+def test_three_concurrent_adds_of_one_file_add_it_once_and_tell_the_others(
+    project: Path,
+) -> None:
+    path = project / "outcomes.csv"
+    path.write_text("prediction_id,churn\n" + "".join(f"a-{i},{i % 2}\n" for i in range(5000)))
+    command = [str(Path(sys.executable).parent / "churnops"), "labels", "add", "--json", str(path)]
+    racers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    results = [(r.wait(timeout=120), *r.communicate()) for r in racers]
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    assert all("Traceback" not in err for _, _, err in results)
+    added = sorted(json.loads(out)["added"] for _, out, _ in results)
+    assert added == [False, False, True]
+    assert len(label_files(project)) == 1
+    assert not list((project / "store" / "labels").glob("*.partial"))
+
+
+def test_a_file_that_is_not_a_table_is_refused_without_showing_its_content(
+    project: Path,
+) -> None:
+    secret = project / "shadow"
+    secret.write_text("root:$6$s3cr3t-hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n")
+    link = project / "outcomes.csv"
+    link.symlink_to(secret)
+    code, _, stderr = add(str(link))
+    assert code == 1 and "does not read as a table" in stderr
+    assert "s3cr3t" not in stderr and "19000" not in stderr
+
+
+def test_a_fifo_is_refused_as_not_a_regular_file(project: Path) -> None:
+    fifo = project / "outcomes.csv"
+    os.mkfifo(fifo)
+    code, _, stderr = add(str(fifo))
+    assert code == 1 and "not a regular file" in stderr and "does not exist" not in stderr
+
+
+def test_a_parquet_key_holding_lists_is_refused(project: Path) -> None:
+    path = project / "outcomes.parquet"
+    pd.DataFrame({"prediction_id": [["a-0", "a-1"]], "churn": [1]}).to_parquet(path)
+    code, _, stderr = add(str(path))
+    assert code == 1 and "holds a list or nested value" in stderr
+    assert label_files(project) == []
+
+
+def test_a_key_listed_twice_is_one_unknown_key(project: Path) -> None:
+    path = project / "outcomes.csv"
+    path.write_text("prediction_id,churn\nzz-1,1\nzz-1,1\na-0,0\n")
+    code, report, _ = add(str(path))
+    assert code == 0 and report["unknown"] == 1

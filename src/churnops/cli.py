@@ -67,7 +67,13 @@ def _without_values(exc: ValidationError) -> str:
 def _input_file(path: Path | None) -> None:
     """Refuse a missing input at once, before MLflow and scikit-learn are imported (~2 s)."""
     if path is not None and not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
+        if path.is_dir():
+            what = "is a folder"
+        elif path.exists():
+            # NB: a FIFO, socket or device: reading one may block for ever or never end.
+            what = "is not a regular file (a pipe, socket or device); save the table to a file"
+        else:
+            what = "does not exist"
         raise DataError(f"data file {path} {what}")
 
 
@@ -986,7 +992,8 @@ def labels_add(source: Path, target: str, id_column: str | None) -> tuple[dict[s
         )
     if report.unknown:
         lines.append(
-            f"  {report.unknown} outcome(s) match no stored prediction (yet): kept, not counted"
+            f"  {report.unknown} {report.keyed_by} value(s) match no stored prediction (yet): "
+            "kept, not counted"
         )
     return report.to_dict(), "\n".join(lines)
 

@@ -57,6 +57,11 @@ class AddReport:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    if path.exists() and not path.is_file():
+        raise DataError(
+            f"label file {path} is not a regular file (a pipe, socket or device); save the "
+            "outcomes to a CSV or Parquet file"
+        )
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(path)
@@ -75,7 +80,7 @@ def read_outcomes(path: Path, target: str, id_column: str | None = None) -> Outc
     if target not in frame.columns:
         raise DataError(
             f"{path}: outcome column {target!r} not found (name it like training's --target, "
-            f"or pass --target); the columns are: {', '.join(map(str, frame.columns)) or 'none'}"
+            f"or pass --target); {_columns_found(frame)}"
         )
     if PREDICTION_ID in frame.columns:
         keyed_by, keys = PREDICTION_ID, frame[PREDICTION_ID]
@@ -93,6 +98,8 @@ def read_outcomes(path: Path, target: str, id_column: str | None = None) -> Outc
         )
     if frame.empty:
         raise DataError(f"{path}: no outcome rows")
+    for name in {keys.name, target, TIME} & set(frame.columns):
+        _scalars(frame[name], path)
     keys = keys.astype("string").str.strip()
     missing_key = keys.isna() | (keys == "")
     if missing_key.any():
@@ -127,6 +134,32 @@ def read_outcomes(path: Path, target: str, id_column: str | None = None) -> Outc
     return Outcomes(keyed_by, normalised, conflicts)
 
 
+def _columns_found(frame: pd.DataFrame) -> str:
+    """The columns a file has, named only when it reads as a table: a file that is not CSV
+    parses as one column named after its first line, which may be a secret (never shown)."""
+    if len(frame.columns) < 2:
+        return (
+            "the file does not read as a table with a header row (one column found): write "
+            "CSV with comma-separated columns, or Parquet"
+        )
+    shown = [str(c)[:40] for c in frame.columns[:20]]
+    more = f" and {len(frame.columns) - 20} more" if len(frame.columns) > 20 else ""
+    return f"the columns are: {', '.join(shown)}{more}"
+
+
+def _scalars(values: pd.Series, path: Path) -> None:
+    """A DataError when a column holds lists, arrays or maps (a nested Parquet column)."""
+    if values.dtype != object:
+        return
+    nested = values.map(lambda v: isinstance(v, list | tuple | dict | set | np.ndarray))
+    if nested.any():
+        line = int(np.flatnonzero(nested.to_numpy())[0]) + 2
+        raise DataError(
+            f"{path}: column {values.name!r} holds a list or nested value (row {line - 1}); "
+            "each cell must be one value"
+        )
+
+
 def _times(values: pd.Series, path: Path, required: bool) -> pd.Series:
     text = values.astype("string").str.strip()
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
@@ -157,10 +190,13 @@ def keep(target: store.Store, outcomes: Outcomes) -> tuple[str, bool]:
 
 
 def unknown_keys(outcomes: Outcomes, predictions: pd.DataFrame) -> int:
-    """How many outcomes name a prediction id or customer the store has no prediction for."""
+    """How many distinct prediction ids or customers the outcomes name that the store has no
+    prediction for."""
     column = PREDICTION_ID if outcomes.keyed_by == PREDICTION_ID else CUSTOMER_ID
     known = set(predictions[column].dropna()) if column in predictions else set()
-    return int((~outcomes.frame["key"].isin(known)).sum())
+    # NB: distinct keys: a customer's several outcomes, or a key listed twice, count once.
+    keys = outcomes.frame["key"].drop_duplicates()
+    return int((~keys.isin(known)).sum())
 
 
 @dataclass(frozen=True)

@@ -399,21 +399,67 @@ def empty_predictions() -> pa.Table:
     return pa.table({c: pa.array([], types.get(c, pa.string())) for c in FIXED_COLUMNS})
 
 
+# NB: one schema for every outcome file, whatever its key: files keyed by prediction id have no
+# times, and pandas once wrote that empty column as timestamp[s] (or [ms]) without a zone, which
+# no concatenation with a customer-keyed file's timestamp[us, UTC] accepts.
+LABELS_SCHEMA = pa.schema(
+    [
+        ("key_kind", pa.string()),
+        ("key", pa.string()),
+        ("outcome", pa.int8()),
+        ("time", TIMESTAMP),
+        ("added_at", TIMESTAMP),
+        ("row", pa.int64()),
+    ]
+)
+
+
+def conform_labels(table: pa.Table) -> pa.Table:
+    """An outcome table in LABELS_SCHEMA: columns in order, types cast (a time without a zone
+    is UTC, as churnops always wrote it); files written by earlier versions read too."""
+    columns = []
+    for field_ in LABELS_SCHEMA:
+        if field_.name in table.column_names:
+            column = table[field_.name]
+            if pa.types.is_timestamp(column.type) and column.type.tz is None:
+                column = column.cast(pa.timestamp(column.type.unit, tz="UTC"))
+            columns.append(column.cast(field_.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field_.type))
+    return pa.Table.from_arrays(columns, schema=LABELS_SCHEMA)
+
+
 def write_labels(store: Store, name: str, table: pa.Table) -> tuple[str, bool]:
-    """Write one normalised outcome file under its content name; (path, whether it is new)."""
+    """Write one normalised outcome file under its content name; (path, whether it is new).
+    Two writers of the same content race safely: one writes it, the other is told it exists."""
     path = store.path(LABELS, f"{name}.parquet")
     if store.fs.get_file_info(path).type == pafs.FileType.File:
         return path, False
-    _write_table(store, path, table)
+    table = conform_labels(table)
+    if not isinstance(store.fs, pafs.LocalFileSystem):
+        _write_table(store, path, table)
+        return path, True
+    store.fs.create_dir(path.rpartition("/")[0], recursive=True)
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    pq.write_table(table, partial, compression="zstd")
+    try:
+        # NB: a hard link fails when the name exists, so exactly one racer adds the file.
+        os.link(partial, path)
+    except FileExistsError:
+        return path, False
+    finally:
+        os.unlink(partial)
     return path, True
 
 
 def read_labels(store: Store) -> pa.Table | None:
     """Every outcome file, concatenated; None when there are none."""
-    tables = [pq.read_table(f.path, filesystem=store.fs) for f in _files(store, LABELS)]
+    tables = [
+        conform_labels(pq.read_table(f.path, filesystem=store.fs)) for f in _files(store, LABELS)
+    ]
     if not tables:
         return None
-    return pa.concat_tables(tables, promote_options="permissive")
+    return pa.concat_tables(tables)
 
 
 # NB: how often the writer thread turns queued rows into Arrow tables: small steps, so it holds
