@@ -8,21 +8,36 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc
 import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import f1_score, roc_auc_score
 
+from churnops import lifecycle
 from churnops.config import Settings
+from churnops.errors import StaleMoveError
 from churnops.monitoring import simulate, store
-from tests.conftest import ApiProcess, TeamBackend, ok, start_api, stop_api, train_version, wait_for
+from tests.conftest import (
+    ApiProcess,
+    TeamBackend,
+    ok,
+    start_api,
+    stop_api,
+    train_version,
+    wait_for,
+)
 from tests.test_api import CUSTOMER
 
 HORIZON_DAYS = 5
@@ -124,6 +139,16 @@ def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
     }
     status = ok(cli("status", "--json"))
     assert status["production_version"] == first
+    # NB: a second monitor that decided "v{second} -> v{first}" before the first one acted must
+    # not roll back again, from v{first} further down (it once did, with the same reason).
+    with pytest.raises(StaleMoveError, match=f"no longer v{second}"):
+        lifecycle.rollback(
+            settings.model_copy(update={"actor": "churnops-monitor"}),
+            version=first,
+            reason=report["advice"]["reason"],
+            expected=second,
+        )
+    assert ok(cli("status", "--json"))["production_version"] == first
     [latest, *_] = ok(cli("history", "--json"))
     assert latest["actor"] == "churnops-monitor" and latest["reason"].startswith("monitor: ")
     assert latest["gate"] is not None and latest["to_version"] == first
@@ -182,6 +207,79 @@ def test_every_answered_row_is_stored_after_sigterm_with_two_workers(
     assert sorted(stored["prediction_id"].to_pylist()) == sorted(answered)
     files = list((Path(settings.store_uri) / "predictions").rglob("*.parquet"))
     assert len(files) == 2  # one per worker: everything was flushed once, at shutdown
+
+
+def test_rows_answered_before_a_sigkill_are_stored_once_by_the_next_worker(
+    cli: Callable[..., Result], env: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    """A killed worker loses only the rows of its last conversion tick (CONVERT_SECONDS):
+    rows answered before it are in its spool, and the worker that replaces it (the supervisor
+    restarts it; or the next `serve` after the whole group was killed) writes them, once."""
+    version = train_version(cli)
+    ok(cli("promote", "--json", "--version", str(version), "--reason", "first"))
+    slow_flush = {"CHURNOPS_STORE_FLUSH_SECONDS": "600"}
+    log = tmp_path / "serve.log"
+    answered: list[str] = []
+
+    def send(api: ApiProcess, requests: int) -> None:
+        for i in range(requests):
+            if i % 4 == 0:
+                body = {"customers": [CUSTOMER] * 5}
+                response = api.client.post("/predict/batch", json=body)
+                answered.extend(p["prediction_id"] for p in response.json()["predictions"])
+            else:
+                answered.append(api.client.post("/predict", json=CUSTOMER).json()["prediction_id"])
+
+    def kill(pids: list[int]) -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+    spool = tmp_path / "store-spool"
+
+    def spooled() -> int:
+        # NB: a worker's rows reach its spool within one tick of being answered.
+        rows = 0
+        for path in spool.glob("*.arrow"):
+            with pa.OSFile(str(path)) as source:
+                rows += pa.ipc.open_file(source).read_all().num_rows
+        return rows
+
+    def spool_owners() -> list[int]:
+        # NB: spool files are named <host>-<pid>-<random>-<n>.arrow
+        return sorted({int(path.name.split("-")[1]) for path in spool.glob("*.arrow")})
+
+    api = start_api(env | slow_flush, log, "--workers", "2")
+    try:
+        api.wait_until_every_worker_serves()
+        send(api, 60)
+        wait_for(lambda: spooled() == len(answered), timeout=10)
+        [holder] = spool_owners()
+        kill([holder])
+        # NB: the supervisor starts a new worker, which takes the dead one's spool over.
+        wait_for(lambda: holder not in spool_owners() and spooled() == len(answered), 60)
+        api.client.close()
+        api.client = httpx.Client(base_url=api.url, timeout=10)
+        wait_for(lambda: ready(api), timeout=30)
+        send(api, 40)
+        wait_for(lambda: spooled() == len(answered), timeout=10)
+        # NB: now the whole group, supervisor included, as a machine's OOM killer might.
+        workers = {int(lock.name.split("-")[1]) for lock in spool.glob("*.lock")} - {holder}
+        kill([*workers, api.process.pid])
+        api.process.wait(timeout=10)
+    finally:
+        stop_api(api)
+    assert not store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    again = start_api(env | slow_flush, tmp_path / "again.log", "--workers", "1")
+    try:
+        wait_for(lambda: ready(again), timeout=60)
+        recovered = again.client.get("/model").json()["store"]["recovered_rows"]
+    finally:
+        stop_api(again)
+    stored = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    ids = stored["prediction_id"].to_pylist()
+    assert len(answered) == 15 * 5 + 45 + 10 * 5 + 30
+    assert sorted(ids) == sorted(answered)  # every row, none twice
+    assert 0 < recovered <= len(answered)
 
 
 def ready(api: ApiProcess) -> bool:

@@ -1044,7 +1044,10 @@ def _monitor_text(report: dict[str, Any]) -> str:
         lines.append(f"advice: {report['advice']['message']}")
     if report.get("rolled_back"):
         moved = report["rolled_back"]
-        lines.append(f"rolled back: v{moved['from_version']} -> v{moved['to_version']}")
+        if moved.get("refused"):
+            lines.append(f"auto-rollback refused: {moved['refused']}")
+        else:
+            lines.append(f"rolled back: v{moved['from_version']} -> v{moved['to_version']}")
     if report.get("run_id"):
         lines.append(f"logged as run {report['run_id']} in {report['model']}-monitoring")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from churnops.errors import (
     GateUnavailableError,
     ModelFilesMissingError,
     NoRollbackTargetError,
+    StaleMoveError,
     TrackingUnavailableError,
     UnsafeModelError,
     VersionNotFoundError,
@@ -558,13 +559,21 @@ def rollback(
     force: bool = False,
     reason: str = "",
     allow_schema_change: bool = False,
+    expected: int | None = None,
 ) -> MoveResult:
     """Undo the last production change, or move the alias back to an older ``version``;
     gate-checked either way (without the champion comparison). Moving to a newer version is a
-    promotion and is refused here."""
+    promotion and is refused here. With ``expected`` (an automatic action's decision), a
+    StaleMoveError unless production is still that version, before and under the ledger's
+    lock."""
     _check_force(force, reason, allow_schema_change)
     registry.ping(settings)
     current = registry.alias_version(settings)
+    if expected is not None and current != expected:
+        raise StaleMoveError(
+            f"{settings.model_name}@{settings.alias} is v{current}, no longer v{expected}, the "
+            f"version this rollback was decided about; nothing changed (run monitor again)"
+        )
     if version is not None:
         registry.get_version(settings, version)
         if current == version:

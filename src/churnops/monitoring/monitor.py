@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from churnops import ledger, registry
 from churnops.config import Settings
+from churnops.errors import StaleMoveError
 from churnops.monitoring import drift, estimate, labels, realised, report, store
 from churnops.monitoring.estimate import Calibration
 
@@ -478,12 +479,28 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
     result = Result(document, alerts)
     if advice is not None and options.auto_rollback:
         mover = settings.model_copy(update={"actor": MONITOR_ACTOR})
-        moved = lifecycle.rollback(mover, reason=advice["reason"])
-        result.rolled_back = {
-            "from_version": moved.move.from_version,
-            "to_version": moved.move.to_version,
-            "changed": moved.changed,
-        }
+        # NB: to the version the advice names, and only from the one it was about: a second
+        # monitor started before the first acted must not roll back again, further.
+        try:
+            moved = lifecycle.rollback(
+                mover,
+                version=advice["rollback_to"],
+                reason=advice["reason"],
+                expected=advice["serving"]["version"],
+            )
+        except StaleMoveError as exc:
+            result.rolled_back = {
+                "from_version": advice["serving"]["version"],
+                "to_version": advice["rollback_to"],
+                "changed": False,
+                "refused": str(exc),
+            }
+        else:
+            result.rolled_back = {
+                "from_version": moved.move.from_version,
+                "to_version": moved.move.to_version,
+                "changed": moved.changed,
+            }
         document["rolled_back"] = result.rolled_back
     if options.log_to_mlflow:
         result.run_id = _log(settings, document, serving)
