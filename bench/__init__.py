@@ -1,0 +1,1 @@
+"""Benchmarks against named anchors; each module runs as `python -m bench.<name>` or as a script."""
