@@ -219,3 +219,13 @@ def test_stored_rows_of_a_run_in_many_chunks_are_all_in_the_store_once(
     ids = rows["prediction_id"].to_pylist()
     assert len(ids) == len(set(ids)) == report["rows_scored"]
     assert set(ids) == set(pd.read_csv(out)["prediction_id"])
+
+
+def test_an_as_of_time_before_1970_is_a_usage_error_before_any_work(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    source = tmp_path / "customers.csv"
+    data.generate(rows=10, seed=1).to_csv(source, index=False)
+    result = cli("score", str(source), str(tmp_path / "s.csv"), "--as-of", "0001-01-01")
+    assert result.exit_code == 64 and "1970-01-01 or later" in result.stderr
+    assert not (tmp_path / "s.csv").exists()

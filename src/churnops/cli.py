@@ -617,6 +617,9 @@ def score(
     from churnops import scoring
 
     event_time = _moment(as_of, "--as-of").timestamp() if as_of else None
+    if event_time is not None and event_time < 0:
+        # NB: the store partitions rows by their date; the API refuses the same times.
+        raise click.BadParameter("must be 1970-01-01 or later", param_hint="--as-of")
     settings = _settings()
     if alias is not None:
         settings = settings.model_copy(update={"alias": alias})
