@@ -11,6 +11,8 @@ wrk (single-row bodies, 16 connections):
 - store unwritable: the store's folder is a file, so every write fails; the API's throughput
   against a writable store in the same run, its resident memory, the rows dropped beyond
   CHURNOPS_STORE_MAX_BUFFER_ROWS, and how many warning lines it logged.
+- the spool's cost: single-row throughput and p99 at 64 connections, spool on against off (the
+  store on in both), in interleaved pairs.
 
 Rows answered are wrk's 2xx responses (one row each); rows stored are read from the store after
 a SIGTERM. wrk does not count the responses still in flight when its time is up, which the API
@@ -177,10 +179,40 @@ def unwritable_case(
     return figures
 
 
+def spool_cost(wrk: str, env: dict[str, str], work: Path, pairs: int) -> dict[str, Any]:
+    """Single-row throughput and p99 at 64 connections with the spool on and off (the store on
+    in both), in interleaved pairs of 5 s: the spool's price on the request path."""
+    servers = {
+        spool: start_serve(env, work / f"cost-{spool}", {"CHURNOPS_STORE_SPOOL": spool})
+        for spool in ("true", "false")
+    }
+    script = lua_post(json.dumps(ROW), work, "cost")
+    runs: dict[str, list[Any]] = {"true": [], "false": []}
+    try:
+        for spool in ("true", "false"):
+            run_wrk(wrk, f"{servers[spool][1]}/predict", script, 4, 2)  # warm-up
+        for _ in range(pairs):
+            for spool in ("true", "false"):
+                runs[spool].append(run_wrk(wrk, f"{servers[spool][1]}/predict", script, 64, 5))
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+    ratios = [a.requests_per_s / b.requests_per_s for a, b in zip(*runs.values(), strict=True)]
+    p99 = [a.p99_ms / b.p99_ms for a, b in zip(*runs.values(), strict=True)]
+    return {
+        "pairs": pairs,
+        "spool_on_rps": [r.requests_per_s for r in runs["true"]],
+        "spool_off_rps": [r.requests_per_s for r in runs["false"]],
+        "median_throughput_ratio": round(sorted(ratios)[len(ratios) // 2], 3),
+        "median_p99_ratio": round(sorted(p99)[len(p99) // 2], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="Seconds per wrk run.")
     parser.add_argument("--buffer-rows", type=int, default=5_000, help="Unwritable case's cap.")
+    parser.add_argument("--pairs", type=int, default=5, help="Spool on/off pairs of 5 s.")
     parser.add_argument("--out", type=Path, default=Path("bench/results/crash.json"))
     args = parser.parse_args()
     wrk = ensure_wrk()
@@ -203,6 +235,7 @@ def main() -> None:
                 folder = work / f"kill-{'group' if group else 'one'}-{'spool' if spool else 'no'}"
                 cases.append(kill_case(wrk, env, folder, args.duration, group, spool))
         unwritable = unwritable_case(wrk, env, work, args.duration, args.buffer_rows)
+        cost = spool_cost(wrk, env, work, args.pairs)
     finally:
         server.stop()
     print(f"{'case':<18}{'spool':>6}{'answered':>10}{'stored':>10}{'lost':>8}")
@@ -219,6 +252,10 @@ def main() -> None:
             f"{figures['dropped_rows']}  warning lines {figures['warning_lines']}"
         )
     print(f"unwritable / writable throughput: {unwritable['throughput_ratio']:.2f}x")
+    print(
+        f"spool on / off, 64 connections ({cost['pairs']} pairs): throughput "
+        f"{cost['median_throughput_ratio']:.2f}x, p99 {cost['median_p99_ratio']:.2f}x"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -229,6 +266,7 @@ def main() -> None:
                 "connections": CONNECTIONS,
                 "kills": cases,
                 "unwritable": unwritable,
+                "spool_cost": cost,
             },
             indent=2,
         )
