@@ -234,7 +234,8 @@ def test_rows_answered_before_a_sigkill_are_stored_once_by_the_next_worker(
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
 
-    spool = tmp_path / "store-spool"
+    spool = Settings(data_dir=tmp_path, prediction_store=settings.store_uri).spool_dir
+    assert spool is not None
 
     def spooled() -> int:
         # NB: a worker's rows reach its spool within one tick of being answered.

@@ -7,6 +7,7 @@ calls :func:`apply_mlflow_client_limits` or a library function uses the paths.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -291,8 +292,12 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path | None:
-        """Where API workers spool rows not yet in the store (None: no spool)."""
-        return (self.data_dir / "store-spool").resolve() if self.store_spool else None
+        """Where API workers spool rows not yet in the store (None: no spool): one folder per
+        store, so rows a dead worker spooled are only ever written to the store they were for."""
+        if not self.store_spool:
+            return None
+        store = hashlib.sha256(self.store_uri.encode()).hexdigest()[:12]
+        return (self.data_dir / "store-spool" / store).resolve()
 
     @property
     def monitoring_experiment(self) -> str:
