@@ -31,7 +31,6 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,18 +38,16 @@ from typing import Any
 
 import httpx
 
+from bench.common import free_port, promoted_model
 from bench.serve import (
     ROW,
     ensure_wrk,
-    free_port,
     lua_post,
     run_wrk,
     tree_rss_mib,
     wait_http,
     worker_versions,
 )
-from churnops import lifecycle, tracking_server
-from churnops.config import Settings, apply_mlflow_client_limits
 from churnops.monitoring import store
 
 CONNECTIONS = 16
@@ -216,19 +213,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/crash.json"))
     args = parser.parse_args()
     wrk = ensure_wrk()
-    work = Path(tempfile.mkdtemp(prefix="churnops-crash-"))
-    port = free_port()
-    settings = Settings(tracking_uri=f"http://127.0.0.1:{port}", data_dir=work)
-    apply_mlflow_client_limits(settings)
-    env = {
-        **os.environ,
-        **settings.as_environment(),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    server = tracking_server.start(settings, port=port, quiet=True)
-    try:
-        lifecycle.train(settings, data_file=None, version_label="v1", seed=1, gate_f1=0.6)
-        lifecycle.promote(settings, 1)
+    with promoted_model("churnops-crash-") as (_, env, work):
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         cases = []
         for group in (False, True):
             for spool in (True, False):
@@ -236,8 +222,6 @@ def main() -> None:
                 cases.append(kill_case(wrk, env, folder, args.duration, group, spool))
         unwritable = unwritable_case(wrk, env, work, args.duration, args.buffer_rows)
         cost = spool_cost(wrk, env, work, args.pairs)
-    finally:
-        server.stop()
     print(f"{'case':<18}{'spool':>6}{'answered':>10}{'stored':>10}{'lost':>8}")
     for case in cases:
         print(

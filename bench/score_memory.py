@@ -15,13 +15,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.serve import free_port
-from churnops import data, lifecycle, tracking_server
-from churnops.config import Settings, apply_mlflow_client_limits
+from bench.common import promoted_model
+from churnops import data
 
 
 def peak_mib(env: dict[str, str], source: Path, out: Path, store: bool) -> float:
@@ -44,23 +42,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/score_memory.json"))
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="churnops-score-memory-"))
-    port = free_port()
-    settings = Settings(tracking_uri=f"http://127.0.0.1:{port}", data_dir=work)
-    apply_mlflow_client_limits(settings)
-    env = {**os.environ, **settings.as_environment()}
-    server = tracking_server.start(settings, port=port, quiet=True)
-    try:
-        lifecycle.train(settings, data_file=None, version_label="v1", seed=1, gate_f1=0.6)
-        lifecycle.promote(settings, 1)
+    with promoted_model("churnops-score-memory-") as (_, env, work):
         source = work / "customers.csv"
         data.generate(rows=args.rows, seed=3).drop(columns=["churn"]).to_csv(source, index=False)
         figures: dict[str, list[float]] = {"store on": [], "store off": []}
         for _ in range(args.repeats):
             figures["store on"].append(peak_mib(env, source, work / "on.csv", store=True))
             figures["store off"].append(peak_mib(env, source, work / "off.csv", store=False))
-    finally:
-        server.stop()
     on, off = statistics.median(figures["store on"]), statistics.median(figures["store off"])
     print(
         f"{args.rows:,} rows: peak RSS store on {on:.0f} MiB, off {off:.0f} MiB ({on / off:.2f}x)"

@@ -45,6 +45,7 @@ def test_health_and_ready_answer_once_a_model_is_loaded(api: ApiProcess) -> None
         "status": "ready",
         "model_version": 1,
         "stale": False,
+        "store": {"unwritten_rows": 0, "dropped_rows": 0, "failing": False},
     }
 
 

@@ -324,6 +324,7 @@ def test_a_replica_restarted_while_the_registry_is_down_serves_its_last_version_
             "status": "ready",
             "model_version": first.version,
             "stale": True,
+            "store": {"unwritten_rows": 0, "dropped_rows": 0, "failing": False},
         }
         model = api.client.get("/model").json()
         assert model["stale"] is True and model["registry_reachable"] is False

@@ -1,0 +1,39 @@
+"""What several benchmarks set up the same way: a tracking server of their own on a free port
+with one version trained on the built-in data and promoted."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from churnops import lifecycle, tracking_server
+from churnops.config import Settings, apply_mlflow_client_limits
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def promoted_model(prefix: str) -> Iterator[tuple[Settings, dict[str, str], Path]]:
+    """A fresh folder and tracking server with v1 in production: (settings, the environment
+    that reproduces them in a child process, the folder)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    settings = Settings(tracking_uri=f"http://127.0.0.1:{port}", data_dir=work)
+    apply_mlflow_client_limits(settings)
+    env = {**os.environ, **settings.as_environment()}
+    server = tracking_server.start(settings, port=port, quiet=True)
+    try:
+        trained = lifecycle.train(settings, data_file=None, version_label="v1", seed=1, gate_f1=0.6)
+        lifecycle.promote(settings, trained.version)
+        yield settings, env, work
+    finally:
+        server.stop()
