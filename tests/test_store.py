@@ -3,6 +3,7 @@ written by the background writer and all there after shutdown, day partitions, r
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -265,3 +266,28 @@ def test_the_model_endpoint_reports_the_store_writers_counts(tmp_path: Path) -> 
         assert client.get("/ready").json()["store"]["unwritten_rows"] == 1
         metrics = client.get("/metrics").text
         assert "churnops_store_unwritten_rows" in metrics
+
+
+def test_a_writer_killed_between_writing_and_deleting_its_spool_never_stores_a_row_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, spool = store.open_store(str(tmp_path / "store")), tmp_path / "spool"
+    first = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    first.start()
+    first.add(batch(["a", "b"]))
+    first._convert()
+    first.add(batch(["c"]))
+    # NB: the file is written, then the process "dies" before its spool entries are deleted.
+    with monkeypatch.context() as patched:
+        patched.setattr(store.Spool, "discard", staticmethod(lambda _paths: None))
+        assert first.flush() == 3
+    first.add(batch(["d"]))
+    first._convert()  # "d" is spooled, not written
+    assert first._spool is not None
+    os.close(first._spool._lock)  # the kernel releases a dead process's lock
+    second = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    second.start()
+    assert second.state().recovered_rows == 1
+    second.close()
+    ids = store.read_predictions(target, "m")["prediction_id"].to_pylist()
+    assert sorted(ids) == ["a", "b", "c", "d"]

@@ -5,11 +5,14 @@ the store is unwritable loses nothing it had already spooled.
 Each writer owns a token (host, pid, random part) and holds an exclusive ``flock`` on
 ``<token>.lock`` for as long as it lives; the kernel releases that lock when the process dies,
 however it dies. Every conversion tick (``store.CONVERT_SECONDS``) the writer puts what it
-converted into ``<token>-<n>.arrow`` (Arrow IPC, written under a temporary name and renamed, no
-fsync: a killed process's page cache survives it, a machine crash is not covered), and deletes
-those files once their rows are in the store. A writer starting up takes every lock it can get
-that is not its own: each such lock belonged to a dead writer, whose files it renames into its
-own name (so two starting workers never both replay one file) and writes to the store.
+converted into ``<token>-<n>-<day>.arrow``, one file per day (Arrow IPC, written under a
+temporary name and renamed, no fsync: a killed process's page cache survives it, a machine crash
+is not covered), and deletes those files once their rows are in the store, whose file for them
+is named after the token and the range of ``n`` it holds. A writer starting up takes every lock
+it can get that is not its own: each such lock belonged to a dead writer, whose files it renames
+into its own name (so two starting workers never both replay one file) and writes to the store,
+skipping those a store file's name already covers (so a writer killed between writing a file
+and deleting its spool entries never has their rows stored twice).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,6 +35,21 @@ log = logging.getLogger(__name__)
 LOCK = ".lock"
 SPOOLED = ".arrow"
 PARTIAL = ".partial"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a spool file's name says: its writer's token, its number, and its rows' day."""
+
+    token: str
+    number: int
+    day: int
+
+
+def entry_of(path: Path) -> Entry:
+    """The entry a spool file's name encodes (``<token>-<number>-<day>.arrow``)."""
+    token, number, day = path.name[: -len(SPOOLED)].rsplit("-", 2)
+    return Entry(token, int(number), int(day))
 
 
 class Spool:
@@ -48,13 +68,13 @@ class Spool:
         os.rename(partial, folder / f"{self.token}{LOCK}")
         self._n = 0
 
-    def _next(self) -> Path:
+    def _next(self, day: int) -> Path:
         self._n += 1
-        return self.folder / f"{self.token}-{self._n:012d}{SPOOLED}"
+        return self.folder / f"{self.token}-{self._n:012d}-{day}{SPOOLED}"
 
-    def put(self, table: pa.Table) -> Path:
-        """Keep ``table`` in a new spool file; its path."""
-        path = self._next()
+    def put(self, table: pa.Table, day: int) -> Path:
+        """Keep ``table`` (rows of one day, in days since 1970) in a new spool file; its path."""
+        path = self._next(day)
         partial = path.with_name(path.name + PARTIAL)
         with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
@@ -74,10 +94,11 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def claim_orphans(self) -> list[Path]:
+    def claim_orphans(self, stored: Callable[[Entry], bool]) -> list[Path]:
         """Take over the files of every writer that died: renamed into this writer's name, in
-        their original order; partial files (the process died while writing one) are counted
-        in the log and deleted."""
+        their original order, except those ``stored`` says are in the store already (the
+        writer died between writing them and deleting them: replaying them would store their
+        rows twice); partial files (it died while writing one) are logged and deleted."""
         claimed: list[Path] = []
         for lock in sorted(self.folder.glob(f"*{LOCK}")):
             token = lock.name[: -len(LOCK)]
@@ -93,7 +114,11 @@ class Spool:
                 except BlockingIOError:
                     continue  # NB: its writer is alive
                 for path in sorted(self.folder.glob(f"{token}-*{SPOOLED}")):
-                    mine = self._next()
+                    entry = entry_of(path)
+                    if stored(entry):
+                        path.unlink()
+                        continue
+                    mine = self._next(entry.day)
                     os.rename(path, mine)
                     claimed.append(mine)
                 for partial in self.folder.glob(f"{token}-*{SPOOLED}{PARTIAL}"):

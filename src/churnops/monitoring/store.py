@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from churnops.monitoring.spool import Spool
+from churnops.monitoring.spool import Entry, Spool, entry_of
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +317,10 @@ def write_predictions(store: Store, table: pa.Table) -> list[str]:
     ]
 
 
-def _write_day(store: Store, day: int, table: pa.Table, now: float) -> str:
-    """Write rows of one day (days since 1970) as a new file in its partition; its path."""
-    path = store.path(PREDICTIONS, f"date={_day(day * 86_400.0)}", _file_name(now))
+def _write_day(store: Store, day: int, table: pa.Table, now: float, name: str | None = None) -> str:
+    """Write rows of one day (days since 1970) as a file in its partition (a new name unless
+    ``name`` is given); its path."""
+    path = store.path(PREDICTIONS, f"date={_day(day * 86_400.0)}", name or _file_name(now))
     _write_table(store, path, table)
     return path
 
@@ -503,6 +504,39 @@ class _Converted:
     spooled: Path | None
 
 
+def _spooled_name(converted: list[_Converted]) -> str | None:
+    """``<ms>-<token>-<first n>-<last n>.parquet`` for rows that are all in this writer's spool:
+    the name says which spool entries the file holds (see spool.claim_orphans)."""
+    if not converted or any(c.spooled is None for c in converted):
+        return None
+    entries = [entry_of(c.spooled) for c in converted if c.spooled is not None]
+    numbers = [e.number for e in entries]
+    return f"{int(time.time() * 1000)}-{entries[0].token}-{min(numbers)}-{max(numbers)}.parquet"
+
+
+def _stored_entries(store: Store) -> Callable[[Entry], bool]:
+    """Whether a spool entry's rows are in a store file already, by the file names of its day
+    (each day's folder listed once)."""
+    ranges: dict[int, dict[str, list[tuple[int, int]]]] = {}
+
+    def stored(entry: Entry) -> bool:
+        if entry.day not in ranges:
+            folder = store.path(PREDICTIONS, f"date={_day(entry.day * 86_400.0)}")
+            found: dict[str, list[tuple[int, int]]] = {}
+            selector = pafs.FileSelector(folder, allow_not_found=True)
+            for info in store.fs.get_file_info(selector):
+                parts = info.base_name.removesuffix(".parquet").split("-")
+                # NB: <ms>-<host>-<pid>-<random>-<first>-<last>: six parts; others have five.
+                if len(parts) == 6 and parts[4].isdigit() and parts[5].isdigit():
+                    token = "-".join(parts[1:4])
+                    found.setdefault(token, []).append((int(parts[4]), int(parts[5])))
+            ranges[entry.day] = found
+        spans = ranges[entry.day].get(entry.token, [])
+        return any(first <= entry.number <= last for first, last in spans)
+
+    return stored
+
+
 @dataclass
 class BufferedWriter:
     """Takes rows from the request path without blocking it and writes them from a thread.
@@ -554,7 +588,7 @@ class BufferedWriter:
         if self.spool_dir is not None:
             try:
                 self._spool = Spool(self.spool_dir)
-                self._backlog = self._spool.claim_orphans()
+                self._backlog = self._spool.claim_orphans(_stored_entries(self.store))
             except OSError as exc:
                 log.warning(
                     "prediction store spool %s unusable (%s): a killed worker loses the rows "
@@ -626,7 +660,7 @@ class BufferedWriter:
         for day, group in by_day.items():
             # NB: a batch has one time, so days are split per batch, not per row.
             for table in self._tables_of(group):
-                spooled = self._put_in_spool(table)
+                spooled = self._put_in_spool(table, day)
                 with self._write_lock:
                     self._tables.setdefault(day, []).append(_Converted(table, spooled))
 
@@ -650,11 +684,11 @@ class BufferedWriter:
             self._rows -= rows
         log.error("prediction store: skipped %d row(s) it cannot keep: %s", rows, why[:200])
 
-    def _put_in_spool(self, table: pa.Table) -> Path | None:
+    def _put_in_spool(self, table: pa.Table, day: int) -> Path | None:
         if self._spool is None:
             return None
         try:
-            return self._spool.put(table)
+            return self._spool.put(table, day)
         except OSError as exc:
             self.spool_failures += 1
             if self.spool_failures == 1 or self.spool_failures % 1000 == 0:
@@ -719,7 +753,7 @@ class BufferedWriter:
         count = sum(c.table.num_rows for c in converted)
         try:
             table = pa.concat_tables([c.table for c in converted], promote_options="default")
-            _write_day(self.store, day, table, time.time())
+            _write_day(self.store, day, table, time.time(), _spooled_name(converted))
         except OSError as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning(
