@@ -14,12 +14,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import f1_score, roc_auc_score
 
+from churnops import data
 from churnops.config import Settings
 from churnops.monitoring import simulate, store
 from tests.conftest import ApiProcess, TeamBackend, ok, start_api, stop_api, train_version, wait_for
@@ -226,3 +228,59 @@ def test_replicas_write_one_prediction_store_on_s3(
     added = ok(cli("labels", "add", "--json", str(labels_file)))
     assert added["added"] and added["unknown"] == 0
     assert any("/labels/" in o for o in team_backend.s3.objects(uri.removeprefix("s3://churnops/")))
+
+
+def churn_export(rows: int, seed: int) -> pd.DataFrame:
+    """A table with the shapes real churn exports have: 0/1 integer flags, a boolean, a numeric
+    column with a few single-space cells, and a high-cardinality surname."""
+    rng = np.random.default_rng(seed)
+    frame = data.generate(rows, seed=seed)
+    frame["senior_citizen"] = rng.integers(0, 2, rows)
+    frame["has_credit_card"] = (rng.random(rows) < 0.7).astype(int)
+    frame["paperless"] = rng.random(rows) < 0.6
+    frame["surname"] = rng.choice([f"name{i}" for i in range(2900)], rows)
+    charges = (frame["tenure_months"] * rng.uniform(20, 90, rows)).round(2).astype(object)
+    charges[rng.choice(rows, 11, replace=False)] = " "
+    frame["total_charges"] = charges
+    return frame
+
+
+def test_a_table_sent_through_the_api_shows_no_drift_against_its_own_training(
+    cli: Callable[..., Result],
+    env: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "export.csv"
+    churn_export(5000, 11).to_csv(path, index=False)
+    version = train_version(cli, "--data", str(path))
+    ok(cli("promote", "--json", "--version", str(version), "--reason", "first"))
+    loop = {"CHURNOPS_STORE_FLUSH_SECONDS": "0.3"}
+    monkeypatch.setenv("CHURNOPS_STORE_FLUSH_SECONDS", "0.3")
+    table = data.load_table(path).features.assign(customer_id=pd.read_csv(path)["customer_id"])
+    customers = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+        for row in table.to_dict(orient="records")
+    ]
+    api = start_api(env | loop, tmp_path / "serve.log", "--workers", "1")
+    try:
+        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=60)
+        schema = api.client.get("/openapi.json").json()["components"]["schemas"]["Customer"]
+        assert schema["properties"]["total_charges"]["anyOf"][0]["type"] == "number"
+        for start in range(0, len(customers), 500):
+            answer = api.client.post(
+                "/predict/batch", json={"customers": customers[start : start + 500]}
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        stop_api(api)
+    result = cli("monitor", "--json", "--no-log")
+    report = json.loads(result.stdout)
+    [served] = report["versions"]
+    assert served["rows"] == 5000
+    columns = {c["column"]: c for c in served["drift"]["columns"]}
+    assert {"senior_citizen", "has_credit_card", "paperless", "total_charges"} <= set(columns)
+    assert [c for c, found in columns.items() if found["drifted"]] == []
+    assert columns["senior_citizen"]["statistic"] is not None
+    assert served["drift"]["dataset_drift"] is False

@@ -122,11 +122,11 @@ def _drift(known: _Version, rows: pd.DataFrame) -> dict[str, Any]:
     columns = [c for c in reference.columns if f"{store.INPUT_PREFIX}{c}" in rows.columns]
     current = rows[[f"{store.INPUT_PREFIX}{c}" for c in columns]]
     current.columns = columns
-    results, dataset = drift.table_drift(reference, current, columns)
+    results, dataset = drift.table_drift(reference, current, columns, known.reference.kinds)
     prediction = None
     if known.scores is not None:
         prediction = drift.column_drift(
-            "probability", known.scores["probability"], rows["probability"]
+            "probability", known.scores["probability"], rows["probability"], "numeric"
         ).to_dict()
     return {
         "columns": [r.to_dict() for r in results],
