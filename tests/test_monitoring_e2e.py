@@ -136,16 +136,27 @@ def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
     [run, _] = client.search_runs([experiment.experiment_id])
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "report.json", "f1_over_time.png", "drift.png"} <= files
-    history = client.get_metric_history(run.info.run_id, f"v{second}.estimated_f1")
+    history = client.get_metric_history(run.info.run_id, f"v{second}.window.estimated_f1")
     ends = {
         int(datetime.fromisoformat(w["end"]).timestamp() * 1000)
         for w in versions[second]["windows"]
     }
     assert history and {m.timestamp for m in history} <= ends
+    assert {m.step for m in history} <= {t // 1000 for t in ends}
+    # NB: one figure per question: the tags, the run's metrics and `status` show the period's
+    # figures `monitor` printed, not the last window's.
+    printed = json.loads(acted.stdout)["versions"]
+    period = {v["version"]: v for v in printed}[second]
     tags = client.get_model_version(settings.model_name, str(second)).tags
-    assert float(tags["monitor.realised_f1"]) == pytest.approx(
-        versions[second]["realised"]["f1"]["value"], abs=1e-4
-    )
+    metrics = client.get_run(run.info.run_id).data.metrics
+    for figure in (float(tags["monitor.realised_f1"]), metrics[f"v{second}.realised_f1"]):
+        assert figure == pytest.approx(period["realised"]["f1"]["value"], abs=1e-4)
+    for figure in (float(tags["monitor.estimated_f1"]), metrics[f"v{second}.estimated_f1"]):
+        assert figure == pytest.approx(period["estimated"]["f1"], abs=1e-4)
+    assert int(tags["monitor.rows"]) == period["rows"] == metrics[f"v{second}.rows"]
+    [listed] = [v for v in ok(cli("status", "--json"))["versions"] if v["version"] == second]
+    assert listed["monitor"]["rows"] == str(period["rows"])
+    assert listed["monitor"]["horizon_days"] == "5"
 
 
 def test_every_answered_row_is_stored_after_sigterm_with_two_workers(

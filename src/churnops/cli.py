@@ -221,13 +221,13 @@ def status() -> tuple[dict[str, Any], str]:
     else:
         # NB: the live column appears once `churnops monitor` has tagged a version.
         live = any("monitor.label_coverage" in v.tags for v in st.versions)
-        heading = "live f1 (realised/estimated, coverage)  " if live else ""
+        heading = f"{'live f1 (realised/estimated, coverage)':<46}  " if live else ""
         lines.append(
             f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  {heading}aliases"
         )
         for v in st.versions:
             f1 = f"{v.f1:.4f}" if v.f1 is not None else "-"
-            cell = f"{_live(v.tags):<38}  " if live else ""
+            cell = f"{_live(v.tags):<46}  " if live else ""
             lines.append(
                 f"{v.version:>7}  {v.created:%Y-%m-%d %H:%M:%S}  {f1:>6}  "
                 f"{'pass' if v.gate_passed else 'FAIL':<4}  {cell}{','.join(v.aliases)}".rstrip()
@@ -259,13 +259,15 @@ def status() -> tuple[dict[str, Any], str]:
 
 
 def _live(tags: dict[str, str]) -> str:
-    """A version's latest monitored F1 from its tags, as `churnops monitor` left them."""
+    """A version's F1 over its monitored period from its tags, the figures `churnops monitor`
+    printed, with the rows they rest on."""
     if "monitor.label_coverage" not in tags:
         return "-"
     coverage = float(tags["monitor.label_coverage"])
+    rows = f" of {tags['monitor.rows']} rows" if "monitor.rows" in tags else ""
     return (
         f"{tags.get('monitor.realised_f1', '-')}/{tags.get('monitor.estimated_f1', '-')}, "
-        f"{coverage:.0%}"
+        f"{coverage:.0%}{rows}"
     )
 
 

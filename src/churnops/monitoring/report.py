@@ -26,21 +26,37 @@ def f1_over_time(report: dict[str, Any]) -> bytes:
     figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.add_subplot()
     for version in report["versions"]:
-        windows = version["windows"]
-        ends = date2num([datetime.fromisoformat(w["end"]) for w in windows])
+        ends: list[float] = []
+        rows: list[dict[str, Any]] = []
+        for w in version["windows"]:
+            # NB: a window missing between two (no traffic) breaks the line instead of
+            # bridging the gap with a straight segment that reads like data.
+            if ends and w["start"] != rows[-1]["end"]:
+                ends.append(float("nan"))
+                rows.append({"end": w["start"], "realised_f1": None, "estimated_f1": None})
+            ends.append(float(date2num(datetime.fromisoformat(w["end"]))))
+            rows.append(w)
         for kind, style in (("realised", "o-"), ("estimated", "x--")):
-            values = [w[f"{kind}_f1"] for w in windows]
+            values = [w[f"{kind}_f1"] for w in rows]
             if any(v is not None for v in values):
                 points = [float("nan") if v is None else v for v in values]
                 axes.plot(ends, points, style, label=f"v{version['version']} {kind}")
         if version.get("gate_f1") is not None:
             axes.axhline(version["gate_f1"], color="grey", linewidth=0.6, linestyle=":")
-    for move in report.get("moves", []):
+    moves = report.get("moves", [])
+    span = axes.get_xlim()
+    previous = None
+    height = 1.0
+    for move in moves:
         moment = float(date2num(datetime.fromisoformat(move["time"])))
         axes.axvline(moment, color="crimson", linewidth=0.8)
+        # NB: moves close together (2% of the axis) get their labels staggered, not stacked.
+        close = previous is not None and moment - previous < 0.02 * (span[1] - span[0])
+        height = height - 0.3 if close and height > 0.4 else 1.0
+        previous = moment
         axes.annotate(
             f"{move['action']} v{move['to_version']}",
-            (moment, 1.0),
+            (moment, height),
             xycoords=("data", "axes fraction"),
             rotation=90,
             va="top",

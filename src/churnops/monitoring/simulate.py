@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,6 +24,7 @@ import pandas as pd
 from churnops import data
 from churnops.config import TARGET
 from churnops.errors import ChurnopsError
+from churnops.monitoring.store import INPUT_PREFIX
 
 BATCH_ROWS = 500
 
@@ -128,3 +130,60 @@ def simulate(
         start=start.isoformat(),
         end=end.isoformat(),
     )
+
+
+def offline(
+    model: Any,
+    threshold: float,
+    *,
+    days: int,
+    rows_per_day: int,
+    seed: int,
+    end: pd.Timestamp,
+    now: pd.Timestamp,
+    horizon_days: float = 30.0,
+    shift_day: int | None = None,
+    concept_day: int | None = None,
+    strength: float = 1.0,
+    version: int = 1,
+) -> pd.DataFrame:
+    """The traffic :func:`simulate` sends, scored in process by ``model`` and joined with the
+    outcomes observed by ``now`` (same delays), in the columns monitoring reads: what the
+    quality benchmark and the alert tests judge without servers."""
+    rng = np.random.default_rng(seed)
+    start = end - pd.Timedelta(days=days)
+    parts = []
+    for day in range(days):
+        frame = data.generate(
+            rows_per_day,
+            seed=seed * 10_000 + day,
+            first_id=day * rows_per_day + 1,
+            covariate_shift=strength if shift_day is not None and day >= shift_day else 0.0,
+            concept_drift=strength if concept_day is not None and day >= concept_day else 0.0,
+        )
+        frame["time"] = (
+            start
+            + pd.Timedelta(days=day)
+            + pd.to_timedelta(rng.uniform(0, 86_400, len(frame)), unit="s")
+        )
+        parts.append(frame)
+    table = pd.concat(parts, ignore_index=True)
+    churned = table[TARGET].to_numpy() == 1
+    delay = np.where(churned, rng.uniform(1, horizon_days, len(table)), horizon_days)
+    observed = table["time"] + pd.to_timedelta(delay, unit="D") <= now
+    features = table.drop(columns=[TARGET, "time", "customer_id"])
+    probability = model.predict_proba(features)[:, 1]
+    out = pd.DataFrame(
+        {
+            "time": table["time"],
+            "version": version,
+            "customer_id": table["customer_id"],
+            "probability": probability,
+            "label": (probability >= threshold).astype(int),
+            "outcome": np.where(observed, table[TARGET].to_numpy(dtype=float), np.nan),
+            "immature": False,
+        }
+    )
+    for column in features.columns:
+        out[INPUT_PREFIX + column] = features[column].to_numpy()
+    return out
