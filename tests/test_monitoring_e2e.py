@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
@@ -295,3 +296,77 @@ def test_a_table_sent_through_the_api_shows_no_drift_against_its_own_training(
     assert [c for c, found in columns.items() if found["drifted"]] == []
     assert columns["senior_citizen"]["statistic"] is not None
     assert served["drift"]["dataset_drift"] is False
+
+
+def _stored_days(
+    settings: Settings, version: int, first_day: int, days: int, right: float, now: datetime
+) -> list[tuple[str, datetime, str]]:
+    """``days`` days of 200 stored predictions by ``version`` (a share ``right`` of labels
+    correct), written straight into the store; the outcomes a horizon of 30 days would bring."""
+    rng = np.random.default_rng(version)
+    target = store.open_store(settings.store_uri)
+    outcomes = []
+    for day in range(first_day, first_day + days):
+        moment = now - timedelta(days=60 - day)
+        truth = rng.random(200) < 0.25
+        label = np.where(rng.random(200) < right, truth, rng.random(200) < 0.25)
+        customers = [f"v{version}-{day}-{i}" for i in range(200)]
+        meta = store.RowsMeta(
+            moment.timestamp(), moment.timestamp(), "batch", settings.model_name, version,
+            settings.alias, 0.5, uuid.uuid4().hex,
+        )  # fmt: skip
+        table = store.rows_table(
+            meta,
+            pa.array([uuid.uuid4().hex for _ in customers]),
+            np.where(label, 0.8, 0.2) + rng.uniform(-0.1, 0.1, 200),
+            label.astype(int),
+            pa.array(customers),
+            {},
+        )
+        store.write_predictions(target, table)
+        for customer, churned in zip(customers, truth, strict=True):
+            seen = moment + timedelta(days=2 if churned else 30)
+            if seen <= now:
+                outcomes.append((customer, seen, "churned" if churned else "retained"))
+    return outcomes
+
+
+def test_a_changed_horizon_is_reported_and_never_acted_on_automatically(
+    cli: Callable[..., Result],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = train_version(cli)
+    ok(cli("promote", "--json", "--version", str(first), "--reason", "first"))
+    second = train_version(cli, "--seed", "7")
+    ok(cli("promote", "--json", "--version", str(second), "--reason", "second"))
+    now = datetime.now(UTC)
+    outcomes = _stored_days(settings, first, 0, 30, 0.9, now)
+    outcomes += _stored_days(settings, second, 30, 30, 0.2, now)
+    labels_file = tmp_path / "outcomes.csv"
+    frame = pd.DataFrame(outcomes, columns=["customer_id", "time", "churn"])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    frame.to_csv(labels_file, index=False)
+    ok(cli("labels", "add", "--json", str(labels_file)))
+
+    monkeypatch.setenv("CHURNOPS_CHURN_HORIZON_DAYS", "30")
+    usual = cli("monitor", "--json")
+    assert usual.exit_code == 3, usual.output
+    assert json.loads(usual.stdout)["horizon"]["changed"] == []
+    assert json.loads(usual.stdout)["advice"]["rollback_to"] == first
+
+    monkeypatch.setenv("CHURNOPS_CHURN_HORIZON_DAYS", "7")
+    acted = cli("monitor", "--json", "--auto-rollback")
+    report = json.loads(acted.stdout)
+    assert report["horizon"]["changed"] == [first, second]
+    assert report["horizon"]["recorded_days"] == {str(first): 30.0, str(second): 30.0}
+    assert "rolled_back" not in report
+    assert report["horizon"]["auto_rollback"].startswith("not done: the churn horizon in force")
+    assert ok(cli("status", "--json"))["production_version"] == second
+    text = cli("monitor", "--no-log")
+    assert "NOTE: the churn horizon in force, 7 days, differs" in text.stdout
+    tags = (
+        MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, str(second)).tags
+    )
+    assert tags["monitor.horizon_days"] == "30"

@@ -1034,9 +1034,14 @@ def _monitor_text(report: dict[str, Any]) -> str:
             f"{v['version']:>7}  {v['rows']:>8}  {v['labelled']:>8}  {realised_text:<28}  "
             f"{estimated:>12}  {gate_f1:>7}  {drift_text}"
         )
+    horizon = report.get("horizon") or {}
+    if horizon.get("note"):
+        lines.append(f"NOTE: {horizon['note']}")
     lines += [f"ALERT: {a['message']}" for a in report["alerts"]] or ["no alerts"]
     if report.get("advice"):
         lines.append(f"advice: {report['advice']['message']}")
+    if horizon.get("auto_rollback"):
+        lines.append(f"auto-rollback {horizon['auto_rollback']}")
     if report.get("rolled_back"):
         moved = report["rolled_back"]
         lines.append(f"rolled back: v{moved['from_version']} -> v{moved['to_version']}")

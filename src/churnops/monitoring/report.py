@@ -116,6 +116,8 @@ def page(report: dict[str, Any], images: dict[str, bytes]) -> bytes:
         "<li>none</li>"
     )
     advice = report.get("advice")
+    note = (report.get("horizon") or {}).get("note")
+    horizon = f"<p><strong>Note:</strong> {html.escape(note)}</p>" if note else ""
     figures = "".join(
         f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
         f'src="data:image/png;base64,{base64.b64encode(content).decode()}">'
@@ -127,7 +129,8 @@ def page(report: dict[str, Any], images: dict[str, bytes]) -> bytes:
 </style></head><body>
 <h1>{html.escape(report["model"])}: monitor report</h1>
 <p>{html.escape(report["since"] or "start")} to {html.escape(report["until"])}, windows of
-{html.escape(report["window"])}; serving v{report["serving_version"]}</p>
+{html.escape(report["window"])}; serving v{report["serving_version"]}; churn horizon
+{report.get("horizon_days", "-")} days</p>{horizon}
 <h2>Alerts</h2><ul>{alerts}</ul>
 <h2>Advice</h2><p>{html.escape(advice["message"]) if advice else "none"}</p>
 <h2>Versions</h2><table><tr><th>version</th><th>rows</th><th>labelled</th><th>coverage</th>

@@ -168,22 +168,51 @@ def offline(
         )
         parts.append(frame)
     table = pd.concat(parts, ignore_index=True)
-    churned = table[TARGET].to_numpy() == 1
-    delay = np.where(churned, rng.uniform(1, horizon_days, len(table)), horizon_days)
-    observed = table["time"] + pd.to_timedelta(delay, unit="D") <= now
-    features = table.drop(columns=[TARGET, "time", "customer_id"])
+    return served(
+        model,
+        threshold,
+        table.drop(columns=[TARGET, "time", "customer_id"]),
+        table[TARGET].to_numpy(),
+        table["time"],
+        rng,
+        now=now,
+        horizon_days=horizon_days,
+        version=version,
+    )
+
+
+def served(
+    model: Any,
+    threshold: float,
+    features: pd.DataFrame,
+    truth: np.ndarray,
+    times: pd.Series,
+    rng: np.random.Generator,
+    *,
+    now: pd.Timestamp,
+    horizon_days: float,
+    version: int = 1,
+) -> pd.DataFrame:
+    """Rows scored by ``model`` at ``times`` as the store keeps them, each with the moment its
+    outcome is observed (``observed``: a churner's a uniform 1..horizon days later, a stayer's
+    at the horizon) and the outcome itself once that moment is past ``now``."""
+    times = pd.Series(times).reset_index(drop=True)
+    truth = np.asarray(truth, dtype=float)
+    delay = np.where(truth == 1, rng.uniform(1, horizon_days, len(truth)), horizon_days)
+    observed = times + pd.to_timedelta(delay, unit="D")
     probability = model.predict_proba(features)[:, 1]
     out = pd.DataFrame(
         {
-            "time": table["time"],
+            "time": times,
             "version": version,
-            "customer_id": table["customer_id"],
             "probability": probability,
             "label": (probability >= threshold).astype(int),
-            "outcome": np.where(observed, table[TARGET].to_numpy(dtype=float), np.nan),
+            "truth": truth,
+            "observed": observed,
+            "outcome": np.where(observed <= now, truth, np.nan),
             "immature": False,
         }
     )
     for column in features.columns:
-        out[INPUT_PREFIX + column] = features[column].to_numpy()
+        out[INPUT_PREFIX + str(column)] = features[column].to_numpy()
     return out
