@@ -1155,7 +1155,8 @@ def simulate(
     document: dict[str, Any] = report.to_dict()
     text = (
         f"sent {report.rows} customers over {report.days} days ({report.requests} requests, "
-        f"{report.start} to {report.end}) to {api}\n"
+        f"{report.start} to {report.end}) to {api}, ids tagged {report.run}- (a run over the "
+        "same days adds its customers beside these: the store holds both)\n"
         f"wrote {report.outcomes} outcomes known by now ({report.churned} churned) to "
         f"{report.labels_file}"
     )
@@ -1297,7 +1298,8 @@ def _compare_text(report: dict[str, Any]) -> str:
             )
             if auc["difference"] is not None:
                 lines.append(
-                    f"  ROC AUC {auc['b']:.4f} vs {auc['a']:.4f}: {auc['difference']:+.4f} "
+                    f"  ROC AUC challenger v{report['challenger']} {auc['b']:.4f} vs production "
+                    f"{auc['a']:.4f}: challenger minus production {auc['difference']:+.4f} "
                     f"({auc['low']:+.4f} to {auc['high']:+.4f}), DeLong p={auc['p_value']:.4g}"
                 )
     canary = report.get("canary")

@@ -654,6 +654,25 @@ def get_version(settings: Settings, version: int) -> VersionInfo:
     )
 
 
+def require_model(settings: Settings) -> None:
+    """VersionNotFoundError, naming the registered models, when ``settings.model_name`` is not
+    one of them (a misspelt CHURNOPS_MODEL_NAME)."""
+    client = _client(settings)
+    with mlflow_errors(settings):
+        try:
+            client.get_registered_model(settings.model_name)
+            return
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+    known = ", ".join(names) if names else "none yet (run `churnops train`)"
+    raise VersionNotFoundError(
+        f"no registered model {settings.model_name!r}; registered models: {known} "
+        "(set CHURNOPS_MODEL_NAME to one of them)"
+    )
+
+
 def latest_passing_version(settings: Settings) -> int | None:
     """The highest version number whose gate passed, or None."""
     with mlflow_errors(settings):

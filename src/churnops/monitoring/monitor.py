@@ -499,6 +499,9 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
     """Monitor the model's versions over the range; log the run unless told not to."""
     from churnops import lifecycle
 
+    # NB: before anything is read or logged: a misspelt name would otherwise report an empty
+    # store, exit 0 and create a "<typo>-monitoring" experiment.
+    registry.require_model(settings)
     now = now or datetime.now(UTC)
     until = options.until or now
     target = store.open_store(settings.store_uri)

@@ -7,11 +7,14 @@ distribution shifts (covariate shift: the model stays right about them), from ``
 what makes them churn changes (concept drift: the model becomes wrong while its estimate does
 not notice). Requests carry the customer id and an ``X-Event-Time`` inside their day. A churner's
 outcome is observed a uniform 1..horizon days after the prediction; a stayer's "retained" at the
-horizon; only outcomes observed by now go to the label file.
+horizon; only outcomes observed by now go to the label file. Customer ids carry a tag of
+their own per run, so running it again over the same period adds a second set of customers
+(and rows) beside the first, and their outcomes never join the other run's predictions.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +26,7 @@ import pandas as pd
 
 from churnops import data
 from churnops.config import TARGET
-from churnops.errors import ChurnopsError
+from churnops.errors import ApiUnavailableError, ChurnopsError
 from churnops.monitoring.store import INPUT_PREFIX
 
 BATCH_ROWS = 500
@@ -41,6 +44,7 @@ class SimulationReport:
     labels_file: str
     start: str
     end: str
+    run: str
 
     def to_dict(self) -> dict[str, object]:
         """The report as JSON-ready data."""
@@ -71,6 +75,7 @@ def simulate(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     outcomes = []
     requests = 0
+    run = uuid.uuid4().hex[:6]
     with httpx.Client(base_url=api, headers=headers, timeout=30) as client:
         for day in range(days):
             shifted = shift_day is not None and day >= shift_day
@@ -84,15 +89,22 @@ def simulate(
             )
             moment = start + timedelta(days=day)
             times = moment + pd.to_timedelta(rng.uniform(0, 86_400, len(frame)), unit="s")
+            frame["customer_id"] = f"{run}-" + frame["customer_id"]
             features = frame.drop(columns=[TARGET])
             for first in range(0, len(frame), BATCH_ROWS):
                 part = features.iloc[first : first + BATCH_ROWS]
                 when = min(times[first : first + BATCH_ROWS])
-                response = client.post(
-                    "/predict/batch",
-                    json={"customers": part.to_dict(orient="records")},
-                    headers={"X-Event-Time": when.isoformat()},
-                )
+                try:
+                    response = client.post(
+                        "/predict/batch",
+                        json={"customers": part.to_dict(orient="records")},
+                        headers={"X-Event-Time": when.isoformat()},
+                    )
+                except httpx.HTTPError as exc:
+                    raise ApiUnavailableError(
+                        f"the API at {api} does not answer ({type(exc).__name__}); start it "
+                        "with `churnops serve` (or `make up`), or pass --api URL"
+                    ) from None
                 if response.status_code != 200:
                     raise ChurnopsError(
                         f"the API at {api} answered {response.status_code}: {response.text[:300]}"
@@ -129,6 +141,7 @@ def simulate(
         labels_file=str(labels_file),
         start=start.isoformat(),
         end=end.isoformat(),
+        run=run,
     )
 
 
