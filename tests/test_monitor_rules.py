@@ -10,6 +10,7 @@ import pytest
 
 from churnops import data, lifecycle, registry, training
 from churnops.monitoring import monitor, simulate
+from churnops.monitoring import report as report_module
 
 END = pd.Timestamp("2026-06-01", tz="UTC")
 # NB: long after the traffic, so every outcome has arrived.
@@ -78,3 +79,27 @@ def test_a_window_with_too_few_rows_gets_no_figures_and_the_tags_carry_the_perio
     ]
     assert len(series) == len(report["windows"]) - 1
     assert [s for _, s in series] == sorted(s for _, s in series)
+
+
+def test_the_f1_line_breaks_across_a_gap_and_never_draws_a_window_with_too_few_rows(
+    seed_one: tuple,
+) -> None:
+    result, reference, info = seed_one
+    rows = traffic(result, days=5)
+    later = traffic(result, days=5, seed=6, end=END + pd.Timedelta(days=30))
+    report, _ = monitor.assess(1, pd.concat([rows, later]), info, reference, LATER)
+    ends, values = report_module.series(report["windows"], "estimated_f1")
+    assert len(values) == len(report["windows"]) + 1
+    gap = [i for i, v in enumerate(values) if v != v]
+    assert gap == [5]
+    assert ends[4] < ends[5] < ends[6]
+    lone = traffic(result, days=1, rows_per_day=1, seed=5, end=END + pd.Timedelta(days=40))
+    report, _ = monitor.assess(1, pd.concat([rows, lone]), info, reference, LATER)
+    _, values = report_module.series(report["windows"], "estimated_f1")
+    assert values[-1] != values[-1]
+    moves = [
+        {"time": (END - pd.Timedelta(hours=h)).isoformat(), "action": a, "to_version": 1}
+        for h, a in ((2, "promote"), (1, "rollback"))
+    ]
+    png = report_module.f1_over_time({"versions": [report], "moves": moves})
+    assert png.startswith(b"\x89PNG")

@@ -19,6 +19,23 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def series(windows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(window ends as matplotlib dates, values) of one figure, NaN where a window has none
+    and between two windows with no traffic in between, so the line breaks there instead of
+    bridging the gap with a segment that reads like data."""
+    from datetime import datetime
+
+    ends: list[float] = []
+    values: list[float] = []
+    for i, w in enumerate(windows):
+        if i and w["start"] != windows[i - 1]["end"]:
+            ends.append(float(date2num(datetime.fromisoformat(w["start"]))))
+            values.append(float("nan"))
+        ends.append(float(date2num(datetime.fromisoformat(w["end"]))))
+        values.append(float("nan") if w[key] is None else float(w[key]))
+    return ends, values
+
+
 def f1_over_time(report: dict[str, Any]) -> bytes:
     """Realised and estimated F1 per window for every version, with ledger moves marked."""
     from datetime import datetime
@@ -26,20 +43,9 @@ def f1_over_time(report: dict[str, Any]) -> bytes:
     figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.add_subplot()
     for version in report["versions"]:
-        ends: list[float] = []
-        rows: list[dict[str, Any]] = []
-        for w in version["windows"]:
-            # NB: a window missing between two (no traffic) breaks the line instead of
-            # bridging the gap with a straight segment that reads like data.
-            if ends and w["start"] != rows[-1]["end"]:
-                ends.append(float("nan"))
-                rows.append({"end": w["start"], "realised_f1": None, "estimated_f1": None})
-            ends.append(float(date2num(datetime.fromisoformat(w["end"]))))
-            rows.append(w)
         for kind, style in (("realised", "o-"), ("estimated", "x--")):
-            values = [w[f"{kind}_f1"] for w in rows]
-            if any(v is not None for v in values):
-                points = [float("nan") if v is None else v for v in values]
+            ends, points = series(version["windows"], f"{kind}_f1")
+            if any(p == p for p in points):
                 axes.plot(ends, points, style, label=f"v{version['version']} {kind}")
         if version.get("gate_f1") is not None:
             axes.axhline(version["gate_f1"], color="grey", linewidth=0.6, linestyle=":")
