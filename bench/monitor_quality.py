@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--shift", type=float, default=1.0)
     parser.add_argument("--flip", type=float, default=0.1)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--skip-telecom", action="store_true")
+    parser.add_argument("--tables", default="builtin,telecom", help="builtin, telecom or both")
     parser.add_argument("--out", type=Path, default=Path("bench/results/monitor_quality.json"))
     args = parser.parse_args()
     started = time.perf_counter()
@@ -260,8 +260,11 @@ def main() -> None:
         "horizon_days": HORIZON_DAYS,
         "z_alert": monitor.Z_ALERT,
     }
-    records = {"builtin": builtin(args.pairs, args.concept, args.shift)}
-    if not args.skip_telecom:
+    tables = args.tables.split(",")
+    records = {}
+    if "builtin" in tables:
+        records["builtin"] = builtin(args.pairs, args.concept, args.shift)
+    if "telecom" in tables:
         records["telecom"] = telecom(args.pairs, args.data_dir, args.flip)
     for table, found in records.items():
         results[table] = figures(found)
