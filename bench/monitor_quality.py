@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.metrics import f1_score
 
 from churnops import data, lifecycle, registry, training
@@ -232,6 +234,13 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
             "true_drop_min": min(f["true_drop"] for f in found),
             "detected_by": right,
             "detection_share": len(caught) / len(eligible) if eligible else None,
+            "detection_share_at_end": sum(
+                bool((QUALITY if right == "quality" else DRIFT) & set(f["end_kinds"]))
+                for f in eligible
+            )
+            / len(eligible)
+            if eligible
+            else None,
             "median_labelled_rows": statistics.median(c["labelled"] for c in caught)
             if caught
             else None,
@@ -255,8 +264,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"Python {platform.python_version()}",
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}",
         "horizon_days": HORIZON_DAYS,
         "z_alert": monitor.Z_ALERT,
     }
