@@ -101,10 +101,11 @@ def true_f1(model: Model, frame: pd.DataFrame) -> float:
     return float(f1_score(frame["churn"], predicted))
 
 
-def builtin(pairs: int, concept: float, shift: float) -> list[dict[str, Any]]:
+def builtin(pairs: int, concept: float, shift: float, rows: int) -> list[dict[str, Any]]:
     out = []
     for seed in range(1, pairs + 1):
-        model = fit(data.load(None, seed=seed), seed)
+        table = data.generate(rows, seed=seed)
+        model = fit(data.from_frame(table, source=data.BUILTIN_SOURCE), seed)
         traffic_seed = 1000 + seed
         base = true_f1(model, data.generate(20_000, seed=90_000 + seed))
         record: dict[str, Any] = {"training_seed": seed, "traffic_seed": traffic_seed}
@@ -124,7 +125,7 @@ def builtin(pairs: int, concept: float, shift: float) -> list[dict[str, Any]]:
             ),
         )
         for name, days, options, truth in scenarios:
-            rows = simulate.offline(
+            served = simulate.offline(
                 model.result.model,
                 model.result.threshold,
                 days=days,
@@ -135,7 +136,10 @@ def builtin(pairs: int, concept: float, shift: float) -> list[dict[str, Any]]:
                 horizon_days=HORIZON_DAYS,
                 **options,
             )
-            record[name] = daily(model, rows, days) | {"true_f1": truth, "true_drop": base - truth}
+            record[name] = daily(model, served, days) | {
+                "true_f1": truth,
+                "true_drop": base - truth,
+            }
         out.append(record)
         print(f"builtin pair {seed}: {summary_line(record)}", file=sys.stderr)
     return out
@@ -255,6 +259,9 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument(
+        "--rows", type=int, default=5000, help="built-in training table (a quarter held out)"
+    )
     parser.add_argument("--concept", type=float, default=0.15)
     parser.add_argument("--shift", type=float, default=1.0)
     parser.add_argument("--flip", type=float, default=0.1)
@@ -268,11 +275,12 @@ def main() -> None:
         f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}",
         "horizon_days": HORIZON_DAYS,
         "z_alert": monitor.Z_ALERT,
+        "arguments": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
     }
     tables = args.tables.split(",")
     records = {}
     if "builtin" in tables:
-        records["builtin"] = builtin(args.pairs, args.concept, args.shift)
+        records["builtin"] = builtin(args.pairs, args.concept, args.shift, args.rows)
     if "telecom" in tables:
         records["telecom"] = telecom(args.pairs, args.data_dir, args.flip)
     for table, found in records.items():
