@@ -272,7 +272,9 @@ def _alerts(serving: dict[str, Any] | None) -> list[dict[str, Any]]:
     v = serving["version"]
     f1 = serving["realised"].get("f1")
     gate_f1, gate_sd = serving["gate_f1"], serving.get("gate_f1_sd") or 0.0
-    gate_text = f"the F1 the gate measured, {gate_f1} (+/- {gate_sd:.4f})"
+    gate_text = (
+        "" if gate_f1 is None else f"the F1 the gate measured, {gate_f1:.4f} (+/- {gate_sd:.4f})"
+    )
     z = (
         below_gate(f1["value"], f1["low"], f1["high"], gate_f1, gate_sd)
         if f1 and f1["high"] is not None and gate_f1 is not None
