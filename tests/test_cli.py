@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
 
@@ -203,3 +204,30 @@ def test_server_refuses_a_port_that_is_already_in_use(cli: Callable[..., Result]
     assert result.exit_code == 1
     assert f"127.0.0.1:{port} is already in use" in result.stderr
     assert "--port" in result.stderr
+
+
+def test_monitor_with_a_misspelt_model_name_fails_like_an_unknown_version_and_logs_nothing(
+    cli: Callable[..., Result], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _json(cli("train", "--json"))
+    typo = settings.model_name + "x"
+    monkeypatch.setenv("CHURNOPS_MODEL_NAME", typo)
+    result = cli("monitor")
+    assert result.exit_code == 1
+    assert f"no registered model {typo!r}; registered models: " in result.stderr
+    assert settings.model_name in result.stderr and "serving vNone" not in result.output
+    client = MlflowClient(settings.tracking_uri)
+    assert client.get_experiment_by_name(f"{typo}-monitoring") is None
+
+
+def test_simulate_with_no_api_answering_is_one_error_line_and_exit_2(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = run_churnops(
+        "simulate", "--api", dead, "--days", "1", "--no-add-labels", env=env, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: the API at {dead} does not answer (ConnectError)")

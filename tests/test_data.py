@@ -219,3 +219,25 @@ def test_the_real_telecom_table_loads_with_both_label_spellings_and_every_column
     assert report.columns["State"] == "categorical"
     assert report.columns["Total day minutes"] == "numeric"
     assert 0.14 < report.positive_rate < 0.15
+
+
+@pytest.mark.parametrize("blank", [" ", "   ", "\t"])
+def test_whitespace_only_cells_are_missing_and_leave_a_numeric_column_numeric(
+    tmp_path: Path, blank: str
+) -> None:
+    frame = data.generate(300, seed=3)
+    frame["avg_session_minutes"] = frame["avg_session_minutes"].astype(object)
+    frame.loc[[4, 40, 140], "avg_session_minutes"] = blank
+    frame["region"] = frame["region"].astype(object)
+    frame.loc[7, "region"] = blank
+    for path in (_messy(tmp_path, frame), tmp_path / "messy.parquet"):
+        if path.suffix == ".parquet":
+            # NB: a Parquet column has one type: numbers stored as text, as some exports do.
+            frame.astype({"avg_session_minutes": str}).to_parquet(path, index=False)
+        dataset = data.load_table(path)
+        assert "avg_session_minutes" in dataset.numeric
+        assert dataset.report.columns["avg_session_minutes"] == "numeric"
+        assert dataset.features["avg_session_minutes"].dtype.kind == "f"
+        assert dataset.report.missing_values["avg_session_minutes"] == 3
+        assert dataset.report.missing_values["region"] == 1
+        assert blank not in set(dataset.features["region"].dropna())

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc
@@ -25,7 +26,7 @@ from click.testing import Result
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import f1_score, roc_auc_score
 
-from churnops import lifecycle
+from churnops import data, lifecycle
 from churnops.config import Settings
 from churnops.errors import StaleMoveError
 from churnops.monitoring import simulate, store
@@ -159,16 +160,27 @@ def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
     [run, _] = client.search_runs([experiment.experiment_id])
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "report.json", "f1_over_time.png", "drift.png"} <= files
-    history = client.get_metric_history(run.info.run_id, f"v{second}.estimated_f1")
+    history = client.get_metric_history(run.info.run_id, f"v{second}.window.estimated_f1")
     ends = {
         int(datetime.fromisoformat(w["end"]).timestamp() * 1000)
         for w in versions[second]["windows"]
     }
     assert history and {m.timestamp for m in history} <= ends
+    assert {m.step for m in history} <= {t // 1000 for t in ends}
+    # NB: one figure per question: the tags, the run's metrics and `status` show the period's
+    # figures `monitor` printed, not the last window's.
+    printed = json.loads(acted.stdout)["versions"]
+    period = {v["version"]: v for v in printed}[second]
     tags = client.get_model_version(settings.model_name, str(second)).tags
-    assert float(tags["monitor.realised_f1"]) == pytest.approx(
-        versions[second]["realised"]["f1"]["value"], abs=1e-4
-    )
+    metrics = client.get_run(run.info.run_id).data.metrics
+    for figure in (float(tags["monitor.realised_f1"]), metrics[f"v{second}.realised_f1"]):
+        assert figure == pytest.approx(period["realised"]["f1"]["value"], abs=1e-4)
+    for figure in (float(tags["monitor.estimated_f1"]), metrics[f"v{second}.estimated_f1"]):
+        assert figure == pytest.approx(period["estimated"]["f1"], abs=1e-4)
+    assert int(tags["monitor.rows"]) == period["rows"] == metrics[f"v{second}.rows"]
+    [listed] = [v for v in ok(cli("status", "--json"))["versions"] if v["version"] == second]
+    assert listed["monitor"]["rows"] == str(period["rows"])
+    assert listed["monitor"]["horizon_days"] == "5"
 
 
 def test_every_answered_row_is_stored_after_sigterm_with_two_workers(
@@ -325,3 +337,133 @@ def test_replicas_write_one_prediction_store_on_s3(
     added = ok(cli("labels", "add", "--json", str(labels_file)))
     assert added["added"] and added["unknown"] == 0
     assert any("/labels/" in o for o in team_backend.s3.objects(uri.removeprefix("s3://churnops/")))
+
+
+def churn_export(rows: int, seed: int) -> pd.DataFrame:
+    """A table with the shapes real churn exports have: 0/1 integer flags, a boolean, a numeric
+    column with a few single-space cells, and a high-cardinality surname."""
+    rng = np.random.default_rng(seed)
+    frame = data.generate(rows, seed=seed)
+    frame["senior_citizen"] = rng.integers(0, 2, rows)
+    frame["has_credit_card"] = (rng.random(rows) < 0.7).astype(int)
+    frame["paperless"] = rng.random(rows) < 0.6
+    frame["surname"] = rng.choice([f"name{i}" for i in range(2900)], rows)
+    charges = (frame["tenure_months"] * rng.uniform(20, 90, rows)).round(2).astype(object)
+    charges[rng.choice(rows, 11, replace=False)] = " "
+    frame["total_charges"] = charges
+    return frame
+
+
+def test_a_table_sent_through_the_api_shows_no_drift_against_its_own_training(
+    cli: Callable[..., Result],
+    env: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "export.csv"
+    churn_export(5000, 11).to_csv(path, index=False)
+    version = train_version(cli, "--data", str(path))
+    ok(cli("promote", "--json", "--version", str(version), "--reason", "first"))
+    loop = {"CHURNOPS_STORE_FLUSH_SECONDS": "0.3"}
+    monkeypatch.setenv("CHURNOPS_STORE_FLUSH_SECONDS", "0.3")
+    table = data.load_table(path).features.assign(customer_id=pd.read_csv(path)["customer_id"])
+    customers = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+        for row in table.to_dict(orient="records")
+    ]
+    api = start_api(env | loop, tmp_path / "serve.log", "--workers", "1")
+    try:
+        wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=60)
+        schema = api.client.get("/openapi.json").json()["components"]["schemas"]["Customer"]
+        assert schema["properties"]["total_charges"]["anyOf"][0]["type"] == "number"
+        for start in range(0, len(customers), 500):
+            answer = api.client.post(
+                "/predict/batch", json={"customers": customers[start : start + 500]}
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        stop_api(api)
+    result = cli("monitor", "--json", "--no-log")
+    report = json.loads(result.stdout)
+    [served] = report["versions"]
+    assert served["rows"] == 5000
+    columns = {c["column"]: c for c in served["drift"]["columns"]}
+    assert {"senior_citizen", "has_credit_card", "paperless", "total_charges"} <= set(columns)
+    assert [c for c, found in columns.items() if found["drifted"]] == []
+    assert columns["senior_citizen"]["statistic"] is not None
+    assert served["drift"]["dataset_drift"] is False
+
+
+def _stored_days(
+    settings: Settings, version: int, first_day: int, days: int, right: float, now: datetime
+) -> list[tuple[str, datetime, str]]:
+    """``days`` days of 200 stored predictions by ``version`` (a share ``right`` of labels
+    correct), written straight into the store; the outcomes a horizon of 30 days would bring."""
+    rng = np.random.default_rng(version)
+    target = store.open_store(settings.store_uri)
+    outcomes = []
+    for day in range(first_day, first_day + days):
+        moment = now - timedelta(days=60 - day)
+        truth = rng.random(200) < 0.25
+        label = np.where(rng.random(200) < right, truth, rng.random(200) < 0.25)
+        customers = [f"v{version}-{day}-{i}" for i in range(200)]
+        meta = store.RowsMeta(
+            moment.timestamp(), moment.timestamp(), "batch", settings.model_name, version,
+            settings.alias, 0.5, uuid.uuid4().hex,
+        )  # fmt: skip
+        table = store.rows_table(
+            meta,
+            pa.array([uuid.uuid4().hex for _ in customers]),
+            np.where(label, 0.8, 0.2) + rng.uniform(-0.1, 0.1, 200),
+            label.astype(int),
+            pa.array(customers),
+            {},
+        )
+        store.write_predictions(target, table)
+        for customer, churned in zip(customers, truth, strict=True):
+            seen = moment + timedelta(days=2 if churned else 30)
+            if seen <= now:
+                outcomes.append((customer, seen, "churned" if churned else "retained"))
+    return outcomes
+
+
+def test_a_changed_horizon_is_reported_and_never_acted_on_automatically(
+    cli: Callable[..., Result],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = train_version(cli)
+    ok(cli("promote", "--json", "--version", str(first), "--reason", "first"))
+    second = train_version(cli, "--seed", "7")
+    ok(cli("promote", "--json", "--version", str(second), "--reason", "second"))
+    now = datetime.now(UTC)
+    outcomes = _stored_days(settings, first, 0, 30, 0.9, now)
+    outcomes += _stored_days(settings, second, 30, 30, 0.2, now)
+    labels_file = tmp_path / "outcomes.csv"
+    frame = pd.DataFrame(outcomes, columns=["customer_id", "time", "churn"])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    frame.to_csv(labels_file, index=False)
+    ok(cli("labels", "add", "--json", str(labels_file)))
+
+    monkeypatch.setenv("CHURNOPS_CHURN_HORIZON_DAYS", "30")
+    usual = cli("monitor", "--json")
+    assert usual.exit_code == 3, usual.output
+    assert json.loads(usual.stdout)["horizon"]["changed"] == []
+    assert json.loads(usual.stdout)["advice"]["rollback_to"] == first
+
+    monkeypatch.setenv("CHURNOPS_CHURN_HORIZON_DAYS", "7")
+    acted = cli("monitor", "--json", "--auto-rollback")
+    report = json.loads(acted.stdout)
+    assert report["horizon"]["changed"] == [first, second]
+    assert report["horizon"]["recorded_days"] == {str(first): 30.0, str(second): 30.0}
+    assert "rolled_back" not in report
+    assert report["horizon"]["auto_rollback"].startswith("not done: the churn horizon in force")
+    assert ok(cli("status", "--json"))["production_version"] == second
+    text = cli("monitor", "--no-log")
+    assert "NOTE: the churn horizon in force, 7 days, differs" in text.stdout
+    tags = (
+        MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, str(second)).tags
+    )
+    assert tags["monitor.horizon_days"] == "30"

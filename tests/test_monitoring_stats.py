@@ -147,3 +147,50 @@ def test_no_drift_data_raises_at_most_five_percent_false_alarms_over_twenty_seed
         alarms += sum(bool(r.drifted) for r in results)
         verdicts += len(results)
     assert alarms <= 0.05 * verdicts
+
+
+def _flag_table(rows: int, seed: int) -> pd.DataFrame:
+    """A churn export's shapes: 0/1 integer flags, a boolean, a 51-level state, a surname."""
+    rng = np.random.default_rng(seed)
+    surnames = [f"name{i}" for i in range(3000)]
+    return pd.DataFrame(
+        {
+            "senior_citizen": rng.integers(0, 2, rows),
+            "has_credit_card": (rng.random(rows) < 0.7).astype(int),
+            "paperless": rng.random(rows) < 0.6,
+            "state": rng.choice([f"S{i:02d}" for i in range(51)], rows),
+            "surname": rng.choice(surnames, rows, p=np.r_[0.02, np.full(2999, 0.98 / 2999)]),
+            "charges": rng.gamma(2.0, 30.0, rows).round(2),
+        }
+    )
+
+
+def test_a_tables_own_rows_show_no_drift_when_the_store_keeps_integer_flags_as_floats() -> None:
+    table = _flag_table(10_000, 1)
+    reference = table.sample(7500, random_state=1)
+    kinds = {str(c): "categorical" if c in ("state", "surname") else "numeric" for c in table}
+    # NB: what the store holds: JSON integers in a float column.
+    stored = table.astype({"senior_citizen": float, "has_credit_card": float})
+    for current in (stored, stored.sample(667, random_state=2)):
+        results, dataset = drift.table_drift(reference, current, list(table.columns), kinds)
+        assert [r.column for r in results if r.drifted] == []
+        assert dataset is False
+    flags = {r.column: r for r in results}
+    assert flags["senior_citizen"].statistic is not None
+    assert flags["senior_citizen"].statistic < 0.05
+    assert flags["surname"].note == "levels under 1% of the reference pooled"
+
+
+def test_a_high_cardinality_column_without_frequent_levels_gets_no_verdict() -> None:
+    rng = np.random.default_rng(3)
+    names = pd.Series(rng.choice([f"n{i}" for i in range(5000)], 8000))
+    found = drift.column_drift("surname", names, names.sample(2000, random_state=1))
+    assert found.drifted is None and found.note.startswith("high cardinality")
+
+
+def test_a_flag_that_really_moved_still_drifts_against_its_float_store_copy() -> None:
+    rng = np.random.default_rng(4)
+    reference = pd.Series(rng.integers(0, 2, 5000))
+    current = pd.Series((rng.random(3000) < 0.9).astype(float))
+    found = drift.column_drift("senior_citizen", reference, current, "numeric")
+    assert found.drifted is True

@@ -227,13 +227,13 @@ def status() -> tuple[dict[str, Any], str]:
     else:
         # NB: the live column appears once `churnops monitor` has tagged a version.
         live = any("monitor.label_coverage" in v.tags for v in st.versions)
-        heading = "live f1 (realised/estimated, coverage)  " if live else ""
+        heading = f"{'live f1 (realised/estimated, coverage)':<46}  " if live else ""
         lines.append(
             f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  {heading}aliases"
         )
         for v in st.versions:
             f1 = f"{v.f1:.4f}" if v.f1 is not None else "-"
-            cell = f"{_live(v.tags):<38}  " if live else ""
+            cell = f"{_live(v.tags):<46}  " if live else ""
             lines.append(
                 f"{v.version:>7}  {v.created:%Y-%m-%d %H:%M:%S}  {f1:>6}  "
                 f"{'pass' if v.gate_passed else 'FAIL':<4}  {cell}{','.join(v.aliases)}".rstrip()
@@ -265,13 +265,15 @@ def status() -> tuple[dict[str, Any], str]:
 
 
 def _live(tags: dict[str, str]) -> str:
-    """A version's latest monitored F1 from its tags, as `churnops monitor` left them."""
+    """A version's F1 over its monitored period from its tags, the figures `churnops monitor`
+    printed, with the rows they rest on."""
     if "monitor.label_coverage" not in tags:
         return "-"
     coverage = float(tags["monitor.label_coverage"])
+    rows = f" of {tags['monitor.rows']} rows" if "monitor.rows" in tags else ""
     return (
         f"{tags.get('monitor.realised_f1', '-')}/{tags.get('monitor.estimated_f1', '-')}, "
-        f"{coverage:.0%}"
+        f"{coverage:.0%}{rows}"
     )
 
 
@@ -1042,9 +1044,14 @@ def _monitor_text(report: dict[str, Any]) -> str:
             f"{v['version']:>7}  {v['rows']:>8}  {v['labelled']:>8}  {realised_text:<28}  "
             f"{estimated:>12}  {gate_f1:>7}  {drift_text}"
         )
+    horizon = report.get("horizon") or {}
+    if horizon.get("note"):
+        lines.append(f"NOTE: {horizon['note']}")
     lines += [f"ALERT: {a['message']}" for a in report["alerts"]] or ["no alerts"]
     if report.get("advice"):
         lines.append(f"advice: {report['advice']['message']}")
+    if horizon.get("auto_rollback"):
+        lines.append(f"auto-rollback {horizon['auto_rollback']}")
     if report.get("rolled_back"):
         moved = report["rolled_back"]
         if moved.get("refused"):
@@ -1161,7 +1168,8 @@ def simulate(
     document: dict[str, Any] = report.to_dict()
     text = (
         f"sent {report.rows} customers over {report.days} days ({report.requests} requests, "
-        f"{report.start} to {report.end}) to {api}\n"
+        f"{report.start} to {report.end}) to {api}, ids tagged {report.run}- (a run over the "
+        "same days adds its customers beside these: the store holds both)\n"
         f"wrote {report.outcomes} outcomes known by now ({report.churned} churned) to "
         f"{report.labels_file}"
     )
@@ -1303,7 +1311,8 @@ def _compare_text(report: dict[str, Any]) -> str:
             )
             if auc["difference"] is not None:
                 lines.append(
-                    f"  ROC AUC {auc['b']:.4f} vs {auc['a']:.4f}: {auc['difference']:+.4f} "
+                    f"  ROC AUC challenger v{report['challenger']} {auc['b']:.4f} vs production "
+                    f"{auc['a']:.4f}: challenger minus production {auc['difference']:+.4f} "
                     f"({auc['low']:+.4f} to {auc['high']:+.4f}), DeLong p={auc['p_value']:.4g}"
                 )
     canary = report.get("canary")

@@ -290,16 +290,23 @@ def from_frame(
     return Dataset(features, y, numeric, categorical, source, report)
 
 
-# NB: "NA" is not among them: it is a region code (North America) in churn data.
-MISSING_MARKERS = ("", "?", "NaN", "nan", "NULL", "null", "None", "N/A", "n/a", "#N/A")
+# NB: "NA" is not among them: it is a region code (North America) in churn data. A single space
+# is: real exports write one for an empty number (11 of 7,043 TotalCharges cells in one), and
+# `churnops score` reads with these markers too.
+MISSING_MARKERS = ("", " ", "?", "NaN", "nan", "NULL", "null", "None", "N/A", "n/a", "#N/A")
 
 
 def _coerce_numeric_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """Turn text columns whose every present value is a number (or "NA") into numeric columns."""
+    """Turn whitespace-only cells into missing values, then text columns whose every present
+    value is a number (or "NA") into numeric columns."""
     for column in frame.columns:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values):
             continue
+        if pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+            text = values.where(values.map(lambda v: isinstance(v, str)))
+            values = values.mask(text.str.strip().eq("").fillna(False).astype(bool))
+            frame[column] = values
         marker = values.isin(["NA", "na"])
         numbers = pd.to_numeric(values.mask(marker), errors="coerce")
         present = values.notna() & ~marker

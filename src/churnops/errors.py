@@ -19,6 +19,7 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── ConfigurationError        exit 1  a setting (environment variable) is invalid
     ├── PortInUseError            exit 1  a server cannot bind its port
     ├── ServerStartError          exit 1  a server process died or did not answer in time
+    ├── ApiUnavailableError       exit 2  the prediction API does not answer (simulate)
     └── TrackingUnavailableError  exit 2  the tracking server does not answer      (HTTP 503)
         └── TrackingServerError   exit 2  it answers, but with server errors (its database or
                                           artifact store is down)
@@ -128,6 +129,12 @@ class AuthenticationError(ChurnopsError):
 
 class PermissionDeniedError(ChurnopsError):
     """The tracking server refused this user the operation (HTTP 403)."""
+
+
+class ApiUnavailableError(ChurnopsError):
+    """The prediction API `churnops simulate` sends traffic to does not answer."""
+
+    exit_code = 2
 
 
 class TrackingUnavailableError(ChurnopsError):

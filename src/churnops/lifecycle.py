@@ -173,7 +173,12 @@ def monitoring_reference(result: training.TrainingResult, seed: int) -> registry
         }
     )
     calibration = fit_calibration(probability, truth, seed)
-    return registry.Reference(rows.reset_index(drop=True), scores, calibration.to_dict())
+    return registry.Reference(
+        rows.reset_index(drop=True),
+        scores,
+        calibration.to_dict(),
+        registry.column_kinds(result.train_features),
+    )
 
 
 def actor_of(settings: Settings) -> tuple[str, str | None]:

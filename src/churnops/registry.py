@@ -63,6 +63,7 @@ REFERENCE_DIR = "monitoring"
 REFERENCE_ROWS = "reference.parquet"
 REFERENCE_SCORES = "reference_scores.parquet"
 CALIBRATION = "calibration.json"
+COLUMN_KINDS = "columns.json"
 EVIDENCE_DIR = "evidence"
 TRAINING_DATA_DIR = "data"
 # NB: a table up to this size travels with its run, so `churnops reproduce` needs nothing else.
@@ -512,6 +513,18 @@ class Reference:
     rows: pd.DataFrame
     scores: pd.DataFrame
     calibration: dict[str, Any]
+    # NB: each input column's kind (numeric / categorical) as training decided it; drift reads
+    # the store's values through it, so an integer flag stored as a float is still the same flag.
+    kinds: dict[str, str] = field(default_factory=dict)
+
+
+def column_kinds(rows: pd.DataFrame) -> dict[str, str]:
+    """Each column's kind as training decides it: numeric for numbers (booleans included),
+    categorical for everything else."""
+    return {
+        str(c): "numeric" if pd.api.types.is_numeric_dtype(rows[c]) else "categorical"
+        for c in rows.columns
+    }
 
 
 def _log_reference(reference: Reference) -> None:
@@ -523,6 +536,7 @@ def _log_reference(reference: Reference) -> None:
             frame.to_parquet(path, index=False)
             mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
     mlflow.log_dict(reference.calibration, f"{REFERENCE_DIR}/{CALIBRATION}")
+    mlflow.log_dict(reference.kinds, f"{REFERENCE_DIR}/{COLUMN_KINDS}")
 
 
 def load_reference(settings: Settings, info: VersionInfo) -> Reference | None:
@@ -546,13 +560,17 @@ def load_reference(settings: Settings, info: VersionInfo) -> Reference | None:
             holdout = load_holdout(settings, info)
             if holdout is None:
                 return None
-            return Reference(holdout, pd.DataFrame(), {})
+            return Reference(holdout, pd.DataFrame(), {}, column_kinds(holdout))
         import json
 
+        rows = pd.read_parquet(folder / REFERENCE_ROWS)
+        kinds_file = folder / COLUMN_KINDS
         return Reference(
-            pd.read_parquet(folder / REFERENCE_ROWS),
+            rows,
             pd.read_parquet(folder / REFERENCE_SCORES),
             json.loads((folder / CALIBRATION).read_text()),
+            # NB: versions trained before the kinds were logged: the snapshot's own types.
+            json.loads(kinds_file.read_text()) if kinds_file.exists() else column_kinds(rows),
         )
 
 
@@ -633,6 +651,25 @@ def get_version(settings: Settings, version: int) -> VersionInfo:
     known = ", ".join(map(str, existing)) if existing else "none yet (run `churnops train`)"
     raise VersionNotFoundError(
         f"{settings.model_name} has no version {version}; existing versions: {known}"
+    )
+
+
+def require_model(settings: Settings) -> None:
+    """VersionNotFoundError, naming the registered models, when ``settings.model_name`` is not
+    one of them (a misspelt CHURNOPS_MODEL_NAME)."""
+    client = _client(settings)
+    with mlflow_errors(settings):
+        try:
+            client.get_registered_model(settings.model_name)
+            return
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+    known = ", ".join(names) if names else "none yet (run `churnops train`)"
+    raise VersionNotFoundError(
+        f"no registered model {settings.model_name!r}; registered models: {known} "
+        "(set CHURNOPS_MODEL_NAME to one of them)"
     )
 
 

@@ -120,17 +120,34 @@ def f1_band(
     truth: np.ndarray, predicted: np.ndarray, rows: int, seed: int = 0
 ) -> tuple[float, float, float]:
     """(reference F1, lower, upper): the F1 a window of ``rows`` rows drawn from the reference
-    would show, +/- 3 standard deviations (NannyML's default band)."""
+    would show, +/- 3 standard deviations (NannyML's default band), where the deviation counts
+    both sides: the window's sampling and the reference's own (its F1 comes from a few thousand
+    held-out rows at most, and is itself uncertain)."""
     truth = np.asarray(truth).astype(int)
     predicted = np.asarray(predicted).astype(int)
     cells = np.bincount(truth * 2 + predicted, minlength=4).astype(float)
     _tn, fp, fn, tp = cells
     reference = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else 0.0
+    spread = float(np.hypot(f1_spread(cells, rows, seed), f1_spread(cells, len(truth), seed + 1)))
+    return reference, reference - BAND_SIGMAS * spread, reference + BAND_SIGMAS * spread
+
+
+def f1_spread(cells: np.ndarray, rows: int, seed: int = 0) -> float:
+    """Standard deviation of the F1 of ``rows`` rows drawn from a confusion matrix's shares
+    (cells: tn, fp, fn, tp)."""
+    cells = np.asarray(cells, dtype=float)
     draws = np.random.default_rng(seed).multinomial(
         max(1, rows), cells / cells.sum(), size=BAND_RESAMPLES
     )
     dtp, dfp, dfn = draws[:, 3], draws[:, 1], draws[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(2 * dtp + dfp + dfn > 0, 2 * dtp / (2 * dtp + dfp + dfn), 0.0)
-    spread = float(np.std(f1))
-    return reference, reference - BAND_SIGMAS * spread, reference + BAND_SIGMAS * spread
+    return float(np.std(f1))
+
+
+def reference_f1_spread(truth: np.ndarray, predicted: np.ndarray, seed: int = 0) -> float:
+    """Standard deviation of the reference's own F1 (the gate's), from its rows' sampling."""
+    truth = np.asarray(truth).astype(int)
+    predicted = np.asarray(predicted).astype(int)
+    cells = np.bincount(truth * 2 + predicted, minlength=4).astype(float)
+    return f1_spread(cells, len(truth), seed)

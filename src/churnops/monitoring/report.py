@@ -19,6 +19,23 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def series(windows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(window ends as matplotlib dates, values) of one figure, NaN where a window has none
+    and between two windows with no traffic in between, so the line breaks there instead of
+    bridging the gap with a segment that reads like data."""
+    from datetime import datetime
+
+    ends: list[float] = []
+    values: list[float] = []
+    for i, w in enumerate(windows):
+        if i and w["start"] != windows[i - 1]["end"]:
+            ends.append(float(date2num(datetime.fromisoformat(w["start"]))))
+            values.append(float("nan"))
+        ends.append(float(date2num(datetime.fromisoformat(w["end"]))))
+        values.append(float("nan") if w[key] is None else float(w[key]))
+    return ends, values
+
+
 def f1_over_time(report: dict[str, Any]) -> bytes:
     """Realised and estimated F1 per window for every version, with ledger moves marked."""
     from datetime import datetime
@@ -26,21 +43,26 @@ def f1_over_time(report: dict[str, Any]) -> bytes:
     figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.add_subplot()
     for version in report["versions"]:
-        windows = version["windows"]
-        ends = date2num([datetime.fromisoformat(w["end"]) for w in windows])
         for kind, style in (("realised", "o-"), ("estimated", "x--")):
-            values = [w[f"{kind}_f1"] for w in windows]
-            if any(v is not None for v in values):
-                points = [float("nan") if v is None else v for v in values]
+            ends, points = series(version["windows"], f"{kind}_f1")
+            if any(p == p for p in points):
                 axes.plot(ends, points, style, label=f"v{version['version']} {kind}")
         if version.get("gate_f1") is not None:
             axes.axhline(version["gate_f1"], color="grey", linewidth=0.6, linestyle=":")
-    for move in report.get("moves", []):
+    moves = report.get("moves", [])
+    span = axes.get_xlim()
+    previous = None
+    height = 1.0
+    for move in moves:
         moment = float(date2num(datetime.fromisoformat(move["time"])))
         axes.axvline(moment, color="crimson", linewidth=0.8)
+        # NB: moves close together (2% of the axis) get their labels staggered, not stacked.
+        close = previous is not None and moment - previous < 0.02 * (span[1] - span[0])
+        height = height - 0.3 if close and height > 0.4 else 1.0
+        previous = moment
         axes.annotate(
             f"{move['action']} v{move['to_version']}",
-            (moment, 1.0),
+            (moment, height),
             xycoords=("data", "axes fraction"),
             rotation=90,
             va="top",
@@ -100,6 +122,8 @@ def page(report: dict[str, Any], images: dict[str, bytes]) -> bytes:
         "<li>none</li>"
     )
     advice = report.get("advice")
+    note = (report.get("horizon") or {}).get("note")
+    horizon = f"<p><strong>Note:</strong> {html.escape(note)}</p>" if note else ""
     figures = "".join(
         f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
         f'src="data:image/png;base64,{base64.b64encode(content).decode()}">'
@@ -111,7 +135,8 @@ def page(report: dict[str, Any], images: dict[str, bytes]) -> bytes:
 </style></head><body>
 <h1>{html.escape(report["model"])}: monitor report</h1>
 <p>{html.escape(report["since"] or "start")} to {html.escape(report["until"])}, windows of
-{html.escape(report["window"])}; serving v{report["serving_version"]}</p>
+{html.escape(report["window"])}; serving v{report["serving_version"]}; churn horizon
+{report.get("horizon_days", "-")} days</p>{horizon}
 <h2>Alerts</h2><ul>{alerts}</ul>
 <h2>Advice</h2><p>{html.escape(advice["message"]) if advice else "none"}</p>
 <h2>Versions</h2><table><tr><th>version</th><th>rows</th><th>labelled</th><th>coverage</th>

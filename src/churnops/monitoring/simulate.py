@@ -7,14 +7,18 @@ distribution shifts (covariate shift: the model stays right about them), from ``
 what makes them churn changes (concept drift: the model becomes wrong while its estimate does
 not notice). Requests carry the customer id and an ``X-Event-Time`` inside their day. A churner's
 outcome is observed a uniform 1..horizon days after the prediction; a stayer's "retained" at the
-horizon; only outcomes observed by now go to the label file.
+horizon; only outcomes observed by now go to the label file. Customer ids carry a tag of
+their own per run, so running it again over the same period adds a second set of customers
+(and rows) beside the first, and their outcomes never join the other run's predictions.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -22,7 +26,8 @@ import pandas as pd
 
 from churnops import data
 from churnops.config import TARGET
-from churnops.errors import ChurnopsError
+from churnops.errors import ApiUnavailableError, ChurnopsError
+from churnops.monitoring.store import INPUT_PREFIX
 
 BATCH_ROWS = 500
 
@@ -39,6 +44,7 @@ class SimulationReport:
     labels_file: str
     start: str
     end: str
+    run: str
 
     def to_dict(self) -> dict[str, object]:
         """The report as JSON-ready data."""
@@ -69,6 +75,7 @@ def simulate(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     outcomes = []
     requests = 0
+    run = uuid.uuid4().hex[:6]
     with httpx.Client(base_url=api, headers=headers, timeout=30) as client:
         for day in range(days):
             shifted = shift_day is not None and day >= shift_day
@@ -82,15 +89,22 @@ def simulate(
             )
             moment = start + timedelta(days=day)
             times = moment + pd.to_timedelta(rng.uniform(0, 86_400, len(frame)), unit="s")
+            frame["customer_id"] = f"{run}-" + frame["customer_id"]
             features = frame.drop(columns=[TARGET])
             for first in range(0, len(frame), BATCH_ROWS):
                 part = features.iloc[first : first + BATCH_ROWS]
                 when = min(times[first : first + BATCH_ROWS])
-                response = client.post(
-                    "/predict/batch",
-                    json={"customers": part.to_dict(orient="records")},
-                    headers={"X-Event-Time": when.isoformat()},
-                )
+                try:
+                    response = client.post(
+                        "/predict/batch",
+                        json={"customers": part.to_dict(orient="records")},
+                        headers={"X-Event-Time": when.isoformat()},
+                    )
+                except httpx.HTTPError as exc:
+                    raise ApiUnavailableError(
+                        f"the API at {api} does not answer ({type(exc).__name__}); start it "
+                        "with `churnops serve` (or `make up`), or pass --api URL"
+                    ) from None
                 if response.status_code != 200:
                     raise ChurnopsError(
                         f"the API at {api} answered {response.status_code}: {response.text[:300]}"
@@ -127,4 +141,91 @@ def simulate(
         labels_file=str(labels_file),
         start=start.isoformat(),
         end=end.isoformat(),
+        run=run,
     )
+
+
+def offline(
+    model: Any,
+    threshold: float,
+    *,
+    days: int,
+    rows_per_day: int,
+    seed: int,
+    end: pd.Timestamp,
+    now: pd.Timestamp,
+    horizon_days: float = 30.0,
+    shift_day: int | None = None,
+    concept_day: int | None = None,
+    strength: float = 1.0,
+    version: int = 1,
+) -> pd.DataFrame:
+    """The traffic :func:`simulate` sends, scored in process by ``model`` and joined with the
+    outcomes observed by ``now`` (same delays), in the columns monitoring reads: what the
+    quality benchmark and the alert tests judge without servers."""
+    rng = np.random.default_rng(seed)
+    start = end - pd.Timedelta(days=days)
+    parts = []
+    for day in range(days):
+        frame = data.generate(
+            rows_per_day,
+            seed=seed * 10_000 + day,
+            first_id=day * rows_per_day + 1,
+            covariate_shift=strength if shift_day is not None and day >= shift_day else 0.0,
+            concept_drift=strength if concept_day is not None and day >= concept_day else 0.0,
+        )
+        frame["time"] = (
+            start
+            + pd.Timedelta(days=day)
+            + pd.to_timedelta(rng.uniform(0, 86_400, len(frame)), unit="s")
+        )
+        parts.append(frame)
+    table = pd.concat(parts, ignore_index=True)
+    return served(
+        model,
+        threshold,
+        table.drop(columns=[TARGET, "time", "customer_id"]),
+        table[TARGET].to_numpy(),
+        table["time"],
+        rng,
+        now=now,
+        horizon_days=horizon_days,
+        version=version,
+    )
+
+
+def served(
+    model: Any,
+    threshold: float,
+    features: pd.DataFrame,
+    truth: np.ndarray,
+    times: pd.Series,
+    rng: np.random.Generator,
+    *,
+    now: pd.Timestamp,
+    horizon_days: float,
+    version: int = 1,
+) -> pd.DataFrame:
+    """Rows scored by ``model`` at ``times`` as the store keeps them, each with the moment its
+    outcome is observed (``observed``: a churner's a uniform 1..horizon days later, a stayer's
+    at the horizon) and the outcome itself once that moment is past ``now``."""
+    times = pd.Series(times).reset_index(drop=True)
+    truth = np.asarray(truth, dtype=float)
+    delay = np.where(truth == 1, rng.uniform(1, horizon_days, len(truth)), horizon_days)
+    observed = times + pd.to_timedelta(delay, unit="D")
+    probability = model.predict_proba(features)[:, 1]
+    out = pd.DataFrame(
+        {
+            "time": times,
+            "version": version,
+            "probability": probability,
+            "label": (probability >= threshold).astype(int),
+            "truth": truth,
+            "observed": observed,
+            "outcome": np.where(observed <= now, truth, np.nan),
+            "immature": False,
+        }
+    )
+    for column in features.columns:
+        out[INPUT_PREFIX + str(column)] = features[column].to_numpy()
+    return out
