@@ -8,10 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -245,3 +247,33 @@ def test_a_key_listed_twice_is_one_unknown_key(project: Path) -> None:
     path.write_text("prediction_id,churn\nzz-1,1\nzz-1,1\na-0,0\n")
     code, report, _ = add(str(path))
     assert code == 0 and report["unknown"] == 1
+
+
+def test_writers_racing_past_the_existence_check_add_one_file_and_tell_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = store.open_store(str(tmp_path))
+    table = store.conform_labels(
+        pa.table({"key_kind": ["prediction_id"], "key": ["a-0"], "outcome": pa.array([1], "int8")})
+    )
+    # NB: all three have checked that the file is absent and written their temporary copy
+    # before any publishes it: the race the subprocess test can only hope to hit.
+    barrier = threading.Barrier(3)
+    real = store.pq.write_table
+
+    def write_then_wait(*args, **kwargs):
+        real(*args, **kwargs)
+        barrier.wait(timeout=10)
+
+    monkeypatch.setattr(store.pq, "write_table", write_then_wait)
+    results: list[tuple[str, bool]] = []
+    racers = [
+        threading.Thread(target=lambda: results.append(store.write_labels(target, "same", table)))
+        for _ in range(3)
+    ]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=20)
+    assert sorted(added for _, added in results) == [False, False, True]
+    assert [p.name for p in (tmp_path / "labels").iterdir()] == ["same.parquet"]

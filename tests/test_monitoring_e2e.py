@@ -145,14 +145,15 @@ def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
     with pytest.raises(StaleMoveError, match=f"no longer v{second}"):
         lifecycle.rollback(
             settings.model_copy(update={"actor": "churnops-monitor"}),
-            version=first,
             reason=report["advice"]["reason"],
             expected=second,
+            expected_target=first,
         )
     assert ok(cli("status", "--json"))["production_version"] == first
     [latest, *_] = ok(cli("history", "--json"))
     assert latest["actor"] == "churnops-monitor" and latest["reason"].startswith("monitor: ")
     assert latest["gate"] is not None and latest["to_version"] == first
+    assert latest["action"] == "undo"  # NB: the production stack pops: v{second} is not next
 
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name(f"{settings.model_name}-monitoring")
@@ -277,7 +278,8 @@ def test_rows_answered_before_a_sigkill_are_stored_once_by_the_next_worker(
         wait_for(lambda: spooled() == len(answered), timeout=10)
         # NB: now the whole group, supervisor included, as a machine's OOM killer might.
         workers = {int(lock.name.split("-")[1]) for lock in spool.glob("*.lock")} - {holder}
-        kill([*workers, api.process.pid])
+        # NB: the supervisor first, so it cannot start a worker after the others died.
+        kill([api.process.pid, *workers])
         api.process.wait(timeout=10)
     finally:
         stop_api(api)

@@ -58,6 +58,17 @@ def batch(ids: list[str], **given: Any) -> store.Batch:
     return store.Batch(**(fields | given))
 
 
+def dead(writer: store.BufferedWriter) -> None:
+    """As if the writer's process died: its threads stop writing anything, and the kernel
+    releases its spool lock."""
+    writer._stop.set()  # NB: not woken: a wake-up would convert and write what is queued
+    for thread in (writer._thread, writer._writes):
+        assert thread is not None
+        thread.join(timeout=10)
+    assert writer._spool is not None
+    os.close(writer._spool._lock)
+
+
 def stored(settings: Settings) -> pa.Table:
     return store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
 
@@ -210,7 +221,9 @@ def test_an_unwritable_store_bounds_the_buffer_drops_and_counts_the_rest_and_bac
             time.sleep(0.01)  # ~0.8 s of traffic: a flush every 0.02 s were it not backing off
         state = writer.state()
         assert state.unwritten_rows == 50 and state.dropped_rows == 30
-        assert 1 <= state.failed_writes <= 2
+        # NB: tries after 0, 1 and 3 s, however slow this machine is; without the backoff, one
+        # every 0.02 s (~40).
+        assert 1 <= state.failed_writes <= 3
         assert state.retry_in_seconds is not None and state.last_error
         root.unlink()
     finally:
@@ -283,11 +296,70 @@ def test_a_writer_killed_between_writing_and_deleting_its_spool_never_stores_a_r
         assert first.flush() == 3
     first.add(batch(["d"]))
     first._convert()  # "d" is spooled, not written
-    assert first._spool is not None
-    os.close(first._spool._lock)  # the kernel releases a dead process's lock
+    dead(first)
     second = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
     second.start()
     assert second.state().recovered_rows == 1
     second.close()
     ids = store.read_predictions(target, "m")["prediction_id"].to_pylist()
     assert sorted(ids) == ["a", "b", "c", "d"]
+
+
+def test_a_takeover_that_loads_part_of_a_backlog_never_loses_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, spool = store.open_store(str(tmp_path / "store")), tmp_path / "spool"
+    first = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    first.start()
+    for name in ("e1", "e2", "e3"):
+        first.add(batch([name]))
+        first._convert()
+    dead(first)
+    # NB: memory holds two rows: e3 stays in the spool while e1, e2 and a new row are written.
+    second = store.BufferedWriter(target, 600, 10**6, 400, max_rows=2, spool_dir=spool)
+    second.start()
+    assert second.state().recovered_rows == 2
+    second.max_rows = 10
+    second.add(batch(["fresh"]))
+    with monkeypatch.context() as patched:
+        # NB: killed right after the write: no spool file deleted, nothing more loaded.
+        patched.setattr(store.Spool, "discard", staticmethod(lambda _paths: None))
+        patched.setattr(second, "_load_backlog", lambda: None)
+        assert second.flush() == 3
+    dead(second)
+    third = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    third.start()
+    assert third.state().recovered_rows == 1
+    third.close()
+    ids = store.read_predictions(target, "m")["prediction_id"].to_pylist()
+    assert sorted(ids) == ["e1", "e2", "e3", "fresh"]
+
+
+def test_a_failed_write_after_a_bad_table_requeues_only_what_was_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = store.open_store(str(tmp_path / "store"))
+    writer = store.BufferedWriter(target, 600, 10**6, 400)
+    for name in ("ok", "second", "third"):
+        writer.add(batch([name]))
+        writer._convert()  # NB: three conversion ticks, three tables
+    real = store._write_day
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[2].column("prediction_id").to_pylist())
+        if len(calls) == 1:
+            raise ValueError("a value no file can hold")  # the combined file: table by table
+        if len(calls) == 3:
+            raise OSError("disk full")  # then the store fails
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "_write_day", flaky)
+        writer.flush()
+    assert calls == [["ok", "second", "third"], ["ok"], ["second"]]
+    # NB: "ok" is written and never queued again; "second" and "third" wait.
+    assert writer.written_rows == 1 and writer.unwritten() == 2
+    assert writer.flush() == 2
+    ids = store.read_predictions(target, "m")["prediction_id"].to_pylist()
+    assert sorted(ids) == ["ok", "second", "third"] and writer.written_rows == 3

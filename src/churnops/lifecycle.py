@@ -565,12 +565,13 @@ def rollback(
     reason: str = "",
     allow_schema_change: bool = False,
     expected: int | None = None,
+    expected_target: int | None = None,
 ) -> MoveResult:
     """Undo the last production change, or move the alias back to an older ``version``;
     gate-checked either way (without the champion comparison). Moving to a newer version is a
     promotion and is refused here. With ``expected`` (an automatic action's decision), a
     StaleMoveError unless production is still that version, before and under the ledger's
-    lock."""
+    lock; with ``expected_target``, unless the undo still goes to that version."""
     _check_force(force, reason, allow_schema_change)
     registry.ping(settings)
     current = registry.alias_version(settings)
@@ -601,6 +602,11 @@ def rollback(
                 f"nothing earlier to roll back to: the ledger has no production version before "
                 f"v{current} and no lower version passed the gate; {settings.alias} stays at "
                 f"v{current}"
+            )
+        if expected_target is not None and found != expected_target:
+            raise StaleMoveError(
+                f"undoing v{current} now goes to v{found}, not v{expected_target} as decided; "
+                "nothing changed (run monitor again)"
             )
         target, action = found, "undo"
     report = gate_report(settings, target, current, compare_champion=False)

@@ -59,6 +59,7 @@ class StoreState(BaseModel):
 
     written_rows: int = Field(description="Rows this worker wrote to the store.")
     unwritten_rows: int = Field(description="Answered rows waiting to be written (in memory).")
+    failing: bool = Field(description="True from a failed write until a write succeeds.")
     dropped_rows: int = Field(
         description="Answered rows never stored: the buffer was full while the store could not "
         "be written (CHURNOPS_STORE_MAX_BUFFER_ROWS)."
@@ -68,7 +69,9 @@ class StoreState(BaseModel):
         description="Rows a stopped or killed worker had spooled, written by this one."
     )
     failed_writes: int = Field(description="Writes that failed and were retried.")
-    spool_failures: int = Field(description="Rows that could not be kept in the local spool.")
+    spool_failures: int = Field(
+        description="Conversion ticks whose rows could not be kept in the local spool."
+    )
     last_error: str | None = Field(description="Why the last failed write failed.")
     retry_in_seconds: float | None = Field(
         description="When the next write is tried, while the store fails."

@@ -611,7 +611,7 @@ def create_app(
             answer["store"] = {
                 "unwritten_rows": state.unwritten_rows,
                 "dropped_rows": state.dropped_rows,
-                "failing": state.retry_in_seconds is not None,
+                "failing": state.failing,
             }
         return answer
 

@@ -595,14 +595,15 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
     result = Result(document, alerts)
     if advice is not None and options.auto_rollback:
         mover = settings.model_copy(update={"actor": MONITOR_ACTOR})
-        # NB: to the version the advice names, and only from the one it was about: a second
-        # monitor started before the first acted must not roll back again, further.
+        # NB: an undo (so the ledger's production stack pops), only from the version the advice
+        # was about and only to the one it names: a second monitor that decided before the
+        # first acted must not roll back again, further.
         try:
             moved = lifecycle.rollback(
                 mover,
-                version=advice["rollback_to"],
                 reason=advice["reason"],
                 expected=advice["serving"]["version"],
+                expected_target=advice["rollback_to"],
             )
         except StaleMoveError as exc:
             result.rolled_back = {

@@ -5,7 +5,7 @@ the store is unwritable loses nothing it had already spooled.
 Each writer owns a token (host, pid, random part) and holds an exclusive ``flock`` on
 ``<token>.lock`` for as long as it lives; the kernel releases that lock when the process dies,
 however it dies. Every conversion tick (``store.CONVERT_SECONDS``) the writer puts what it
-converted into ``<token>-<n>-<day>.arrow``, one file per day (Arrow IPC, written under a
+converted into ``<token>-<day>-<n>.arrow``, one file per day (Arrow IPC, written under a
 temporary name and renamed, no fsync: a killed process's page cache survives it, a machine crash
 is not covered), and deletes those files once their rows are in the store, whose file for them
 is named after the token and the range of ``n`` it holds. A writer starting up takes every lock
@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,17 +40,18 @@ PARTIAL = ".partial"
 
 @dataclass(frozen=True)
 class Entry:
-    """What a spool file's name says: its writer's token, its number, and its rows' day."""
+    """What a spool file's name says: its writer's token, its rows' day (days since 1970) and
+    its number among that writer's files of that day."""
 
     token: str
-    number: int
     day: int
+    number: int
 
 
 def entry_of(path: Path) -> Entry:
-    """The entry a spool file's name encodes (``<token>-<number>-<day>.arrow``)."""
-    token, number, day = path.name[: -len(SPOOLED)].rsplit("-", 2)
-    return Entry(token, int(number), int(day))
+    """The entry a spool file's name encodes (``<token>-<day>-<number>.arrow``)."""
+    token, day, number = path.name[: -len(SPOOLED)].rsplit("-", 2)
+    return Entry(token, int(day), int(number))
 
 
 class Spool:
@@ -66,11 +68,16 @@ class Spool:
         self._lock = os.open(partial, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(partial, folder / f"{self.token}{LOCK}")
-        self._n = 0
+        # NB: numbered per day, so one day's files of one writer form an unbroken run that a
+        # store file's name can cover (see store._groups).
+        self._numbers: dict[int, int] = {}
+        self._numbering = threading.Lock()
+        self.claim_pending = False
 
     def _next(self, day: int) -> Path:
-        self._n += 1
-        return self.folder / f"{self.token}-{self._n:012d}-{day}{SPOOLED}"
+        with self._numbering:
+            self._numbers[day] = number = self._numbers.get(day, 0) + 1
+        return self.folder / f"{self.token}-{day}-{number:012d}{SPOOLED}"
 
     def put(self, table: pa.Table, day: int) -> Path:
         """Keep ``table`` (rows of one day, in days since 1970) in a new spool file; its path."""
@@ -98,24 +105,38 @@ class Spool:
         """Take over the files of every writer that died: renamed into this writer's name, in
         their original order, except those ``stored`` says are in the store already (the
         writer died between writing them and deleting them: replaying them would store their
-        rows twice); partial files (it died while writing one) are logged and deleted."""
+        rows twice); partial files (it died while writing one) are logged and deleted. When
+        ``stored`` cannot tell (the store is unreachable), the rest stays for a later call
+        (``claim_pending``)."""
         claimed: list[Path] = []
-        for lock in sorted(self.folder.glob(f"*{LOCK}")):
-            token = lock.name[: -len(LOCK)]
-            if token == self.token:
-                continue
+        self.claim_pending = False
+        tokens = {lock.name[: -len(LOCK)] for lock in self.folder.glob(f"*{LOCK}")}
+        # NB: files whose lock file is gone (a writer stopped while a flush still ran) too.
+        tokens |= {entry_of(path).token for path in self.folder.glob(f"*{SPOOLED}")}
+        for token in sorted(tokens - {self.token}):
+            lock = self.folder / f"{token}{LOCK}"
             try:
-                handle = os.open(lock, os.O_RDWR)
-            except FileNotFoundError:
+                handle = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+            except OSError:
                 continue
             try:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # NB: its writer is alive
-                for path in sorted(self.folder.glob(f"{token}-*{SPOOLED}")):
+                files = sorted(
+                    self.folder.glob(f"{token}-*{SPOOLED}"),
+                    key=lambda p: (entry_of(p).day, entry_of(p).number),
+                )
+                for path in files:
                     entry = entry_of(path)
-                    if stored(entry):
+                    try:
+                        done = stored(entry)
+                    except OSError as exc:
+                        log.warning("prediction store unreachable; spooled rows wait: %s", exc)
+                        self.claim_pending = True
+                        return claimed
+                    if done:
                         path.unlink()
                         continue
                     mine = self._next(entry.day)

@@ -485,6 +485,7 @@ class WriterState:
 
     written_rows: int
     unwritten_rows: int
+    failing: bool
     dropped_rows: int
     bad_rows: int
     recovered_rows: int
@@ -504,19 +505,42 @@ class _Converted:
     spooled: Path | None
 
 
-def _spooled_name(converted: list[_Converted]) -> str | None:
-    """``<ms>-<token>-<first n>-<last n>.parquet`` for rows that are all in this writer's spool:
-    the name says which spool entries the file holds (see spool.claim_orphans)."""
-    if not converted or any(c.spooled is None for c in converted):
+SPOOLED_SUFFIX = ".spooled.parquet"
+
+
+def _groups(converted: list[_Converted]) -> list[list[_Converted]]:
+    """One day's tables as the files to write: each unbroken run of this writer's spool
+    numbers is one file, named after the run (so a takeover can tell exactly which entries a
+    file holds); tables that are not in the spool go together in one more."""
+    numbered = sorted(
+        ((entry_of(c.spooled).number, c) for c in converted if c.spooled is not None),
+        key=lambda pair: pair[0],
+    )
+    runs: list[list[_Converted]] = []
+    previous = None
+    for number, item in numbered:
+        if previous is not None and number == previous + 1:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+        previous = number
+    loose = [c for c in converted if c.spooled is None]
+    return runs + ([loose] if loose else [])
+
+
+def _group_name(group: list[_Converted]) -> str | None:
+    """``<token>-<first>-<last>.spooled.parquet`` for a run of spool entries (the same name
+    when a failed write is tried again, so a write that landed after all is overwritten);
+    None for rows not in the spool."""
+    if not group or group[0].spooled is None:
         return None
-    entries = [entry_of(c.spooled) for c in converted if c.spooled is not None]
-    numbers = [e.number for e in entries]
-    return f"{int(time.time() * 1000)}-{entries[0].token}-{min(numbers)}-{max(numbers)}.parquet"
+    first, last = entry_of(group[0].spooled), entry_of(group[-1].spooled or group[0].spooled)
+    return f"{first.token}-{first.number}-{last.number}{SPOOLED_SUFFIX}"
 
 
 def _stored_entries(store: Store) -> Callable[[Entry], bool]:
     """Whether a spool entry's rows are in a store file already, by the file names of its day
-    (each day's folder listed once)."""
+    (each day's folder listed once); OSError when the store cannot be listed."""
     ranges: dict[int, dict[str, list[tuple[int, int]]]] = {}
 
     def stored(entry: Entry) -> bool:
@@ -525,11 +549,9 @@ def _stored_entries(store: Store) -> Callable[[Entry], bool]:
             found: dict[str, list[tuple[int, int]]] = {}
             selector = pafs.FileSelector(folder, allow_not_found=True)
             for info in store.fs.get_file_info(selector):
-                parts = info.base_name.removesuffix(".parquet").split("-")
-                # NB: <ms>-<host>-<pid>-<random>-<first>-<last>: six parts; others have five.
-                if len(parts) == 6 and parts[4].isdigit() and parts[5].isdigit():
-                    token = "-".join(parts[1:4])
-                    found.setdefault(token, []).append((int(parts[4]), int(parts[5])))
+                if info.base_name.endswith(SPOOLED_SUFFIX):
+                    token, first, last = info.base_name[: -len(SPOOLED_SUFFIX)].rsplit("-", 2)
+                    found.setdefault(token, []).append((int(first), int(last)))
             ranges[entry.day] = found
         spans = ranges[entry.day].get(entry.token, [])
         return any(first <= entry.number <= last for first, last in spans)
@@ -537,13 +559,19 @@ def _stored_entries(store: Store) -> Callable[[Entry], bool]:
     return stored
 
 
+# NB: what a table the store cannot take raises (a value no file can hold); anything else
+# (I/O, memory, the unforeseen) is tried again later rather than thrown away.
+_BAD_DATA = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError)
+
+
 @dataclass
 class BufferedWriter:
-    """Takes rows from the request path without blocking it and writes them from a thread.
+    """Takes rows from the request path without blocking it and writes them from two threads.
 
-    ``add`` only appends to a list under a lock. Every CONVERT_SECONDS the thread turns what is
-    queued into Arrow tables, one list per day, and puts them in the spool (when there is one);
-    every ``flush_seconds`` (sooner once ``buffer_rows`` rows wait) it writes one file per day;
+    ``add`` only appends to a list under a lock. Every CONVERT_SECONDS the converter thread
+    turns what is queued into Arrow tables, one list per day, and puts them in the spool (when
+    there is one); every ``flush_seconds`` (sooner once ``buffer_rows`` rows wait) the writer
+    thread writes one file per day and run of spool entries;
     ``close`` writes everything left. A failed write (S3 down, a read-only disk) keeps the rows,
     is logged, and is tried again after a backoff (RETRY_SECONDS doubling to MAX_RETRY_SECONDS).
     At most ``max_rows`` rows wait in memory: beyond that a request's rows are dropped and
@@ -567,6 +595,8 @@ class BufferedWriter:
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _writes: threading.Thread | None = None
+    _write_due: threading.Event = field(default_factory=threading.Event)
     _spool: Spool | None = None
     _retry_at: float = 0.0
     _retry_wait: float = 0.0
@@ -577,6 +607,8 @@ class BufferedWriter:
     recovered_rows: int = 0
     spool_failures: int = 0
     last_error: str | None = None
+    failing: bool = False
+    _flushing: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         """Open the spool and take over a dead writer's rows, then start the writer thread
@@ -604,7 +636,11 @@ class BufferedWriter:
         self._thread = threading.Thread(
             target=self._run, name="churnops-prediction-store", daemon=True
         )
+        self._writes = threading.Thread(
+            target=self._run_writes, name="churnops-prediction-store-writes", daemon=True
+        )
         self._thread.start()
+        self._writes.start()
 
     def add(self, batch: Batch) -> None:
         """Queue one request's rows (cheap: the request path calls this)."""
@@ -620,7 +656,10 @@ class BufferedWriter:
             self._wake.set()
 
     def _run(self) -> None:
-        last_write = last_retention = time.monotonic()
+        """The converter: every tick, queued rows become tables and reach the spool; when a
+        write is due it asks the writer thread, so a slow write (S3 timing out) never holds
+        up the spool."""
+        last_write = time.monotonic()
         while not self._stop.is_set():
             woken = self._wake.wait(min(CONVERT_SECONDS, self.flush_seconds))
             self._wake.clear()
@@ -629,16 +668,28 @@ class BufferedWriter:
                 due = woken or time.monotonic() - last_write >= self.flush_seconds
                 if due and time.monotonic() >= self._retry_at:
                     last_write = time.monotonic()
-                    self.flush()
+                    self._write_due.set()
+            except Exception:
+                # NB: the thread is the only keeper of this worker's rows: it must outlive any
+                # one bad row or surprise, or everything after it is lost.
+                log.exception("prediction store writer: unexpected error; writing continues")
+            self._publish()
+
+    def _run_writes(self) -> None:
+        """The writer: writes when the converter says a write is due; retention once a day."""
+        last_retention = time.monotonic()
+        while not self._stop.is_set():
+            if not self._write_due.wait(CONVERT_SECONDS):
+                continue
+            self._write_due.clear()
+            try:
+                self.flush()
                 if time.monotonic() - last_retention > 86_400:
                     last_retention = time.monotonic()
                     with contextlib.suppress(OSError):
                         apply_retention(self.store, self.retention_days)
             except Exception:
-                # NB: the thread is the only writer of this worker's rows: it must outlive any
-                # one bad row or surprise, or everything after it is lost.
                 log.exception("prediction store writer: unexpected error; writing continues")
-            self._publish()
 
     def _publish(self) -> None:
         try:
@@ -720,41 +771,74 @@ class BufferedWriter:
 
     def flush(self) -> int:
         """Write every queued row now; return how many were written."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         self._convert()
         with self._write_lock:
             tables, self._tables = self._tables, {}
         rows = 0
         failed = False
         for day in sorted(tables):
-            written, error = self._write(day, tables[day])
-            rows += written
-            if error is not None:
-                failed = True
+            kept: list[_Converted] = []
+            for group in _groups(tables[day]):
+                if failed:
+                    kept += group  # NB: the store failed this flush: the rest waits too
+                    continue
+                written, left, error = self._write(day, group)
+                rows += written
+                kept += left
+                failed = error is not None
+            if kept:
                 with self._write_lock:
-                    self._tables.setdefault(day, [])[:0] = tables[day]
-        done = {c.spooled for ts in tables.values() for c in ts} - {
-            c.spooled for ts in self._tables.values() for c in ts
-        }
+                    self._tables.setdefault(day, [])[:0] = kept
+        with self._write_lock:
+            waiting = {c.spooled for ts in self._tables.values() for c in ts}
+        done = {c.spooled for ts in tables.values() for c in ts} - waiting
         Spool.discard([p for p in done if p is not None])
         with self._lock, self._write_lock:
             self._rows = self._unwritten()
+            full = self._rows >= self.buffer_rows
         self.written_rows += rows
         if failed:
             self.failed_flushes += 1
+            self.failing = True
             self._retry_wait = min(MAX_RETRY_SECONDS, max(RETRY_SECONDS, self._retry_wait * 2))
             self._retry_at = time.monotonic() + self._retry_wait
         else:
+            self.failing = False
             self._retry_wait, self._retry_at = 0.0, 0.0
+            if self._spool is not None and self._spool.claim_pending:
+                self._backlog += self._spool.claim_orphans(_stored_entries(self.store))
             self._load_backlog()
+            if full:
+                self._write_due.set()  # NB: still at the early-write mark: write again soon
         return rows
 
-    def _write(self, day: int, converted: list[_Converted]) -> tuple[int, str | None]:
-        """Write one day's tables as one file: (rows written, the error that kept them)."""
-        count = sum(c.table.num_rows for c in converted)
+    def _write(self, day: int, group: list[_Converted]) -> tuple[int, list[_Converted], str | None]:
+        """Write one group as one file: (rows written, the tables still to write, the error
+        that kept them)."""
+        count = sum(c.table.num_rows for c in group)
         try:
-            table = pa.concat_tables([c.table for c in converted], promote_options="default")
-            _write_day(self.store, day, table, time.time(), _spooled_name(converted))
-        except OSError as exc:
+            table = pa.concat_tables([c.table for c in group], promote_options="default")
+            _write_day(self.store, day, table, time.time(), _group_name(group))
+        except _BAD_DATA as exc:
+            # NB: the rows' fault, not the store's: one table at a time, skipping the ones
+            # that cannot be written, rather than retrying them for ever.
+            if len(group) > 1:
+                written = 0
+                for position, one in enumerate(group):
+                    done, left, error = self._write(day, [one])
+                    written += done
+                    if error is not None:
+                        return written, left + group[position + 1 :], error
+                return written, [], None
+            self.bad_rows += count
+            log.error("prediction store: skipped %d row(s) it cannot write: %s", count, exc)
+            return 0, [], None
+        except Exception as exc:  # noqa: BLE001
+            # NB: OSError above all (a full or read-only disk, S3 down): kept and tried again.
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning(
                 "could not write %d predictions to %s (next try in %.0f s): %s",
@@ -763,23 +847,8 @@ class BufferedWriter:
                 min(MAX_RETRY_SECONDS, max(RETRY_SECONDS, self._retry_wait * 2)),
                 exc,
             )
-            return 0, self.last_error
-        except Exception as exc:  # noqa: BLE001
-            # NB: not the store's fault but the rows': write them one table at a time and skip
-            # the ones that cannot be written, rather than retrying them for ever.
-            if len(converted) == 1:
-                self.bad_rows += count
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                log.error("prediction store: skipped %d row(s) it cannot write: %s", count, exc)
-                return 0, None
-            written = 0
-            for one in converted:
-                done, error = self._write(day, [one])
-                written += done
-                if error is not None:
-                    return written, error
-            return written, None
-        return count, None
+            return 0, group, self.last_error
+        return count, [], None
 
     def _unwritten(self) -> int:
         return sum(len(b.prediction_ids) for b in self._pending) + sum(
@@ -795,11 +864,12 @@ class BufferedWriter:
         return self._unwritten_now()
 
     def state(self) -> WriterState:
-        """Counts for /model, /ready and /metrics."""
+        """Counts for /model, /ready and /metrics (from counters: cheap while rows pile up)."""
         wait = self._retry_at - time.monotonic()
         return WriterState(
             written_rows=self.written_rows,
-            unwritten_rows=self._unwritten_now(),
+            unwritten_rows=self._rows,
+            failing=self.failing,
             dropped_rows=self.dropped_rows,
             bad_rows=self.bad_rows,
             recovered_rows=self.recovered_rows,
@@ -814,8 +884,9 @@ class BufferedWriter:
         the spool for the next start."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for thread in (self._thread, self._writes):
+            if thread is not None:
+                thread.join(timeout=30)
         for attempt in range(3):
             self.flush()
             if not self.unwritten():
@@ -823,10 +894,12 @@ class BufferedWriter:
             time.sleep(0.5 * (attempt + 1))
         left = self.unwritten()
         if left:
+            with self._write_lock:
+                spooled = all(c.spooled for ts in self._tables.values() for c in ts)
             kept = (
                 f"they are kept in {self._spool.folder} and written when the API next starts"
-                if self._spool is not None and self.spool_failures == 0
-                else "they are lost"
+                if self._spool is not None and spooled
+                else "those not in the spool are lost"
             )
             log.error(
                 "prediction store: %d rows could not be written at shutdown (%s); %s",
