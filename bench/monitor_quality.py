@@ -10,11 +10,18 @@ every simulated day with the outcomes observed by then, the way a daily cron job
 
     .venv/bin/python bench/monitor_quality.py [--pairs 20] [--data-dir ../shared/data]
                                               [--out bench/results/monitor_quality.json]
+                                              [--peers .venv-peers/bin/python]
 
 Healthy: a version-period alerts when any alert fires (a) at its end with every outcome in (the
 issue's check), or (b) on any day (a daily monitor). Detection: the first day any alert fires,
 with the labelled rows by then; a pair counts when its true F1 (the model's F1 on 20,000 fresh
 rows, or on the traffic rows themselves for the telecom table) falls by 0.05 or more.
+
+With --peers (the bench-only venv of `make bench-peers`), NannyML's realised-performance rule
+is applied to the same periods by bench/peers_quality.py in a subprocess: F1 per daily chunk
+against the held-out rows' chunks' mean +/- 3 standard deviations. A chunk is judged once every
+outcome of it is in (the day its last outcome arrives); its alert counts within the period when
+that day is in the period, and at the end in any case.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +61,75 @@ class Model:
     result: training.TrainingResult
     reference: registry.Reference
     info: registry.VersionInfo
+
+
+class Peers:
+    """The rows NannyML's rule is run on: each pair's held-out scores and served periods."""
+
+    def __init__(self, python: Path | None) -> None:
+        self.python = python
+        self.references: list[pd.DataFrame] = []
+        self.served: list[pd.DataFrame] = []
+
+    def add(self, seed: int, model: Model, scenario: str, rows: pd.DataFrame) -> None:
+        if self.python is None:
+            return
+        if scenario == "healthy":
+            self.references.append(model.reference.scores.assign(pair=seed))
+        columns = ["time", "probability", "label", "truth"]
+        self.served.append(rows[columns].assign(pair=seed, scenario=scenario))
+
+    def judge(self, records: list[dict[str, Any]], frames: dict[tuple[int, str], Any]) -> None:
+        """Run NannyML on what was added and put its verdicts into the records."""
+        if self.python is None or not self.served:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            pd.concat(self.references, ignore_index=True).to_parquet(folder / "reference.parquet")
+            served = pd.concat(self.served, ignore_index=True)
+            served.to_parquet(folder / "served.parquet")
+            periods = served.groupby(["pair", "scenario"])["time"]
+            rows_per_day = float(
+                (periods.size() / periods.agg(lambda t: t.dt.floor("D").nunique())).median()
+            )
+            (folder / "meta.json").write_text(json.dumps({"rows_per_day": rows_per_day}))
+            script = Path(__file__).with_name("peers_quality.py")
+            done = subprocess.run(
+                [str(self.python), str(script), tmp], capture_output=True, text=True
+            )
+        if done.returncode:
+            sys.exit(f"bench/peers_quality.py failed:\n{done.stderr}")
+        found = json.loads(done.stdout)
+        for record in records:
+            for scenario in ("healthy", "concept", "shift"):
+                rows, days = frames[(record["training_seed"], scenario)]
+                chunks = found["chunks"][f"{record['training_seed']}/{scenario}"]
+                record[scenario]["nannyml"] = nannyml_verdict(chunks, rows, days)
+        self.references.clear()
+        self.served.clear()
+
+
+def nannyml_verdict(chunks: list[dict[str, Any]], rows: pd.DataFrame, days: int) -> dict[str, Any]:
+    """NannyML's alerts as a daily monitor would see them: a chunk on the day its last outcome
+    is in, with the labelled rows by then."""
+    chunk_day = (rows["time"] - START) // pd.Timedelta(days=1)
+    ready = np.ceil((rows["observed"].groupby(chunk_day).max() - START) / pd.Timedelta(days=1))
+    alerts = sorted(
+        (int(ready[c["day"]]), c["day"], c["f1"] < c["lower"]) for c in chunks if c["alert"]
+    )
+    first = None
+    if alerts and alerts[0][0] <= days:
+        day = alerts[0][0]
+        first = {
+            "day": day,
+            "labelled": int((rows["observed"] <= START + pd.Timedelta(days=day)).sum()),
+        }
+    return {
+        "first": first,
+        "end": bool(alerts),
+        "end_low": any(low for _, _, low in alerts),
+        "chunks": chunks,
+    }
 
 
 def fit(dataset: data.Dataset, seed: int) -> Model:
@@ -101,8 +179,11 @@ def true_f1(model: Model, frame: pd.DataFrame) -> float:
     return float(f1_score(frame["churn"], predicted))
 
 
-def builtin(pairs: int, concept: float, shift: float, rows: int) -> list[dict[str, Any]]:
+def builtin(
+    pairs: int, concept: float, shift: float, rows: int, peers: Peers
+) -> list[dict[str, Any]]:
     out = []
+    frames: dict[tuple[int, str], Any] = {}
     for seed in range(1, pairs + 1):
         table = data.generate(rows, seed=seed)
         model = fit(data.from_frame(table, source=data.BUILTIN_SOURCE), seed)
@@ -140,17 +221,21 @@ def builtin(pairs: int, concept: float, shift: float, rows: int) -> list[dict[st
                 "true_f1": truth,
                 "true_drop": base - truth,
             }
+            peers.add(seed, model, name, served)
+            frames[(seed, name)] = (served[["time", "observed"]], days)
         out.append(record)
         print(f"builtin pair {seed}: {summary_line(record)}", file=sys.stderr)
+    peers.judge(out, frames)
     return out
 
 
-def telecom(pairs: int, folder: Path, flip: float) -> list[dict[str, Any]]:
+def telecom(pairs: int, folder: Path, flip: float, peers: Peers) -> list[dict[str, Any]]:
     """Per pair: the 80% file split by the training seed, two thirds for training; the rest of
     it and the whole 20% file are the traffic, in an order drawn from the traffic seed."""
     train_file = pd.read_csv(folder / "telecom-churn-bigml-80.csv")
     held_out = pd.read_csv(folder / "telecom-churn-bigml-20.csv")
     out = []
+    frames: dict[tuple[int, str], Any] = {}
     for seed in range(1, pairs + 1):
         order = np.random.default_rng(seed).permutation(len(train_file))
         cut = len(order) * 2 // 3
@@ -197,8 +282,11 @@ def telecom(pairs: int, folder: Path, flip: float) -> list[dict[str, Any]]:
                 "true_f1": now_f1,
                 "true_drop": base - now_f1,
             }
+            peers.add(seed, model, name, rows)
+            frames[(seed, name)] = (rows[["time", "observed"]], days)
         out.append(record)
         print(f"telecom pair {seed}: {summary_line(record)}", file=sys.stderr)
+    peers.judge(out, frames)
     return out
 
 
@@ -253,7 +341,35 @@ def figures(records: list[dict[str, Any]]) -> dict[str, Any]:
             / n,
             "drift_alert_share_any_day": sum(f["first"]["drift"] is not None for f in found) / n,
         }
+    if "nannyml" in records[0]["healthy"]:
+        out["nannyml"] = nannyml_figures(records)
     return out
+
+
+def nannyml_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(records)
+    healthy = [r["healthy"]["nannyml"] for r in records]
+    concept = [r["concept"] for r in records if r["concept"]["true_drop"] >= 0.05]
+    caught = [c["nannyml"]["first"] for c in concept if c["nannyml"]["first"] is not None]
+    shift = [r["shift"]["nannyml"] for r in records]
+    return {
+        "false_alarm_share_at_end": sum(h["end"] for h in healthy) / n,
+        "false_alarm_share_at_end_below": sum(h["end_low"] for h in healthy) / n,
+        "false_alarm_share_any_day": sum(h["first"] is not None for h in healthy) / n,
+        "concept": {
+            "pairs": len(concept),
+            "detection_share": len(caught) / len(concept) if concept else None,
+            "detection_share_at_end": sum(c["nannyml"]["end"] for c in concept) / len(concept)
+            if concept
+            else None,
+            "median_labelled_rows": statistics.median(c["labelled"] for c in caught)
+            if caught
+            else None,
+            "median_days": statistics.median(c["day"] for c in caught) if caught else None,
+        },
+        "shift_alert_share_any_day": sum(s["first"] is not None for s in shift) / n,
+        "shift_alert_share_at_end": sum(s["end"] for s in shift) / n,
+    }
 
 
 def main() -> None:
@@ -268,21 +384,26 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--tables", default="builtin,telecom", help="builtin, telecom or both")
     parser.add_argument("--out", type=Path, default=Path("bench/results/monitor_quality.json"))
+    parser.add_argument(
+        "--peers", type=Path, help="the peers venv's python: also run NannyML's rule"
+    )
     args = parser.parse_args()
+    peers = Peers(args.peers)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}",
         "horizon_days": HORIZON_DAYS,
         "z_alert": monitor.Z_ALERT,
-        "arguments": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
+        "arguments": vars(args)
+        | {"data_dir": str(args.data_dir), "out": str(args.out), "peers": str(args.peers)},
     }
     tables = args.tables.split(",")
     records = {}
     if "builtin" in tables:
-        records["builtin"] = builtin(args.pairs, args.concept, args.shift, args.rows)
+        records["builtin"] = builtin(args.pairs, args.concept, args.shift, args.rows, peers)
     if "telecom" in tables:
-        records["telecom"] = telecom(args.pairs, args.data_dir, args.flip)
+        records["telecom"] = telecom(args.pairs, args.data_dir, args.flip, peers)
     for table, found in records.items():
         results[table] = figures(found)
     results["seconds"] = round(time.perf_counter() - started, 1)
