@@ -1,24 +1,31 @@
-"""What several benchmarks set up the same way: a tracking server of their own on a free port
-with one version trained on the built-in data and promoted."""
+"""What several benchmarks do the same way: a tracking server of their own on a free port with
+one version trained on the built-in data and promoted, and their figures written as JSON."""
 
 from __future__ import annotations
 
+import json
 import os
-import socket
+import platform
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from bench.serve import free_port
 from churnops import lifecycle, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def write_results(path: Path, figures: dict[str, Any]) -> None:
+    """A benchmark's figures as JSON at ``path``, with the date and the machine they ran on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    path.write_text(json.dumps(stamp | figures, indent=2))
 
 
 @contextmanager

@@ -27,21 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import free_port, promoted_model
+from bench.common import promoted_model, write_results
 from bench.serve import (
     ROW,
     ensure_wrk,
+    free_port,
     lua_post,
     run_wrk,
     tree_rss_mib,
@@ -112,8 +112,6 @@ def kill_case(
         victims.extend(workers if group else workers[:1])
         for pid in [*victims, *([process.pid] if group else [])]:
             os.kill(pid, signal.SIGKILL)
-
-    import threading
 
     thread = threading.Thread(target=killer)
     thread.start()
@@ -240,20 +238,15 @@ def main() -> None:
         f"spool on / off, 64 connections ({cost['pairs']} pairs): throughput "
         f"{cost['median_throughput_ratio']:.2f}x, p99 {cost['median_p99_ratio']:.2f}x"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "duration_s": args.duration,
-                "connections": CONNECTIONS,
-                "kills": cases,
-                "unwritable": unwritable,
-                "spool_cost": cost,
-            },
-            indent=2,
-        )
+    write_results(
+        args.out,
+        {
+            "duration_s": args.duration,
+            "connections": CONNECTIONS,
+            "kills": cases,
+            "unwritable": unwritable,
+            "spool_cost": cost,
+        },
     )
 
 

@@ -9,16 +9,12 @@ stream through a staging folder, so "on" should cost a chunk's rows, not the tab
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import promoted_model
+from bench.common import promoted_model, write_results
 from churnops import data
 
 
@@ -53,19 +49,7 @@ def main() -> None:
     print(
         f"{args.rows:,} rows: peak RSS store on {on:.0f} MiB, off {off:.0f} MiB ({on / off:.2f}x)"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "rows": args.rows,
-                "peak_mib": figures,
-                "ratio": round(on / off, 3),
-            },
-            indent=2,
-        )
-    )
+    write_results(args.out, {"rows": args.rows, "peak_mib": figures, "ratio": round(on / off, 3)})
 
 
 if __name__ == "__main__":

@@ -69,6 +69,20 @@ def dead(writer: store.BufferedWriter) -> None:
     os.close(writer._spool._lock)
 
 
+def take_over(target: store.Store, spool: Path) -> int:
+    """A new writer on the spool: it takes the dead writers' rows over and writes them; how
+    many rows it recovered."""
+    writer = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    writer.start()
+    recovered = writer.state().recovered_rows
+    writer.close()
+    return recovered
+
+
+def stored_ids(target: store.Store) -> list[str]:
+    return sorted(store.read_predictions(target, "m")["prediction_id"].to_pylist())
+
+
 def stored(settings: Settings) -> pa.Table:
     return store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
 
@@ -245,12 +259,8 @@ def test_rows_a_stopped_worker_could_not_write_are_spooled_and_written_by_the_ne
     first.close()
     assert first.unwritten() == 7 and list(spool.glob("*.arrow"))
     root.unlink()
-    second = store.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400, spool_dir=spool)
-    second.start()
-    assert second.state().recovered_rows == 7
-    second.close()
-    ids = store.read_predictions(store.open_store(str(root)), "m")["prediction_id"].to_pylist()
-    assert sorted(ids) == [f"p{i}" for i in range(7)]
+    assert take_over(store.open_store(str(root)), spool) == 7
+    assert stored_ids(store.open_store(str(root))) == [f"p{i}" for i in range(7)]
     assert not list(spool.iterdir())
 
 
@@ -297,12 +307,8 @@ def test_a_writer_killed_between_writing_and_deleting_its_spool_never_stores_a_r
     first.add(batch(["d"]))
     first._convert()  # "d" is spooled, not written
     dead(first)
-    second = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
-    second.start()
-    assert second.state().recovered_rows == 1
-    second.close()
-    ids = store.read_predictions(target, "m")["prediction_id"].to_pylist()
-    assert sorted(ids) == ["a", "b", "c", "d"]
+    assert take_over(target, spool) == 1
+    assert stored_ids(target) == ["a", "b", "c", "d"]
 
 
 def test_a_takeover_that_loads_part_of_a_backlog_never_loses_the_rest(
@@ -327,12 +333,8 @@ def test_a_takeover_that_loads_part_of_a_backlog_never_loses_the_rest(
         patched.setattr(second, "_load_backlog", lambda: None)
         assert second.flush() == 3
     dead(second)
-    third = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
-    third.start()
-    assert third.state().recovered_rows == 1
-    third.close()
-    ids = store.read_predictions(target, "m")["prediction_id"].to_pylist()
-    assert sorted(ids) == ["e1", "e2", "e3", "fresh"]
+    assert take_over(target, spool) == 1
+    assert stored_ids(target) == ["e1", "e2", "e3", "fresh"]
 
 
 def test_a_failed_write_after_a_bad_table_requeues_only_what_was_not_written(

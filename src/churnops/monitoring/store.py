@@ -317,10 +317,15 @@ def write_predictions(store: Store, table: pa.Table) -> list[str]:
     ]
 
 
+def _day_folder(store: Store, day: int) -> str:
+    """The partition of one day (days since 1970)."""
+    return store.path(PREDICTIONS, f"date={_day(day * 86_400.0)}")
+
+
 def _write_day(store: Store, day: int, table: pa.Table, now: float, name: str | None = None) -> str:
     """Write rows of one day (days since 1970) as a file in its partition (a new name unless
     ``name`` is given); its path."""
-    path = store.path(PREDICTIONS, f"date={_day(day * 86_400.0)}", name or _file_name(now))
+    path = "/".join([_day_folder(store, day), name or _file_name(now)])
     _write_table(store, path, table)
     return path
 
@@ -545,7 +550,7 @@ def _stored_entries(store: Store) -> Callable[[Entry], bool]:
 
     def stored(entry: Entry) -> bool:
         if entry.day not in ranges:
-            folder = store.path(PREDICTIONS, f"date={_day(entry.day * 86_400.0)}")
+            folder = _day_folder(store, entry.day)
             found: dict[str, list[tuple[int, int]]] = {}
             selector = pafs.FileSelector(folder, allow_not_found=True)
             for info in store.fs.get_file_info(selector):
@@ -748,7 +753,7 @@ class BufferedWriter:
 
     def _load_backlog(self) -> None:
         """Queue spooled rows a dead writer left, as far as memory allows."""
-        while self._backlog and self._unwritten_now() < self.max_rows:
+        while self._backlog and self.unwritten() < self.max_rows:
             path = self._backlog.pop(0)
             try:
                 table = Spool.read(path)
@@ -855,13 +860,10 @@ class BufferedWriter:
             c.table.num_rows for ts in self._tables.values() for c in ts
         )
 
-    def _unwritten_now(self) -> int:
-        with self._lock, self._write_lock:
-            return self._unwritten()
-
     def unwritten(self) -> int:
         """Rows queued or converted but not yet in a file."""
-        return self._unwritten_now()
+        with self._lock, self._write_lock:
+            return self._unwritten()
 
     def state(self) -> WriterState:
         """Counts for /model, /ready and /metrics (from counters: cheap while rows pile up)."""
