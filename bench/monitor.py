@@ -35,10 +35,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from churnops import data, lifecycle, registry, tracking_server
+from churnops import data, lifecycle, tracking_server
 from churnops.config import TARGET, Settings, apply_mlflow_client_limits
 from churnops.monitoring import drift, estimate, labels, realised, store
 from churnops.monitoring.estimate import Calibration
+from churnops.registry import loading, versions
 
 PEERS_PYTHON = Path(".venv-peers/bin/python")
 SHIFT_DAY = 10
@@ -56,8 +57,8 @@ def traffic(
     settings: Settings, version: int, days: int, rows_per_day: int, end: datetime
 ) -> pd.DataFrame:
     """Score simulated days with the version and write them to the store; the rows back."""
-    loaded = registry.load_version(settings, version, threads=os.cpu_count() or 1)
-    target = store.open_store(settings.store_uri)
+    loaded = loading.load_version(settings, version, threads=os.cpu_count() or 1)
+    target = store.settings_store(settings)
     frames = []
     start = end - timedelta(days=days)
     for day in range(days):
@@ -185,9 +186,9 @@ def main() -> None:
         rows = traffic(settings, trained.version, args.days, args.rows_per_day, end)
         outcome_file = work / "outcomes.parquet"
         rows[["prediction_id"]].assign(churn=rows["outcome"]).to_parquet(outcome_file)
-        labels.add(settings.store_uri, settings.model_name, outcome_file, TARGET)
-        info = registry.get_version(settings, trained.version)
-        reference = registry.load_reference(settings, info)
+        labels.add(store.settings_store(settings), settings.model_name, outcome_file, TARGET)
+        info = versions.get_version(settings, trained.version)
+        reference = loading.load_reference(settings, info)
         assert reference is not None
         calibration = Calibration.from_dict(reference.calibration)
 

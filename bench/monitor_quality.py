@@ -45,8 +45,9 @@ import pandas as pd
 import sklearn
 from sklearn.metrics import f1_score
 
-from churnops import data, lifecycle, registry, training
+from churnops import data, lifecycle, training
 from churnops.monitoring import monitor, simulate
+from churnops.registry import runs, versions
 
 HORIZON_DAYS = 7.0
 START = pd.Timestamp("2026-01-01", tz="UTC")
@@ -59,8 +60,8 @@ class Model:
     """A trained version as monitoring sees it."""
 
     result: training.TrainingResult
-    reference: registry.Reference
-    info: registry.VersionInfo
+    reference: runs.Reference
+    info: versions.VersionInfo
 
 
 class Peers:
@@ -134,7 +135,7 @@ def nannyml_verdict(chunks: list[dict[str, Any]], rows: pd.DataFrame, days: int)
 
 def fit(dataset: data.Dataset, seed: int) -> Model:
     result = training.train(dataset, seed=seed)
-    info = registry.VersionInfo(1, datetime.now(UTC), "bench", True, result.metrics, (), {})
+    info = versions.VersionInfo(1, datetime.now(UTC), "bench", True, result.metrics, (), {})
     return Model(result, lifecycle.monitoring_reference(result, seed), info)
 
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import pandas as pd
 
-from churnops import data, lifecycle, registry, scoring, tracking_server
+from churnops import data, lifecycle, scoring, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
+from churnops.registry import loading
 
 
 def free_port() -> int:
@@ -51,7 +52,7 @@ def measure(
     import mlflow.sklearn
 
     model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
-    inputs = [f.name for f in registry.load_version(settings, version).inputs]
+    inputs = [f.name for f in loading.load_version(settings, version).inputs]
     frame = pd.read_csv(table)[inputs]
     rows = len(frame)
     # NB: interleaved, anchor then churnops, best of each: the machine is shared and noisy, and

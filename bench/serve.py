@@ -32,9 +32,10 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from churnops import data, lifecycle, registry, tracking_server
+from churnops import data, lifecycle, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
 from churnops.monitoring import store
+from churnops.registry import loading, versions
 
 ROW = {
     "tenure_months": 3,
@@ -320,7 +321,7 @@ def challenger_runs(
 def canary_sticky(settings: Settings, challenger: int) -> dict[str, int]:
     """From the store: customers of the canary run and how many met more than one version."""
     rows = store.read_predictions(
-        store.open_store(settings.store_uri),
+        store.settings_store(settings),
         settings.model_name,
         columns=["customer_id", "version", "role", "model", "time"],
     ).to_pandas()
@@ -344,7 +345,7 @@ def anchor_serves(anchor: str, frame: pd.DataFrame, settings: Settings, old: int
         json={"dataframe_split": frame.to_dict(orient="split") | {"index": None}},
     ).json()["predictions"]
     labels = {
-        v: registry.load_version(settings, v).engine.predict_frame(frame).label for v in (old, new)
+        v: loading.load_version(settings, v).engine.predict_frame(frame).label for v in (old, new)
     }
     assert not np.array_equal(labels[old], labels[new]), "the two versions agree on every row"
     return bool(np.array_equal(np.asarray(answered, dtype=int), labels[new]))
@@ -509,7 +510,7 @@ def main() -> None:
         load.send_signal(signal.SIGINT)
         under_load = parse_wrk(load.communicate(timeout=60)[0])
         print("measuring a shadow's cost and a canary's share ...", file=sys.stderr)
-        production = registry.alias_version(settings)
+        production = versions.alias_version(settings)
         other = v2.version if production == v1.version else v1.version
         live = challenger_runs(wrk, settings, api, work, other, max(workers, ours_workers))
         # Rows the API scored (its own counter, summed over workers), then, after a graceful
@@ -518,7 +519,7 @@ def main() -> None:
         os.killpg(ours.pid, signal.SIGTERM)
         ours.wait(timeout=60)
         stored_rows = store.read_predictions(
-            store.open_store(settings.store_uri), settings.model_name, columns=["model", "time"]
+            store.settings_store(settings), settings.model_name, columns=["model", "time"]
         ).num_rows
         live["canary"]["sticky"] = canary_sticky(settings, other)  # type: ignore[index]
     finally:

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from churnops.config import Settings
 from churnops.inputs import InputField
 from churnops.predict import Predictions
-from churnops.registry import LoadedModel
+from churnops.registry.loading import LoadedModel
 from churnops.serving import create_app, host_name
 from churnops.watcher import ModelWatcher
 

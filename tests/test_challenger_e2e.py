@@ -21,9 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 
-from churnops import data, ledger, registry, routing
+from churnops import data, ledger, routing
 from churnops.config import Settings
 from churnops.monitoring import simulate, store
+from churnops.registry import versions
 from tests.conftest import ApiProcess, ok, start_api, stop_api, train_version, wait_for
 from tests.test_api import CUSTOMER
 from tests.test_monitoring_e2e import HORIZON_DAYS, joined_by_hand
@@ -51,9 +52,7 @@ def challenger_active(api: ApiProcess, version: int) -> bool:
 
 
 def stored(settings: Settings) -> pd.DataFrame:
-    return store.read_predictions(
-        store.open_store(settings.store_uri), settings.model_name
-    ).to_pandas()
+    return store.read_predictions(store.settings_store(settings), settings.model_name).to_pandas()
 
 
 def shadowed_traffic(
@@ -158,7 +157,7 @@ def test_a_shadow_is_stored_under_production_ids_never_returned_and_compared_pai
     gate = {c["name"]: c for c in json.loads(refused.stdout)["gate"]["criteria"]}
     assert not gate["live comparison"]["passed"]
     assert [n for n, c in gate.items() if not c["passed"]] == ["live comparison"]
-    assert registry.alias_version(settings) == first
+    assert versions.alias_version(settings) == first
     forced = ok(cli("promote", "--json", "--version", str(second), "--force", "--reason", "drill"))
     assert forced["override"] is True and forced["to_version"] == second
 
@@ -282,7 +281,7 @@ def test_challenger_moves_are_refused_for_inputs_production_lacks_and_kept_in_th
     ]
     assert all(e["state"] == "done" for e in entries)
     # NB: production's undo stack ignores the challenger's moves.
-    assert registry.alias_version(settings) == first
+    assert versions.alias_version(settings) == first
     assert ok(cli("status", "--json"))["production_version"] == first
 
 

@@ -11,8 +11,9 @@ import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
 
-from churnops import data, registry
+from churnops import data
 from churnops.config import Settings
+from churnops.registry import versions
 from tests.conftest import free_port, moved, run_churnops
 
 
@@ -66,7 +67,7 @@ def test_train_with_a_csv_without_the_target_fails_and_registers_nothing(
     result = cli("train", "--data", str(path))
     assert result.exit_code == 1
     assert "target column 'churn' not found; the columns are: customer_id, tenure" in result.stderr
-    assert registry.list_versions(settings) == []
+    assert versions.list_versions(settings) == []
 
 
 def test_train_on_a_csv_uses_it_and_a_failing_gate_still_registers_the_version(
@@ -76,7 +77,7 @@ def test_train_on_a_csv_uses_it_and_a_failing_gate_still_registers_the_version(
     data.write_generated(path, rows=800, seed=5)
     report = _json(cli("train", "--data", str(path), "--gate-f1", "0.99", "--json"))
     assert report["gate_passed"] is False
-    assert registry.get_version(settings, report["version"]).gate_passed is False
+    assert versions.get_version(settings, report["version"]).gate_passed is False
 
 
 def test_promote_refuses_a_gate_failing_version_and_leaves_the_alias(
@@ -89,13 +90,13 @@ def test_promote_refuses_a_gate_failing_version_and_leaves_the_alias(
     assert refused.exit_code == 1
     assert "version 2 failed the gate (held-out f1)" in refused.stderr
     assert "--force" in refused.stderr
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
     forced = cli("promote", "--version", "2", "--force", "--reason", "demo of an override")
     assert forced.exit_code == 0
     assert forced.stdout.strip().splitlines()[-1] == (
         f"{settings.model_name}@production: v1 -> v2  (gate overridden: demo of an override)"
     )
-    assert registry.alias_version(settings) == 2
+    assert versions.alias_version(settings) == 2
 
 
 def test_promote_of_an_unknown_version_names_the_existing_ones_and_changes_nothing(
@@ -106,8 +107,8 @@ def test_promote_of_an_unknown_version_names_the_existing_ones_and_changes_nothi
     result = cli("promote", "--version", "9")
     assert result.exit_code == 1
     assert f"{settings.model_name} has no version 9; existing versions: 1" in result.stderr
-    assert registry.alias_version(settings) == 1
-    assert [v.version for v in registry.list_versions(settings)] == [1]
+    assert versions.alias_version(settings) == 1
+    assert [v.version for v in versions.list_versions(settings)] == [1]
 
 
 def test_promote_with_no_versions_tells_the_user_to_train_first(
@@ -128,7 +129,7 @@ def test_rollback_without_an_earlier_eligible_version_exits_with_a_clear_error(
     assert result.exit_code == 1
     assert json.loads(result.stdout)["exit_code"] == 1
     assert "nothing earlier to roll back to" in result.stderr
-    assert registry.alias_version(settings) == 2
+    assert versions.alias_version(settings) == 2
 
 
 def test_rollback_to_a_named_version_and_status_show_the_alias(
@@ -160,7 +161,7 @@ def test_rollback_of_an_unknown_version_exits_1_and_leaves_the_alias(
     result = cli("rollback", "5")
     assert result.exit_code == 1
     assert "has no version 5" in result.stderr
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def test_a_version_number_that_is_not_a_positive_integer_is_a_usage_error(

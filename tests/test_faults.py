@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from churnops import lifecycle, registry, tracking_server
+from churnops import lifecycle, moves, tracking_server
 from churnops.config import Settings
+from churnops.registry import versions
 from tests.conftest import (
     TeamBackend,
     free_port,
@@ -105,10 +106,10 @@ def test_postgresql_restarted_while_the_api_serves_and_a_promote_runs(
     finally:
         stop_api(api)
     entries = _assert_ledger_agrees_with_production(settings)
-    assert registry.alias_version(settings) == v2.version
+    assert versions.alias_version(settings) == v2.version
     assert {e.actor for e in entries if e.action == "promote"} <= {
         "alice",
-        lifecycle.actor_of(settings)[0],
+        moves.actor_of(settings)[0],
     }
 
 
@@ -143,7 +144,7 @@ def test_the_tracking_server_killed_and_restarted_during_a_promote_loses_nothing
             _settle(settings, api, v2.version)
         assert set(traffic.statuses) == {200}, traffic.statuses
         _assert_ledger_agrees_with_production(settings)
-        assert registry.alias_version(settings) == v2.version
+        assert versions.alias_version(settings) == v2.version
     finally:
         if api is not None:
             stop_api(api)

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from click.testing import Result
 
-from churnops import data, ledger, registry
+from churnops import data, ledger
 from churnops.config import Settings
+from churnops.registry import versions
 from tests.conftest import ok, run_churnops, start_api, stop_api, train_version
 
 RENAMED = {
@@ -56,7 +57,7 @@ def test_switching_production_to_another_table_is_a_deliberate_recorded_step_bot
     assert "needs 5 input(s) v2's table lacks" in champion["detail"]
     assert "--allow-schema-change --reason" in refused.stderr
     assert "needs --reason" in cli("promote", "--allow-schema-change").stderr
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
     moved = ok(cli("promote", "--allow-schema-change", "--reason", "the CRM export", "--json"))
     assert (moved["from_version"], moved["to_version"], moved["override"]) == (1, 2, True)
@@ -66,7 +67,7 @@ def test_switching_production_to_another_table_is_a_deliberate_recorded_step_bot
     back = cli("rollback", "--json")
     assert back.exit_code == 1 and "--allow-schema-change" in back.stderr
     ok(cli("rollback", "--allow-schema-change", "--reason", "back to the built-in table", "--json"))
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def test_allow_schema_change_never_lets_a_version_below_the_f1_gate_through(
@@ -80,7 +81,7 @@ def test_allow_schema_change_never_lets_a_version_below_the_f1_gate_through(
     assert refused.exit_code == 1
     assert _criteria(refused)["held-out f1"]["passed"] is False
     assert "Pass --force --reason TEXT" in refused.stderr
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def _one_error_line(stderr: str) -> str:
@@ -183,7 +184,7 @@ def test_up_and_serve_on_a_taken_port_fail_before_training_or_printing_an_addres
         up = run_churnops("up", "--port", port, env=env)
         serve = run_churnops("serve", "--port", port, env=env)
     assert up.returncode == 1 and f"127.0.0.1:{port} is already in use" in up.stderr
-    assert registry.list_versions(settings) == []  # nothing was trained or promoted
+    assert versions.list_versions(settings) == []  # nothing was trained or promoted
     assert serve.returncode == 1 and "churnops API:" not in serve.stdout
 
 

@@ -30,8 +30,10 @@ def test_only_quality_criteria_may_be_forced() -> None:
     report = gate.GateReport(
         3,
         (
-            gate.Criterion("held-out f1", False, "0.5", ">= 0.60"),
-            gate.Criterion("smoke test", False, "failed", "loads and predicts its example"),
+            gate.Criterion(gate.Criteria.HELD_OUT_F1, False, "0.5", ">= 0.60"),
+            gate.Criterion(
+                gate.Criteria.SMOKE_TEST, False, "failed", "loads and predicts its example"
+            ),
         ),
     )
     assert [c.name for c in report.failures if c.name in gate.SAFETY_CRITERIA] == ["smoke test"]

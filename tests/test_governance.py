@@ -14,8 +14,9 @@ from pathlib import Path
 
 from click.testing import Result
 
-from churnops import data, ledger, registry
+from churnops import data, ledger
 from churnops.config import Settings
+from churnops.registry import versions
 from tests.conftest import break_artifacts, moved, ok, train_version
 
 
@@ -42,7 +43,7 @@ def test_a_candidate_below_its_f1_gate_is_refused_on_that_criterion_alone(
         "champion vs challenger": True,
         "smoke test": True,
     }
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def test_a_candidate_worse_than_the_champion_is_refused_on_that_criterion_alone(
@@ -65,7 +66,7 @@ def test_a_candidate_worse_than_the_champion_is_refused_on_that_criterion_alone(
     report = cli("gate", "2")
     assert report.exit_code == 1
     assert re.search(r"champion vs challenger +FAIL +0\.\d+ vs v1 0\.\d+", report.stderr)
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def test_a_candidate_that_drops_an_input_column_is_refused_with_the_schema_difference(
@@ -81,7 +82,7 @@ def test_a_candidate_that_drops_an_input_column_is_refused_with_the_schema_diffe
     assert verdicts["held-out f1"] and verdicts["smoke test"]
     text = cli("promote")
     assert "- region (string): dropped by the candidate" in text.stderr
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def test_a_candidate_that_cannot_load_fails_the_smoke_test(
@@ -93,7 +94,7 @@ def test_a_candidate_that_cannot_load_fails_the_smoke_test(
     break_artifacts(tracking_store, settings, broken)
     # The champion comparisons need a candidate that loads, so the report leaves them out.
     assert _refusal(cli) == {"held-out f1": True, "smoke test": False}
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def test_force_needs_a_reason_and_is_recorded_as_an_override(
@@ -105,7 +106,7 @@ def test_force_needs_a_reason_and_is_recorded_as_an_override(
     no_reason = cli("promote", "--force")
     assert no_reason.exit_code == 1
     assert "--force needs --reason TEXT" in no_reason.stderr
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
     forced = ok(
         cli("promote", "--force", "--reason", "hotfix for ticket 7", "--actor", "dana", "--json")
     )
@@ -160,7 +161,7 @@ def test_undo_walks_back_through_earlier_production_versions_and_never_returns(
     last = cli("rollback")
     assert last.exit_code == 1
     assert "nothing earlier to roll back to" in last.stderr
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 MOVER = """
@@ -184,12 +185,12 @@ for version in map(int, sys.argv[2:]):
 def test_concurrent_promotions_are_serialised_or_refused_and_the_ledger_chain_holds(
     env: dict[str, str], settings: Settings, cli: Callable[..., Result]
 ) -> None:
-    versions = [train_version(cli, "--seed", str(seed)) for seed in range(1, 5)]
+    trained = [train_version(cli, "--seed", str(seed)) for seed in range(1, 5)]
     ok(cli("promote", "--version", "1", "--json"))
     movers = [
         subprocess.Popen(
             [sys.executable, "-c", MOVER, str(i)]
-            + [str(versions[(i + r) % len(versions)]) for r in range(5)],
+            + [str(trained[(i + r) % len(trained)]) for r in range(5)],
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -219,4 +220,4 @@ def test_concurrent_promotions_are_serialised_or_refused_and_the_ledger_chain_ho
     assert {(o["seq"], o["from"], o["to"]) for o in successes} == {
         (e.seq, e.from_version, e.to_version) for e in entries[1:]
     }
-    assert registry.alias_version(settings) == entries[-1].to_version
+    assert versions.alias_version(settings) == entries[-1].to_version

@@ -17,8 +17,9 @@ import httpx
 import pytest
 from click.testing import Result
 
-from churnops import lifecycle, registry, tracking_server
+from churnops import lifecycle, tracking_server
 from churnops.config import Settings
+from churnops.registry import versions
 from tests.conftest import free_port, moved, start_api, stop_api, wait_for
 from tests.test_api import CUSTOMER
 
@@ -107,7 +108,7 @@ def test_the_api_follows_promotion_and_rollback_live_and_the_gate_guards_product
             assert no_target.exit_code == 1
             assert "nothing earlier to roll back to" in no_target.stderr
             time.sleep(2 * settings.poll_interval)  # let the watcher see the unchanged alias
-        assert registry.alias_version(settings) == 1
+        assert versions.alias_version(settings) == 1
         assert api.client.get("/model").json()["version"] == 1
         assert api.process.pid == pid and api.process.poll() is None  # never restarted
         # Swaps never fail a request, and only versions 1 and 2 ever answered.

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from churnops import data, lifecycle, registry, training
+from churnops import data, lifecycle, training
 from churnops.monitoring import monitor, simulate
 from churnops.monitoring import report as report_module
+from churnops.registry import runs, versions
 
 END = pd.Timestamp("2026-06-01", tz="UTC")
 # NB: long after the traffic, so every outcome has arrived.
@@ -18,12 +19,12 @@ LATER = END + pd.Timedelta(days=90)
 
 
 @pytest.fixture(scope="module")
-def seed_one() -> tuple[training.TrainingResult, registry.Reference, registry.VersionInfo]:
+def seed_one() -> tuple[training.TrainingResult, runs.Reference, versions.VersionInfo]:
     """The model the issue's independent check trained: seed 1 on the built-in data, whose
     held-out F1 (0.754) happened to land above what it does on fresh customers (~0.73)."""
     result = training.train(data.load(None, seed=1), seed=1)
     reference = lifecycle.monitoring_reference(result, 1)
-    info = registry.VersionInfo(1, datetime.now(UTC), "run", True, result.metrics, (), {})
+    info = versions.VersionInfo(1, datetime.now(UTC), "run", True, result.metrics, (), {})
     return result, reference, info
 
 

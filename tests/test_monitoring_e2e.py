@@ -111,7 +111,7 @@ def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
     result = cli("monitor", "--json")
     assert result.exit_code == 3, result.output
     report = json.loads(result.stdout)
-    rows = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    rows = store.read_predictions(store.settings_store(settings), settings.model_name)
     frame = rows.to_pandas()
     outcomes = pd.concat([pd.read_csv(tmp_path / n) for n in ("before.csv", "after.csv")])
     outcomes["time"] = pd.to_datetime(outcomes["time"], utc=True)
@@ -215,7 +215,7 @@ def test_every_answered_row_is_stored_after_sigterm_with_two_workers(
             thread.join(60)
     finally:
         stop_api(api)
-    stored = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    stored = store.read_predictions(store.settings_store(settings), settings.model_name)
     assert len(answered) == 6 * (10 * 5 + 30)
     assert sorted(stored["prediction_id"].to_pylist()) == sorted(answered)
     files = list((Path(settings.store_uri) / "predictions").rglob("*.parquet"))
@@ -283,14 +283,14 @@ def test_rows_answered_before_a_sigkill_are_stored_once_by_the_next_worker(
         api.process.wait(timeout=10)
     finally:
         stop_api(api)
-    assert not store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    assert not store.read_predictions(store.settings_store(settings), settings.model_name)
     again = start_api(env | slow_flush, tmp_path / "again.log", "--workers", "1")
     try:
         wait_for(lambda: ready(again), timeout=60)
         recovered = again.client.get("/model").json()["store"]["recovered_rows"]
     finally:
         stop_api(again)
-    stored = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    stored = store.read_predictions(store.settings_store(settings), settings.model_name)
     ids = stored["prediction_id"].to_pylist()
     assert len(answered) == 15 * 5 + 45 + 10 * 5 + 30
     assert sorted(ids) == sorted(answered)  # every row, none twice
@@ -403,7 +403,7 @@ def _stored_days(
     """``days`` days of 200 stored predictions by ``version`` (a share ``right`` of labels
     correct), written straight into the store; the outcomes a horizon of 30 days would bring."""
     rng = np.random.default_rng(version)
-    target = store.open_store(settings.store_uri)
+    target = store.settings_store(settings)
     outcomes = []
     for day in range(first_day, first_day + days):
         moment = now - timedelta(days=60 - day)

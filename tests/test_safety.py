@@ -16,9 +16,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from churnops import data, lifecycle, registry, safety, training
+from churnops import data, lifecycle, safety, training
 from churnops.config import Settings
 from churnops.errors import UnsafeModelError
+from churnops.registry import loading, versions
 from tests.conftest import start_api, stop_api, wait_for
 
 
@@ -91,13 +92,13 @@ def test_the_api_never_swaps_in_a_pickled_version_and_says_why(
         )
     bad = int(mlflow.register_model(info.model_uri, name).version)
     with pytest.raises(UnsafeModelError, match="unpickling"):
-        registry.load_version(settings, bad)
+        loading.load_version(settings, bad)
 
     env = {"MLFLOW_TRACKING_URI": tracking_url, "CHURNOPS_MODEL_NAME": name}
     api = start_api(env, tmp_path / "serve.log")
     try:
         api.wait_until_every_worker_serves()
-        registry.set_alias(settings, bad)  # an outside move, past churnops's gate
+        versions.set_alias(settings, bad)  # an outside move, past churnops's gate
 
         def refused() -> dict:
             model = api.client.get("/model").json()

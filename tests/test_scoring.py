@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from click.testing import Result
 
-from churnops import data, lifecycle, registry, scoring
+from churnops import data, lifecycle, scoring
 from churnops.config import Settings
 from churnops.monitoring import store
+from churnops.registry import loading
 
 
 def _json(result: Result) -> dict:
@@ -68,7 +69,7 @@ def test_a_messy_table_gives_one_scored_row_or_one_reject_per_input_row(
     ]
     assert scored["customer_id"].tolist() == ["A1", "A2", "A6"]
     # Every scored row is in the prediction store too, with its id, customer and inputs.
-    kept = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    kept = store.read_predictions(store.settings_store(settings), settings.model_name)
     by_id = {r["prediction_id"]: r for r in kept.to_pylist()}
     assert sorted(by_id) == sorted(scored["prediction_id"])
     for row in scored.itertuples():
@@ -91,7 +92,7 @@ def test_a_messy_table_gives_one_scored_row_or_one_reject_per_input_row(
     assert as_text.set_index("customer_id").loc["A3", "num_complaints"] == "2"
 
     # The scores are the version's own, at its tuned threshold.
-    loaded = registry.load_version(settings, version)
+    loaded = loading.load_version(settings, version)
     expected = loaded.engine.predict_frame(
         pd.DataFrame(
             {
@@ -215,7 +216,7 @@ def test_stored_rows_of_a_run_in_many_chunks_are_all_in_the_store_once(
     source, out = tmp_path / "customers.csv", tmp_path / "scores.csv"
     data.generate(rows=700, seed=4).to_csv(source, index=False)
     report = _json(cli("score", str(source), str(out), "--chunk-rows", "50", "--json"))
-    rows = store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    rows = store.read_predictions(store.settings_store(settings), settings.model_name)
     ids = rows["prediction_id"].to_pylist()
     assert len(ids) == len(set(ids)) == report["rows_scored"]
     assert set(ids) == set(pd.read_csv(out)["prediction_id"])

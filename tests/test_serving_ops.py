@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from churnops import lifecycle, registry
+from churnops import lifecycle
 from churnops.config import Settings
 from churnops.monitoring import store
+from churnops.registry import versions
 from tests.conftest import break_artifacts, start_api, stop_api, wait_for, worker_versions
 from tests.test_api import CUSTOMER
 
@@ -51,7 +52,7 @@ def test_a_version_with_broken_artifacts_is_never_swapped_in_and_the_old_one_kee
         wait_for(lambda: api.client.get("/ready").status_code == 200, timeout=30)
         # NB: churnops refuses to promote it, even with --force; moved behind its back, as a
         # raw MLflow client or the UI could.
-        registry.set_alias(settings, broken)
+        versions.set_alias(settings, broken)
 
         def failure_reported() -> bool:
             model = api.client.get("/model").json()

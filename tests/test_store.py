@@ -84,7 +84,7 @@ def stored_ids(target: store.Store) -> list[str]:
 
 
 def stored(settings: Settings) -> pa.Table:
-    return store.read_predictions(store.open_store(settings.store_uri), settings.model_name)
+    return store.read_predictions(store.settings_store(settings), settings.model_name)
 
 
 def test_every_answered_row_is_in_the_store_with_its_prediction_id_after_shutdown(

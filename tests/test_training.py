@@ -13,7 +13,7 @@ from sklearn.metrics import f1_score
 from churnops import data, evidence, gate, training
 from churnops.lifecycle import rollback_target
 from churnops.predict import predict
-from churnops.registry import VersionInfo
+from churnops.registry.versions import VersionInfo
 
 
 def test_logistic_regression_clears_the_default_gate_and_the_baseline_on_built_in_data() -> None:

@@ -21,9 +21,10 @@ import pytest
 from click.testing import Result
 from mlflow.tracking import MlflowClient
 
-from churnops import ledger, lifecycle, registry, tracking_server
+from churnops import ledger, lifecycle, tracking_server
 from churnops.config import Settings
 from churnops.predict import Predictions
+from churnops.registry import loading, versions
 from tests.conftest import (
     break_artifacts,
     free_port,
@@ -46,7 +47,7 @@ def _assert_ledger_agrees_with_production(settings: Settings) -> list[ledger.Ent
     done = [e for e in entries if e.state == "done"]
     for before, after in itertools.pairwise(done):
         assert after.from_version == before.to_version
-    assert registry.alias_version(settings) == done[-1].to_version
+    assert versions.alias_version(settings) == done[-1].to_version
     return entries
 
 
@@ -77,7 +78,7 @@ def test_rollback_to_a_newer_version_is_refused_and_points_to_promote(
     assert refused.exit_code == 1
     assert "newer than production" in refused.stderr
     assert "churnops promote --version 2" in refused.stderr
-    assert registry.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
+    assert versions.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
 
 
 def test_force_overrides_quality_but_never_the_smoke_test(
@@ -91,21 +92,21 @@ def test_force_overrides_quality_but_never_the_smoke_test(
     assert forced.exit_code == 1
     document = json.loads(forced.stdout)
     assert "smoke test, which --force cannot override" in document["error"]
-    assert registry.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
+    assert versions.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
 
 
 def test_the_policy_floor_refuses_a_version_whose_trainer_lowered_its_own_gate(
     cli: Callable[..., Result], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     version = train_version(cli, "--seed", "1", "--gate-f1", "0")
-    assert registry.get_version(settings, version).gate_passed
+    assert versions.get_version(settings, version).gate_passed
     monkeypatch.setenv("CHURNOPS_GATE_F1_MIN", "0.99")
     refused = cli("promote", "--json")
     assert refused.exit_code == 1
     criteria = {c["name"]: c for c in json.loads(refused.stdout)["gate"]["criteria"]}
     assert criteria["held-out f1"]["passed"] is False
     assert criteria["held-out f1"]["threshold"].startswith(">= 0.99")
-    assert registry.alias_version(settings) is None
+    assert versions.alias_version(settings) is None
 
 
 def test_the_gate_refuses_with_exit_2_when_the_champion_cannot_be_read_for_now(
@@ -114,18 +115,18 @@ def test_the_gate_refuses_with_exit_2_when_the_champion_cannot_be_read_for_now(
     for seed in ("1", "2"):
         train_version(cli, "--seed", seed)
     ok(cli("promote", "--version", "1", "--json"))
-    real = registry.load_version
+    real = loading.load_version
 
-    def flaky(settings: Settings, version: int, threads: int = 1) -> registry.LoadedModel:
+    def flaky(settings: Settings, version: int, threads: int = 1) -> loading.LoadedModel:
         if version == 1:
             raise ConnectionResetError("connection reset by peer")  # as a dropped download
         return real(settings, version, threads)
 
-    monkeypatch.setattr(registry, "load_version", flaky)
+    monkeypatch.setattr(loading, "load_version", flaky)
     refused = cli("promote", "--version", "2")
     assert refused.exit_code == 2
     assert "could not compare with the champion v1" in refused.stderr and "retry" in refused.stderr
-    assert registry.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
+    assert versions.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
 
 
 def test_a_champion_that_loads_but_cannot_score_the_candidates_rows_fails_that_criterion(
@@ -134,7 +135,7 @@ def test_a_champion_that_loads_but_cannot_score_the_candidates_rows_fails_that_c
     for seed in ("1", "2"):
         train_version(cli, "--seed", seed)
     ok(cli("promote", "--version", "1", "--json"))
-    real = registry.load_version
+    real = loading.load_version
 
     class Refuses:
         kind, threshold = "sklearn", 0.5
@@ -147,18 +148,18 @@ def test_a_champion_that_loads_but_cannot_score_the_candidates_rows_fails_that_c
 
     def champion_that_refuses(
         settings: Settings, version: int, threads: int = 1
-    ) -> registry.LoadedModel:
+    ) -> loading.LoadedModel:
         loaded = real(settings, version, threads)
         return replace(loaded, engine=Refuses()) if version == 1 else loaded
 
-    monkeypatch.setattr(registry, "load_version", champion_that_refuses)
+    monkeypatch.setattr(loading, "load_version", champion_that_refuses)
     refused = cli("promote", "--version", "2", "--json")
     assert refused.exit_code == 1
     criteria = {c["name"]: c for c in json.loads(refused.stdout)["gate"]["criteria"]}
     champion = criteria["champion vs challenger"]
     assert (champion["passed"], champion["value"]) == (False, "not comparable")
     assert "columns it was never trained on" in champion["detail"]
-    assert registry.alias_version(settings) == 1
+    assert versions.alias_version(settings) == 1
 
 
 def test_history_only_reads_and_shows_an_outside_move_as_unrecorded(
@@ -249,7 +250,7 @@ def test_a_promoter_killed_mid_move_is_finished_by_the_next_movers_with_its_own_
     assert finished.resolved_by is not None and finished.resolved_by.startswith("bob")
     assert sum(code == 0 for code in codes) == len(entries) - 2
     # And a rollback afterwards really rolls back.
-    before = registry.alias_version(settings)
+    before = versions.alias_version(settings)
     rolled = json.loads(run_churnops("rollback", "--json", env=fast).stdout)
     assert rolled["changed"] is True and rolled["from_version"] == before
     assert rolled["to_version"] != before
@@ -263,7 +264,7 @@ def test_a_promoter_killed_before_its_intent_leaves_no_trace(
         train_version(cli, "--seed", seed)
     ok(cli("promote", "--version", "1", "--json"))
     _crash(env, "before-intent", "promote", "--version", "2")
-    assert registry.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
+    assert versions.alias_version(settings) == 1 and len(ledger.entries(settings)) == 1
     assert moved(ok(cli("promote", "--version", "2", "--json"))) == (1, 2)
 
 

@@ -162,7 +162,7 @@ def version_page(page: Page, world: Scene, version: int) -> Locator:
 
 def run_page(page: Page, world: Scene, version: int) -> None:
     """The training run of ``version``, once its parameters and metrics have rendered."""
-    experiment = world.experiment_id(world.settings.experiment)
+    experiment = world.experiment_id(world.settings.training_experiment)
     _open(page, f"{world.mlflow_url}/#/experiments/{experiment}/runs/{world.run_ids[version]}")
     page.get_by_text("Parameters (").wait_for()
     page.get_by_text("Metrics (").wait_for()
@@ -170,7 +170,7 @@ def run_page(page: Page, world: Scene, version: int) -> None:
 
 def evidence_figure(page: Page, world: Scene, version: int, name: str) -> Locator:
     """A figure under evidence/ in the run's artifact viewer; the image element."""
-    experiment = world.experiment_id(world.settings.experiment)
+    experiment = world.experiment_id(world.settings.training_experiment)
     run = world.run_ids[version]
     _open(
         page, f"{world.mlflow_url}/#/experiments/{experiment}/runs/{run}/artifacts/evidence/{name}"
@@ -183,7 +183,7 @@ def evidence_figure(page: Page, world: Scene, version: int, name: str) -> Locato
 
 def ledger_runs(page: Page, world: Scene) -> list[str]:
     """The run names of the ledger experiment as its runs table lists them, newest first."""
-    experiment = world.experiment_id(f"{MODEL}-ledger")
+    experiment = world.experiment_id(world.settings.ledger_experiment)
     _open(page, f"{world.mlflow_url}/#/experiments/{experiment}/runs")
     page.get_by_text("ledger opened").wait_for()
     return [t.strip() for t in page.get_by_role("link", name="#").all_inner_texts()]

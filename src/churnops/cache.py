@@ -18,14 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from churnops.config import Settings
-from churnops.registry import (
-    LoadedModel,
-    VersionInfo,
-    file_digests,
-    load_files,
-    threshold_digest,
-    version_info,
-)
+from churnops.registry.loading import LoadedModel, file_digests, load_files, threshold_digest
+from churnops.registry.versions import VersionInfo, version_info
 
 log = logging.getLogger(__name__)
 

@@ -12,32 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from churnops import gate, ledger, registry
+from churnops import gate, ledger, moves
 from churnops.config import Settings
 from churnops.errors import ChurnopsError
-from churnops.lifecycle import (
-    AliasMove,
-    MoveResult,
-    _check_force,
-    _move,
-    _unchanged,
-    actor_of,
-    gate_report,
-)
-from churnops.routing import (
-    DEFAULT_PERCENT,
-    MODE_TAG,
-    PERCENT_TAG,
-    Mode,
-    Slot,
-    slot,
-    slot_from,
-    slot_settings,
-)
+from churnops.lifecycle import gate_report
+from churnops.moves import MoveResult
+from churnops.registry import connection, loading, versions
+from churnops.routing import DEFAULT_PERCENT, MODE_TAG, PERCENT_TAG, Mode, Slot, slot, slot_from
 
 # NB: what a challenger can never skip, even with --force: it must load safely and read the rows
 # production's clients send.
-REQUIRED = frozenset({"smoke test", "signature compatible", gate.INPUTS_SENT})
+REQUIRED = frozenset({gate.Criteria.SMOKE_TEST, gate.Criteria.SIGNATURE, gate.Criteria.INPUTS_SENT})
 
 
 def _check_percent(mode: Mode, percent: float | None) -> float:
@@ -62,11 +47,11 @@ def set_challenger(
     """Put ``version`` in the challenger slot, if it loads safely and reads only the inputs
     production's clients send; a canary also needs the held-out gate (``force`` overrides that,
     never the rest). Recorded in the ledger before the alias moves."""
-    _check_force(force, reason)
+    moves.check_force(force, reason)
     share = _check_percent(mode, percent)
-    registry.ping(settings)
-    registry.get_version(settings, version)
-    production = registry.alias_version(settings)
+    connection.ping(settings)
+    versions.get_version(settings, version)
+    production = versions.alias_version(settings)
     if production is None:
         raise ChurnopsError(
             f"{settings.model_name}@{settings.alias} is not set, so there is nothing to "
@@ -77,18 +62,19 @@ def set_challenger(
             f"v{version} is production already; a challenger must be another version"
         )
     report = _report(settings, version, production, mode)
-    target = slot_settings(settings)
-    current = registry.alias_target(target)
+    alias = settings.challenger_alias
+    current = versions.alias_target(settings, alias)
     if current is not None and slot_from(*current) == Slot(version, mode, share):
-        return _unchanged(target, version)
+        return moves.unchanged(settings, alias, version)
 
     def apply() -> None:
         # NB: tags first, so no poll ever sees the new alias with the old mode.
-        registry.set_version_tags(settings, version, {MODE_TAG: mode, PERCENT_TAG: f"{share:g}"})
-        registry.set_alias(target, version)
+        versions.set_version_tags(settings, version, {MODE_TAG: mode, PERCENT_TAG: f"{share:g}"})
+        versions.set_alias(settings, version, alias)
 
-    return _move(
-        target,
+    return moves.move(
+        settings,
+        alias,
         action="challenger-set",
         target=version,
         decided_from=None if current is None else current[0],
@@ -104,17 +90,17 @@ def _report(settings: Settings, version: int, production: int, mode: Mode) -> ga
     found = gate_report(settings, version, production, compare_champion=False)
     criteria = []
     for c in found.criteria:
-        if c.name == "held-out f1" and mode == "shadow" and not c.passed:
+        if c.name == gate.Criteria.HELD_OUT_F1 and mode == "shadow" and not c.passed:
             # NB: a shadow's answers are never returned, so its quality is what is measured.
             c = gate.Criterion(
                 c.name, True, c.value, c.threshold, "not required for a shadow (never answers)"
             )
         criteria.append(c)
-    if any(c.name == "smoke test" and c.passed for c in criteria):
+    if any(c.name == gate.Criteria.SMOKE_TEST and c.passed for c in criteria):
         criteria.append(
             gate.check_inputs_sent(
-                registry.signature_inputs(settings, production),
-                registry.signature_inputs(settings, version),
+                loading.signature_inputs(settings, production),
+                loading.signature_inputs(settings, version),
                 production,
             )
         )
@@ -123,36 +109,20 @@ def _report(settings: Settings, version: int, production: int, mode: Mode) -> ga
 
 def clear(settings: Settings, reason: str = "") -> MoveResult:
     """Empty the challenger slot (recorded in the ledger); nothing happens when it is empty."""
-    registry.ping(settings)
-    target = slot_settings(settings)
-    current = registry.alias_version(target)
-    if current is None:
-        return MoveResult(AliasMove(settings.model_name, target.alias, None, None), None, None)
-    actor, on_behalf_of = actor_of(settings)
-    intent = ledger.Intent(
-        actor=actor,
-        action="challenger-clear",
-        to_version=None,
-        reason=reason or "cleared",
-        on_behalf_of=on_behalf_of,
-    )
-    with ledger.move(target, intent, current, registry.alias_version) as pending:
-        registry.delete_alias(target)
-    return MoveResult(
-        AliasMove(settings.model_name, target.alias, current, None), None, pending.entry
-    )
+    connection.ping(settings)
+    return moves.clear(settings, settings.challenger_alias, "challenger-clear", reason or "cleared")
 
 
 def status(settings: Settings) -> dict[str, Any]:
     """The slot, production's version, and the ledger's last challenger move."""
-    registry.ping(settings)
+    connection.ping(settings)
     found = slot(settings)
-    moves = [e for e in ledger.entries(settings) if e.alias == settings.challenger_alias]
-    last = next((e for e in reversed(moves) if e.state == "done"), None)
+    slot_moves = [e for e in ledger.entries(settings) if e.alias == settings.challenger_alias]
+    last = next((e for e in reversed(slot_moves) if e.state == "done"), None)
     return {
         "model": settings.model_name,
         "alias": settings.challenger_alias,
-        "production_version": registry.alias_version(settings),
+        "production_version": versions.alias_version(settings),
         "challenger": None
         if found is None
         else {"version": found.version, "mode": found.mode, "percent": found.percent},

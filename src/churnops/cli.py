@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from churnops.config import (
     DEFAULT_CHUNK_ROWS,
+    LOG_FORMAT_ENV,
     LOOPBACK_HOSTS,
     MIN_LABELLED_ROWS,
     MODEL_KINDS,
@@ -29,6 +30,7 @@ from churnops.config import (
     ModelKind,
     Settings,
     apply_mlflow_client_limits,
+    log_format_setting,
 )
 from churnops.errors import (
     ChurnopsError,
@@ -41,7 +43,7 @@ from churnops.errors import (
 from churnops.gate import DEFAULT_GATE_F1, DEFAULT_TOLERANCE, GateReport
 
 if TYPE_CHECKING:
-    from churnops import lifecycle, tracking_server
+    from churnops import moves, tracking_server
     from churnops.routing import Mode
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,7 +94,7 @@ def command(func: F) -> F:
     def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
         from churnops.observability import configure_logging
 
-        configure_logging(os.environ.get(LOG_FORMAT_ENV, "auto"))
+        configure_logging(log_format_setting())
         # NB: MLflow's "🏃 View run ..." lines: churnops prints the run id itself.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         meta = click.get_current_context().meta
@@ -129,9 +131,9 @@ def _refusals_as_errors(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         mlflow_errors = sys.modules.get("mlflow.exceptions")
         if mlflow_errors is None or not isinstance(exc, mlflow_errors.MlflowException):
             raise
-        from churnops import registry
+        from churnops.registry import connection
 
-        refused = registry.access_error(Settings(), exc)
+        refused = connection.access_error(Settings(), exc)
         if refused is None:
             raise
         raise refused from None
@@ -176,9 +178,6 @@ class _Group(click.Group):
             sys.exit(1)
         # NB: without standalone mode, --help and --version return their exit code.
         sys.exit(result if isinstance(result, int) else 0)
-
-
-LOG_FORMAT_ENV = "CHURNOPS_LOG_FORMAT"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -373,7 +372,7 @@ def train(
     return document, text
 
 
-def _move_output(result: lifecycle.MoveResult) -> tuple[dict[str, Any], str]:
+def _move_output(result: moves.MoveResult) -> tuple[dict[str, Any], str]:
     move, entry, report = result.move, result.entry, result.report
     if entry is None or report is None:
         document: dict[str, Any] = {
@@ -514,11 +513,12 @@ def rollback(
 @command
 def gate_command(version: int, tolerance: float) -> tuple[dict[str, Any], str]:
     """Print the promotion gate report for VERSION without promoting it (exit 1 if it fails)."""
-    from churnops import lifecycle, registry
+    from churnops import lifecycle
+    from churnops.registry import connection, versions
 
     settings = _settings()
-    registry.ping(settings)
-    report = lifecycle.gate_report(settings, version, registry.alias_version(settings), tolerance)
+    connection.ping(settings)
+    report = lifecycle.gate_report(settings, version, versions.alias_version(settings), tolerance)
     if not report.passed:
         failed = ", ".join(c.name for c in report.failures)
         raise GateRefusedError(f"version {version} would be refused ({failed})", report)
@@ -865,7 +865,8 @@ def up(port: int, data_dir: Path | None) -> None:
     on --port. Both ports are checked before anything starts. Ctrl-C stops everything it started.
     With make: `make up MLFLOW_PORT=5001 API_PORT=8001`.
     """
-    from churnops import data, lifecycle, registry, tracking_server
+    from churnops import data, lifecycle, tracking_server
+    from churnops.registry import connection, versions
     from churnops.serving import run_api
 
     settings = _settings(data_dir)
@@ -875,7 +876,7 @@ def up(port: int, data_dir: Path | None) -> None:
     started: tracking_server.ServerProcess | None = None
     try:
         try:
-            registry.ping(settings)
+            connection.ping(settings)
         except TrackingUnavailableError:
             address = _split_tracking_uri(settings.tracking_uri)
             if address is None:
@@ -893,7 +894,7 @@ def up(port: int, data_dir: Path | None) -> None:
         if not data_file.exists():
             data.write_generated(data_file)
             click.echo(f"generated {data_file}", err=True)
-        if registry.alias_version(settings) is None:
+        if versions.alias_version(settings) is None:
             report = lifecycle.train(
                 settings,
                 data_file=data_file,
@@ -979,10 +980,11 @@ def labels_add(source: Path, target: str, id_column: str | None) -> tuple[dict[s
     counted, not refused. A file with a problem is refused whole.
     """
     _input_file(source)
-    from churnops.monitoring import labels
+    from churnops.monitoring import labels, store
 
     settings = _settings()
-    report = labels.add(settings.store_uri, settings.model_name, source, target, id_column)
+    where = store.settings_store(settings)
+    report = labels.add(where, settings.model_name, source, target, id_column)
     lines = [
         (
             f"added {report.rows} outcomes ({report.churned} churned) keyed by {report.keyed_by} "
@@ -1146,7 +1148,7 @@ def simulate(
     """Send DAYS of simulated customers to the running API (dated in the past with
     X-Event-Time), with optional covariate shift and concept drift, and write the churn outcomes
     known by now; then `churnops monitor` shows the whole loop."""
-    from churnops.monitoring import labels
+    from churnops.monitoring import labels, store
     from churnops.monitoring import simulate as simulation
 
     settings = _settings()
@@ -1174,7 +1176,7 @@ def simulate(
         f"{report.labels_file}"
     )
     if add_labels:
-        added = labels.add(settings.store_uri, settings.model_name, out, TARGET)
+        added = labels.add(store.settings_store(settings), settings.model_name, out, TARGET)
         document["labels"] = added.to_dict()
         text += f"\nadded them to the store ({added.unknown} not matched yet)"
     text += (
@@ -1424,13 +1426,13 @@ def reproduce(run_id: str | None, version: int | None) -> None:
     """
     if (run_id is None) == (version is None):
         raise click.UsageError("give RUN_ID or --version N (one of them)")
-    from churnops import registry
     from churnops import reproduce as reproducing
+    from churnops.registry import versions
 
     settings = _settings()
     if run_id is None:
         assert version is not None
-        run_id = registry.get_version(settings, version).run_id
+        run_id = versions.get_version(settings, version).run_id
         if run_id is None:
             raise DataError(f"version {version} has no training run to reproduce")
     found = reproducing.reproduce(settings, run_id).to_dict()

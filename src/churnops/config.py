@@ -67,7 +67,28 @@ class Settings(BaseSettings):
         "significantly better than production for this many days "
         "(CHURNOPS_CHALLENGER_BETTER_DAYS).",
     )
-    experiment: str = Field(default="churn", description="MLflow experiment for training runs.")
+    experiment: str | None = Field(
+        default=None,
+        description="MLflow experiment for training runs (CHURNOPS_EXPERIMENT); default: the "
+        "model's name, so each model's runs are listed apart.",
+    )
+    tracking_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME", "tracking_username"),
+        description="The user an authenticating tracking server knows churnops by "
+        "(MLFLOW_TRACKING_USERNAME; MLflow's client sends it with MLFLOW_TRACKING_PASSWORD).",
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "s3_endpoint"),
+        description="The S3 endpoint of an s3:// prediction store (AWS_ENDPOINT_URL, else "
+        "MLFLOW_S3_ENDPOINT_URL); default: AWS's.",
+    )
+    s3_region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("AWS_DEFAULT_REGION", "s3_region"),
+        description="The region of an s3:// prediction store (AWS_DEFAULT_REGION).",
+    )
     log_format: Literal["auto", "text", "json"] = Field(
         default="auto",
         description="Log lines on stderr: text in a terminal and JSON otherwise (auto), or "
@@ -300,14 +321,26 @@ class Settings(BaseSettings):
         return (self.data_dir / "store-spool" / store).resolve()
 
     @property
+    def training_experiment(self) -> str:
+        """The MLflow experiment training runs are logged to: one per model."""
+        return self.experiment or self.model_name
+
+    @property
     def monitoring_experiment(self) -> str:
         """The MLflow experiment monitor runs are logged to."""
         return f"{self.model_name}-monitoring"
 
+    @property
+    def ledger_experiment(self) -> str:
+        """The MLflow experiment holding the ledger of this model's alias moves."""
+        return f"{self.model_name}-ledger"
+
     def as_environment(self) -> dict[str, str]:
         """These settings as the environment variables that reproduce them in a child process."""
         env = {"MLFLOW_TRACKING_URI": self.tracking_uri}
-        for name, value in self.model_dump(exclude={"tracking_uri"}).items():
+        # NB: MLflow's and AWS's own variables, which a child inherits as they are.
+        inherited = {"tracking_uri", "tracking_username", "s3_endpoint", "s3_region"}
+        for name, value in self.model_dump(exclude=inherited).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             if value is not None:
@@ -318,6 +351,15 @@ class Settings(BaseSettings):
     def model_uri(self) -> str:
         """The alias URI the API serves."""
         return f"models:/{self.model_name}@{self.alias}"
+
+
+LOG_FORMAT_ENV = "CHURNOPS_LOG_FORMAT"
+
+
+def log_format_setting() -> str:
+    """CHURNOPS_LOG_FORMAT (Settings.log_format) read alone: the CLI configures logging before
+    it reads the other settings, whose refusal it must report in the chosen format."""
+    return os.environ.get(LOG_FORMAT_ENV, "auto")
 
 
 def apply_mlflow_client_limits(settings: Settings) -> None:

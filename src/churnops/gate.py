@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 DEFAULT_GATE_F1 = 0.60
 
@@ -34,10 +35,24 @@ def decide(f1: float, baseline_f1: float, gate_f1: float = DEFAULT_GATE_F1) -> G
 
 
 DEFAULT_TOLERANCE = 0.01
+
+
+class Criteria(StrEnum):
+    """The name of each criterion a gate report can hold, as its JSON and text show it: what
+    --force may override is decided by these, so a name is typed once, here."""
+
+    HELD_OUT_F1 = "held-out f1"
+    SMOKE_TEST = "smoke test"
+    SIGNATURE = "signature compatible"
+    CHAMPION = "champion vs challenger"
+    INPUTS_SENT = "inputs clients send"
+    LIVE_COMPARISON = "live comparison"
+
+
 # NB: --force may override quality criteria with a reason, never these.
-SAFETY_CRITERIA = frozenset({"smoke test"})
-SIGNATURE_CRITERION = "signature compatible"
-CHAMPION_CRITERION = "champion vs challenger"
+SAFETY_CRITERIA = frozenset({Criteria.SMOKE_TEST})
+# NB: the champion criterion's value when the champion cannot score the candidate's rows.
+NOT_COMPARABLE = "not comparable"
 
 # NB: a column may widen (an integer column becomes a double) without breaking live clients.
 _WIDENS_TO = {
@@ -54,7 +69,7 @@ _WIDENS_TO = {
 class Criterion:
     """One line of the promotion gate report."""
 
-    name: str
+    name: Criteria
     passed: bool
     value: str
     threshold: str
@@ -98,7 +113,7 @@ class GateReport:
         return {
             "version": self.version,
             "passed": self.passed,
-            "criteria": [c.__dict__ for c in self.criteria],
+            "criteria": [c.__dict__ | {"name": str(c.name)} for c in self.criteria],
             "digests": dict(self.digests),
         }
 
@@ -107,7 +122,7 @@ def check_quality(f1: float | None, baseline: float | None, gate_f1: float) -> C
     """The candidate's held-out F1 reaches its gate and beats the trivial baseline."""
     if f1 is None or baseline is None:
         return Criterion(
-            "held-out f1",
+            Criteria.HELD_OUT_F1,
             False,
             "unknown",
             f">= {gate_f1:.2f}",
@@ -115,7 +130,7 @@ def check_quality(f1: float | None, baseline: float | None, gate_f1: float) -> C
         )
     verdict = decide(f1, baseline, gate_f1)
     return Criterion(
-        "held-out f1",
+        Criteria.HELD_OUT_F1,
         verdict.passed,
         f"{f1:.4f}",
         f">= {gate_f1:.2f} and > baseline {baseline:.4f}",
@@ -127,7 +142,7 @@ def check_champion(
 ) -> Criterion:
     """The candidate is not worse than the champion by more than ``tolerance`` on the same data."""
     return Criterion(
-        CHAMPION_CRITERION,
+        Criteria.CHAMPION,
         candidate_f1 >= champion_f1 - tolerance,
         f"{candidate_f1:.4f} vs v{champion} {champion_f1:.4f}",
         f">= champion - {tolerance:.2f}",
@@ -143,7 +158,7 @@ def check_signature(
     cannot be read (a broken version), and then there is nothing to stay compatible with."""
     if current is None:
         return Criterion(
-            SIGNATURE_CRITERION,
+            Criteria.SIGNATURE,
             True,
             "not compared",
             f"accepts every input of v{champion}",
@@ -163,15 +178,12 @@ def check_signature(
         if n not in {c["name"] for c in current}
     ]
     return Criterion(
-        SIGNATURE_CRITERION,
+        Criteria.SIGNATURE,
         not problems,
         "compatible" if not problems else f"{len(problems)} incompatible",
         f"accepts every input of v{champion}",
         "\n".join(problems + added),
     )
-
-
-INPUTS_SENT = "inputs clients send"
 
 
 def check_inputs_sent(
@@ -182,14 +194,27 @@ def check_inputs_sent(
     threshold = f"reads only inputs v{version} accepts"
     if production is None:
         return Criterion(
-            INPUTS_SENT, False, "unknown", threshold, f"v{version}'s signature cannot be read"
+            Criteria.INPUTS_SENT,
+            False,
+            "unknown",
+            threshold,
+            f"v{version}'s signature cannot be read",
         )
     sent = {c["name"] for c in production}
     missing = [f"+ {c['name']} ({c['type']})" for c in challenger if c["name"] not in sent]
     return Criterion(
-        INPUTS_SENT,
+        Criteria.INPUTS_SENT,
         not missing,
         "all sent" if not missing else f"{len(missing)} not sent",
         threshold,
         "\n".join(f"{m}: not in production's requests" for m in missing),
+    )
+
+
+def schema_change_only(report: GateReport) -> bool:
+    """True when what fails is only that the candidate reads another table: its signature, and
+    a champion that cannot score its rows. `--allow-schema-change` overrides exactly that."""
+    return bool(report.failures) and all(
+        c.name == Criteria.SIGNATURE or (c.name == Criteria.CHAMPION and c.value == NOT_COMPARABLE)
+        for c in report.failures
     )

@@ -28,14 +28,16 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from churnops.config import Settings
 from churnops.errors import ChurnopsError, LockTimeoutError, StaleMoveError
-from churnops.registry import LedgerRun, LedgerStore, mlflow_errors
+from churnops.registry import versions
+from churnops.registry.connection import mlflow_errors
+from churnops.registry.ledger_store import LedgerRun, LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,6 @@ class Entry:
         document = dict(self.__dict__)
         document.pop("run_id")
         return document
-
-
-def experiment_name(settings: Settings) -> str:
-    """The MLflow experiment holding this model's ledger."""
-    return f"{settings.model_name}-ledger"
 
 
 def _version(text: str | None) -> int | None:
@@ -167,13 +164,13 @@ def _read(store: LedgerStore, experiment_id: str) -> Chain:
 
 
 def _find_experiment(store: LedgerStore, settings: Settings) -> str | None:
-    found = store.experiment(experiment_name(settings))
+    found = store.experiment(settings.ledger_experiment)
     if found is None:
         return None
     experiment_id, active = found
     if not active:
         raise ChurnopsError(
-            f"the ledger experiment {experiment_name(settings)!r} is deleted; restore it "
+            f"the ledger experiment {settings.ledger_experiment!r} is deleted; restore it "
             f"(`mlflow experiments restore --experiment-id {experiment_id}`) and retry"
         )
     return experiment_id
@@ -205,7 +202,7 @@ def pinned_digests(settings: Settings, version: int) -> dict[str, str] | None:
 
 def _open(store: LedgerStore, settings: Settings) -> Chain:
     """The ledger, created with its root run when it does not exist yet."""
-    name = experiment_name(settings)
+    name = settings.ledger_experiment
     for _ in range(3):
         experiment = _find_experiment(store, settings)
         if experiment is not None:
@@ -302,14 +299,14 @@ class Intent:
     digests: dict[str, str] | None = None
 
 
-def _tags(settings: Settings, intent: Intent, seq: int, before: int | None, prev: str) -> dict:
+def _tags(alias: str, intent: Intent, seq: int, before: int | None, prev: str) -> dict:
     tags = {
         "ledger.id": uuid.uuid4().hex,
         "ledger.seq": str(seq),
         "ledger.prev": prev,
         "ledger.time": datetime.now(UTC).isoformat(timespec="seconds"),
         "ledger.actor": intent.actor,
-        "ledger.alias": settings.alias,
+        "ledger.alias": alias,
         "ledger.action": intent.action,
         "ledger.from_version": str(before) if before is not None else "none",
         "ledger.to_version": str(intent.to_version) if intent.to_version is not None else "none",
@@ -332,13 +329,13 @@ def _label(version: int | None) -> str:
 
 
 def _link(
-    store: LedgerStore, settings: Settings, chain: Chain, intent: Intent, before: int | None
+    store: LedgerStore, alias: str, chain: Chain, intent: Intent, before: int | None
 ) -> Entry | None:
     """Write ``intent`` as a pending entry after the chain's head; None when another mover
     linked first."""
     assert chain.experiment_id is not None and chain.head_run_id is not None
     seq = chain.head.seq + 1 if chain.head else 1
-    tags = _tags(settings, intent, seq, before, chain.head_run_id)
+    tags = _tags(alias, intent, seq, before, chain.head_run_id)
     run_id = store.create_run(
         chain.experiment_id,
         tags,
@@ -353,7 +350,7 @@ def _link(
         seq=seq,
         time=tags["ledger.time"],
         actor=intent.actor,
-        alias=settings.alias,
+        alias=alias,
         action=intent.action,
         from_version=before,
         to_version=intent.to_version,
@@ -391,12 +388,9 @@ class Pending:
 
 @contextlib.contextmanager
 def move(
-    settings: Settings,
-    intent: Intent,
-    decided_from: int | None,
-    alias_version: Callable[[Settings], int | None],
+    settings: Settings, alias: str, intent: Intent, decided_from: int | None
 ) -> Iterator[Pending]:
-    """Link ``intent`` as the ledger's next entry, then run the block, which moves the alias.
+    """Link ``intent`` as the ledger's next entry, then run the block, which moves ``alias``.
 
     Before linking: a crashed mover's entry is finished, and a move made outside churnops is
     recorded as ``external``. StaleMoveError when production is no longer at ``decided_from``;
@@ -410,7 +404,7 @@ def move(
         while True:
             chain = _open(store, settings)
             head = chain.head
-            current = alias_version(settings)
+            current = versions.alias_version(settings, alias)
             if head is not None and head.state == "pending":
                 if lease.expired(head.run_id, chain.head_beat):
                     _resolve(store, head, current, intent.actor)
@@ -436,24 +430,24 @@ def move(
                     )
                 time.sleep(min(0.5, settings.lease_seconds / 10))
                 continue
-            if current is not None and current != chain.holds(settings.alias):
+            if current is not None and current != chain.holds(alias):
                 external = Intent(
                     actor=EXTERNAL_ACTOR,
                     action="external",
                     to_version=current,
                     reason="alias moved outside churnops; detected by churnops",
                 )
-                recorded = _link(store, settings, chain, external, chain.holds(settings.alias))
+                recorded = _link(store, alias, chain, external, chain.holds(alias))
                 if recorded is not None:
                     _finish(store, recorded.run_id, "done")
                 continue
             if current != decided_from:
                 doing = {"promote": "promoting", "rollback": "rolling back", "undo": "rolling back"}
                 raise StaleMoveError(
-                    f"{settings.alias} moved from {_label(decided_from)} to {_label(current)} "
+                    f"{alias} moved from {_label(decided_from)} to {_label(current)} "
                     f"while you were {doing.get(intent.action, 'moving it')}; re-run"
                 )
-            linked = _link(store, settings, chain, intent, current)
+            linked = _link(store, alias, chain, intent, current)
             if linked is not None:
                 break
         heartbeat = _Heartbeat(settings, linked.run_id)
@@ -465,7 +459,7 @@ def move(
             heartbeat.stop()
             # NB: best effort; if the tracking server is gone, the next mover finishes it.
             with contextlib.suppress(Exception):
-                _resolve(store, linked, alias_version(settings), intent.actor)
+                _resolve(store, linked, versions.alias_version(settings, alias), intent.actor)
             with contextlib.suppress(Exception):
                 store.set_tag(linked.run_id, BEAT_TAG, RELEASED)
             raise

@@ -6,11 +6,7 @@ picks, whether the gate lets a version through) are pure functions beside them.
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
-import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +15,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from sklearn.metrics import f1_score
 
-from churnops import data, gate, ledger, registry, training
+from churnops import data, gate, ledger, moves, training
 from churnops.config import Settings
 from churnops.errors import (
     ChurnopsError,
-    GateRefusedError,
     GateUnavailableError,
     ModelFilesMissingError,
     NoRollbackTargetError,
@@ -34,7 +29,8 @@ from churnops.errors import (
 )
 from churnops.gate import GateVerdict
 from churnops.predict import Engine, smoke_test
-from churnops.registry import VersionInfo
+from churnops.registry import connection, loading, runs, versions
+from churnops.registry.versions import VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -52,40 +48,6 @@ class TrainReport:
     threshold: float
     cv_f1: dict[str, float]
     fit_seconds: float
-
-
-@dataclass(frozen=True)
-class AliasMove:
-    """One move of the serving alias."""
-
-    model_name: str
-    alias: str
-    from_version: int | None
-    to_version: int | None
-
-    def describe(self) -> str:
-        """`churn_model@production: v1 -> v2`."""
-
-        def label(version: int | None) -> str:
-            return f"v{version}" if version is not None else "none"
-
-        moved = f"{label(self.from_version)} -> {label(self.to_version)}"
-        return f"{self.model_name}@{self.alias}: {moved}"
-
-
-@dataclass(frozen=True)
-class MoveResult:
-    """An alias move with the gate report that allowed it and its ledger entry; ``entry`` is None
-    when production already held the target, and nothing changed."""
-
-    move: AliasMove
-    report: gate.GateReport | None
-    entry: ledger.Entry | None
-
-    @property
-    def changed(self) -> bool:
-        """True when the alias moved."""
-        return self.entry is not None
 
 
 @dataclass(frozen=True)
@@ -115,7 +77,7 @@ def train(
     built-in data and to ``auto`` on a user's table."""
     from churnops import evidence
 
-    registry.ping(settings)
+    connection.ping(settings)
     dataset = data.load(data_file, seed, target=target, positive_label=positive_label)
     if kind is None:
         kind = "logreg" if data_file is None else "auto"
@@ -128,7 +90,7 @@ def train(
         dataset.report,
         seed,
     )
-    registered = registry.log_training(
+    registered = runs.log_training(
         settings,
         result,
         version_label=version_label,
@@ -155,7 +117,7 @@ def train(
 REFERENCE_ROWS = 10_000
 
 
-def monitoring_reference(result: training.TrainingResult, seed: int) -> registry.Reference:
+def monitoring_reference(result: training.TrainingResult, seed: int) -> runs.Reference:
     """What monitoring will compare this version's traffic with: up to 10,000 training rows,
     the held-out probabilities and outcomes, and the calibration fitted on them."""
     from churnops.monitoring.estimate import fit_calibration
@@ -173,27 +135,12 @@ def monitoring_reference(result: training.TrainingResult, seed: int) -> registry
         }
     )
     calibration = fit_calibration(probability, truth, seed)
-    return registry.Reference(
+    return runs.Reference(
         rows.reset_index(drop=True),
         scores,
         calibration.to_dict(),
-        registry.column_kinds(result.train_features),
+        runs.column_kinds(result.train_features),
     )
-
-
-def actor_of(settings: Settings) -> tuple[str, str | None]:
-    """Who is moving the alias, and on whose behalf.
-
-    Under an authenticating tracking server the actor is the user it authenticated
-    (MLFLOW_TRACKING_USERNAME), and --actor / CHURNOPS_ACTOR, when it names someone else, is kept
-    beside it as "on behalf of", never in its place. Otherwise the actor is --actor, else the OS
-    user.
-    """
-    authenticated = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if authenticated:
-        requested = settings.actor if settings.actor not in (None, authenticated) else None
-        return authenticated, requested
-    return settings.actor or getpass.getuser(), None
 
 
 def _f1(labels: np.ndarray, truth: np.ndarray) -> float:
@@ -217,7 +164,9 @@ def _could_not_compare(champion: int, exc: BaseException) -> GateUnavailableErro
     )
 
 
-def _not_compared(name: str, threshold: str, champion: int, exc: BaseException) -> gate.Criterion:
+def _not_compared(
+    name: gate.Criteria, threshold: str, champion: int, exc: BaseException
+) -> gate.Criterion:
     return gate.Criterion(
         name,
         True,
@@ -225,19 +174,6 @@ def _not_compared(name: str, threshold: str, champion: int, exc: BaseException) 
         threshold,
         f"v{champion} is known unloadable, so there is nothing to compare against: "
         f"{str(exc)[:300]}",
-    )
-
-
-NOT_COMPARABLE = "not comparable"
-
-
-def schema_change_only(report: gate.GateReport) -> bool:
-    """True when what fails is only that the candidate reads another table: its signature, and
-    a champion that cannot score its rows. `--allow-schema-change` overrides exactly that."""
-    return bool(report.failures) and all(
-        c.name == gate.SIGNATURE_CRITERION
-        or (c.name == gate.CHAMPION_CRITERION and c.value == NOT_COMPARABLE)
-        for c in report.failures
     )
 
 
@@ -249,8 +185,8 @@ def _champion_criterion(
     champion_inputs: list[dict[str, str]] | None,
     tolerance: float,
 ) -> gate.Criterion:
-    name, threshold = "champion vs challenger", f">= champion - {tolerance:.2f}"
-    holdout = registry.load_holdout(settings, candidate)
+    name, threshold = gate.Criteria.CHAMPION, f">= champion - {tolerance:.2f}"
+    holdout = loading.load_holdout(settings, candidate)
     if holdout is None:
         return gate.Criterion(
             name,
@@ -262,7 +198,7 @@ def _champion_criterion(
     features = holdout.drop(columns=[training.HOLDOUT_TARGET])
     truth = holdout[training.HOLDOUT_TARGET].to_numpy()
     try:
-        champion_engine = registry.load_version(settings, champion).engine
+        champion_engine = loading.load_version(settings, champion).engine
     except TrackingUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - sorted into "known unloadable" and "retry"
@@ -285,7 +221,7 @@ def _champion_criterion(
         return gate.Criterion(
             name,
             False,
-            NOT_COMPARABLE,
+            gate.NOT_COMPARABLE,
             threshold,
             f"v{champion} needs {len(lacking)} input(s) v{candidate.version}'s table lacks "
             f"({', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}): another table",
@@ -300,7 +236,7 @@ def _champion_criterion(
         return gate.Criterion(
             name,
             False,
-            NOT_COMPARABLE,
+            gate.NOT_COMPARABLE,
             threshold,
             f"v{champion} cannot score v{candidate.version}'s held-out split: {str(exc)[:300]}",
         )
@@ -311,7 +247,7 @@ def _champion_criterion(
 def _champion_signature(settings: Settings, champion: int) -> list[dict[str, str]] | None:
     """The champion's input columns; None when it is known unloadable."""
     try:
-        return registry.signature_inputs(settings, champion)
+        return loading.signature_inputs(settings, champion)
     except TrackingUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - sorted into "known unloadable" and "retry"
@@ -320,13 +256,13 @@ def _champion_signature(settings: Settings, champion: int) -> list[dict[str, str
         raise _could_not_compare(champion, exc) from None
 
 
-def _full_precision(settings: Settings, info: registry.VersionInfo) -> dict[str, float]:
+def _full_precision(settings: Settings, info: versions.VersionInfo) -> dict[str, float]:
     """The version's metrics as its run logged them: its tags are rounded for reading, and the
     gate must not pass an F1 of 0.49996 as 0.5000."""
     if not info.run_id:
         return info.metrics
     try:
-        _, logged, _ = registry.run_record(settings, info.run_id)
+        _, logged, _ = runs.run_record(settings, info.run_id)
     except VersionNotFoundError:
         return info.metrics
     return info.metrics | {k: v for k, v in logged.items() if k in info.metrics}
@@ -343,8 +279,8 @@ def gate_report(
 
     GateUnavailableError when a criterion cannot be checked for a reason a retry may cure: the
     gate fails closed."""
-    info = registry.get_version(settings, version)
-    trained_gate = float(info.tags.get("gate_f1", gate.DEFAULT_GATE_F1))
+    info = versions.get_version(settings, version)
+    trained_gate = float(info.tags.get(versions.GATE_F1_TAG, gate.DEFAULT_GATE_F1))
     # NB: the trainer's own gate_f1 can be anything (`train --gate-f1 0`); the promoter's
     # policy floor is the least it may be.
     gate_f1 = max(trained_gate, settings.gate_f1_min)
@@ -353,15 +289,21 @@ def gate_report(
     engine: Engine | None = None
     digests: dict[str, str] = {}
     try:
-        loaded = registry.load_version(settings, version)
+        loaded = loading.load_version(settings, version)
         smoke_test(loaded.engine, loaded.input_example, version)
         engine, digests = loaded.engine, loaded.digests
-        smoke = gate.Criterion("smoke test", True, "predicts", "loads and predicts its example")
+        smoke = gate.Criterion(
+            gate.Criteria.SMOKE_TEST, True, "predicts", "loads and predicts its example"
+        )
     except TrackingUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to load or predict fails the criterion
         smoke = gate.Criterion(
-            "smoke test", False, "failed", "loads and predicts its example", str(exc)[:500]
+            gate.Criteria.SMOKE_TEST,
+            False,
+            "failed",
+            "loads and predicts its example",
+            str(exc)[:500],
         )
     # NB: comparing with the champion needs a candidate that loads; a failed smoke test already
     # refuses it, so those criteria are left out rather than failed twice.
@@ -369,7 +311,7 @@ def gate_report(
         champion_inputs = _champion_signature(settings, champion)
         criteria.append(
             gate.check_signature(
-                champion_inputs, registry.signature_inputs(settings, version), champion
+                champion_inputs, loading.signature_inputs(settings, version), champion
             )
         )
         if compare_champion:
@@ -380,91 +322,6 @@ def gate_report(
     return gate.GateReport(version, tuple(criteria), digests)
 
 
-def _failpoint(settings: Settings, step: str) -> None:
-    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it.
-
-    NB: for the fault-injection tests, which need a real kill -9 at an exact step of a move."""
-    if settings.failpoint == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _move(
-    settings: Settings,
-    *,
-    action: str,
-    target: int,
-    decided_from: int | None,
-    report: gate.GateReport,
-    force: bool,
-    reason: str,
-    apply: Callable[[], object] | None = None,
-    unforceable: frozenset[str] = gate.SAFETY_CRITERIA,
-    allow_schema_change: bool = False,
-) -> MoveResult:
-    """Move ``settings.alias`` to ``target`` (by ``apply``, default: set the alias): the intent
-    is linked into the ledger first, then the alias moves, then the entry is finished; if nothing
-    changed since the decision. Criteria in ``unforceable`` refuse even with --force."""
-    unsafe = [c for c in report.failures if c.name in unforceable]
-    if unsafe:
-        raise GateRefusedError(
-            f"version {target} failed the {unsafe[0].name}, which --force cannot override "
-            f"({unsafe[0].value}: {unsafe[0].detail[:200]}); {settings.alias} stays where it is",
-            report,
-        )
-    another_table = schema_change_only(report)
-    schema_change = allow_schema_change and another_table
-    if not report.passed and not force and not schema_change:
-        failed = ", ".join(c.name for c in report.failures)
-        remedy = (
-            "It reads another table: to switch production to it on purpose, pass "
-            "--allow-schema-change --reason TEXT (or serve it under its own CHURNOPS_MODEL_NAME)."
-            if another_table
-            else "Pass --force --reason TEXT to override."
-        )
-        raise GateRefusedError(
-            f"version {target} failed the gate ({failed}); {settings.alias} stays at "
-            + (f"v{decided_from}" if decided_from is not None else "none")
-            + f". {remedy}",
-            report,
-        )
-    if schema_change:
-        reason = f"schema change: {reason}"
-    actor, on_behalf_of = actor_of(settings)
-    intent = ledger.Intent(
-        actor=actor,
-        action=action,
-        to_version=target,
-        reason=reason,
-        override=(force or schema_change) and not report.passed,
-        gate=report.to_dict(),
-        on_behalf_of=on_behalf_of,
-        digests=report.digests or None,
-    )
-    _failpoint(settings, "before-intent")
-    with ledger.move(settings, intent, decided_from, registry.alias_version) as pending:
-        _failpoint(settings, "after-intent")
-        if apply is None:
-            registry.set_alias(settings, target)
-        else:
-            apply()
-        _failpoint(settings, "after-alias")
-    move = AliasMove(settings.model_name, settings.alias, decided_from, target)
-    return MoveResult(move, report, pending.entry)
-
-
-def _unchanged(settings: Settings, version: int) -> MoveResult:
-    return MoveResult(AliasMove(settings.model_name, settings.alias, version, version), None, None)
-
-
-def _check_force(force: bool, reason: str, allow_schema_change: bool = False) -> None:
-    if force and not reason.strip():
-        raise ChurnopsError("--force needs --reason TEXT: say why the gate is overridden")
-    if allow_schema_change and not reason.strip():
-        raise ChurnopsError(
-            "--allow-schema-change needs --reason TEXT: say why production switches tables"
-        )
-
-
 def promote(
     settings: Settings,
     version: int | None = None,
@@ -472,30 +329,31 @@ def promote(
     reason: str = "",
     tolerance: float = gate.DEFAULT_TOLERANCE,
     allow_schema_change: bool = False,
-) -> MoveResult:
+) -> moves.MoveResult:
     """Point the serving alias at ``version`` (default: the latest) if it passes the gate; a
     version already in production changes nothing. ``allow_schema_change`` lets a version that
     reads another table through, and nothing else."""
-    _check_force(force, reason, allow_schema_change)
-    registry.ping(settings)
+    moves.check_force(force, reason, allow_schema_change)
+    connection.ping(settings)
     if version is None:
-        versions = registry.list_versions(settings)
-        if not versions:
+        known = versions.list_versions(settings)
+        if not known:
             raise VersionNotFoundError(
                 f"{settings.model_name} has no versions yet; run `churnops train` first"
             )
-        version = versions[-1].version
+        version = known[-1].version
     else:
-        registry.get_version(settings, version)
-    current = registry.alias_version(settings)
+        versions.get_version(settings, version)
+    current = versions.alias_version(settings)
     if current == version:
-        return _unchanged(settings, version)
+        return moves.unchanged(settings, settings.alias, version)
     report = gate_report(settings, version, current, tolerance)
     live = live_comparison(settings, version)
     if live is not None:
         report = gate.GateReport(version, (*report.criteria, live), report.digests)
-    return _move(
+    return moves.move(
         settings,
+        settings.alias,
         action="promote",
         target=version,
         decided_from=current,
@@ -504,9 +362,6 @@ def promote(
         reason=reason,
         allow_schema_change=allow_schema_change,
     )
-
-
-LIVE_COMPARISON = "live comparison"
 
 
 def live_comparison(settings: Settings, version: int) -> gate.Criterion | None:
@@ -530,7 +385,7 @@ def live_comparison(settings: Settings, version: int) -> gate.Criterion | None:
     if verdict.get("f1_difference") is not None:
         value += f" (F1 {verdict['f1_difference']:+.4f})"
     return gate.Criterion(
-        LIVE_COMPARISON,
+        gate.Criteria.LIVE_COMPARISON,
         verdict["result"] != "worse",
         value,
         "not significantly worse than production",
@@ -554,7 +409,7 @@ def undo_target(settings: Settings, current: int) -> int | None:
         stack.append(current)  # a move the ledger has not recorded yet
     if len(stack) >= 2 and stack[-2] != current:
         return stack[-2]
-    found = rollback_target(registry.list_versions(settings), current)
+    found = rollback_target(versions.list_versions(settings), current)
     return found.version if found else None
 
 
@@ -566,24 +421,24 @@ def rollback(
     allow_schema_change: bool = False,
     expected: int | None = None,
     expected_target: int | None = None,
-) -> MoveResult:
+) -> moves.MoveResult:
     """Undo the last production change, or move the alias back to an older ``version``;
     gate-checked either way (without the champion comparison). Moving to a newer version is a
     promotion and is refused here. With ``expected`` (an automatic action's decision), a
     StaleMoveError unless production is still that version, before and under the ledger's
     lock; with ``expected_target``, unless the undo still goes to that version."""
-    _check_force(force, reason, allow_schema_change)
-    registry.ping(settings)
-    current = registry.alias_version(settings)
+    moves.check_force(force, reason, allow_schema_change)
+    connection.ping(settings)
+    current = versions.alias_version(settings)
     if expected is not None and current != expected:
         raise StaleMoveError(
             f"{settings.model_name}@{settings.alias} is v{current}, no longer v{expected}, the "
             f"version this rollback was decided about; nothing changed (run monitor again)"
         )
     if version is not None:
-        registry.get_version(settings, version)
+        versions.get_version(settings, version)
         if current == version:
-            return _unchanged(settings, version)
+            return moves.unchanged(settings, settings.alias, version)
         if current is not None and version > current:
             raise ChurnopsError(
                 f"v{version} is newer than production (v{current}): that is a promotion, "
@@ -610,8 +465,9 @@ def rollback(
             )
         target, action = found, "undo"
     report = gate_report(settings, target, current, compare_champion=False)
-    return _move(
+    return moves.move(
         settings,
+        settings.alias,
         action=action,
         target=target,
         decided_from=current,
@@ -626,10 +482,10 @@ def history(settings: Settings) -> list[ledger.Entry]:
     """Every alias move, newest first. Reads only: a move made outside churnops that the ledger
     lacks is shown as an ``unrecorded`` external entry, which the next promote or rollback
     records."""
-    registry.ping(settings)
+    connection.ping(settings)
     chain = ledger.read(settings)
     found = list(chain.entries)
-    current = registry.alias_version(settings)
+    current = versions.alias_version(settings)
     if current is not None and current != chain.holds(settings.alias):
         found.append(
             ledger.Entry(
@@ -651,11 +507,11 @@ def history(settings: Settings) -> list[ledger.Entry]:
 
 def status(settings: Settings) -> Status:
     """Every version with its metrics, verdict and aliases."""
-    registry.ping(settings)
+    connection.ping(settings)
     return Status(
         tracking_uri=settings.tracking_uri,
         model_name=settings.model_name,
         alias=settings.alias,
-        production_version=registry.alias_version(settings),
-        versions=registry.list_versions(settings),
+        production_version=versions.alias_version(settings),
+        versions=versions.list_versions(settings),
     )

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnops import data, registry, training
+from churnops import data, training
 from churnops.config import Settings
 from churnops.errors import ChurnopsError
+from churnops.registry import connection, runs
 
 REQUIRED_PARAMS = ("seed", "gate_f1", "data", "model_requested")
 
@@ -71,7 +72,7 @@ class Reproduction:
 def _params(
     settings: Settings, run_id: str
 ) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
-    params, metrics, tags = registry.run_record(settings, run_id)
+    params, metrics, tags = runs.run_record(settings, run_id)
     missing = [name for name in REQUIRED_PARAMS if name not in params]
     if missing:
         raise ChurnopsError(
@@ -102,22 +103,22 @@ def _dataset(
 
 def _table_path(settings: Settings, run_id: str, source: str, tmp: Path) -> Path:
     """Where the run's training file is: its kept copy, else the original path."""
-    kept = registry.download_run_folder(settings, run_id, registry.TRAINING_DATA_DIR, tmp)
+    kept = runs.download_run_folder(settings, run_id, runs.TRAINING_DATA_DIR, tmp)
     if kept is not None and (kept / Path(source).name).is_file():
         return kept / Path(source).name
     if Path(source).is_file():
         return Path(source)
     raise ChurnopsError(
         f"run {run_id} kept no copy of its table (over "
-        f"{registry.TRAINING_DATA_MAX_BYTES // (1024 * 1024)} MB, or logged before churnops kept "
+        f"{runs.TRAINING_DATA_MAX_BYTES // (1024 * 1024)} MB, or logged before churnops kept "
         f"one) and {source} is not here; copy the table back to that path and run again"
     )
 
 
 def _library_warnings(tags: dict[str, str]) -> list[str]:
     found = []
-    for name, now in registry.library_versions().items():
-        then = tags.get(registry.LIBRARY_TAG_PREFIX + name)
+    for name, now in runs.library_versions().items():
+        then = tags.get(runs.LIBRARY_TAG_PREFIX + name)
         if then is None:
             found.append(f"the run did not record its {name} version (now {now})")
         elif then != now:
@@ -127,7 +128,7 @@ def _library_warnings(tags: dict[str, str]) -> list[str]:
 
 def reproduce(settings: Settings, run_id: str) -> Reproduction:
     """Re-train ``run_id`` from what it recorded and compare."""
-    registry.ping(settings)
+    connection.ping(settings)
     params, logged, tags = _params(settings, run_id)
     warnings = _library_warnings(tags)
     with tempfile.TemporaryDirectory() as folder:
@@ -161,8 +162,8 @@ def reproduce(settings: Settings, run_id: str) -> Reproduction:
     return Reproduction(
         run_id=run_id,
         data_source=params["data"],
-        data_recorded=params.get(registry.DATA_DIGEST_PARAM),
-        data_now=registry.table_digest(dataset.table),
+        data_recorded=params.get(runs.DATA_DIGEST_PARAM),
+        data_now=runs.table_digest(dataset.table),
         metrics=metrics,
         rows_compared=len(probability),
         probabilities_identical=same,
@@ -174,8 +175,8 @@ def reproduce(settings: Settings, run_id: str) -> Reproduction:
 def _recorded_probabilities(settings: Settings, run_id: str, tmp: Path) -> np.ndarray | None:
     """The logged model's probabilities on its held-out rows, as its monitoring reference kept
     them at training."""
-    folder = registry.download_run_folder(settings, run_id, registry.REFERENCE_DIR, tmp / "ref")
-    path = None if folder is None else folder / registry.REFERENCE_SCORES
+    folder = runs.download_run_folder(settings, run_id, runs.REFERENCE_DIR, tmp / "ref")
+    path = None if folder is None else folder / runs.REFERENCE_SCORES
     if path is None or not path.is_file():
         return None
     return pd.read_parquet(path)["probability"].to_numpy()

@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from churnops import registry
 from churnops.config import Settings
 from churnops.monitoring.store import Batch
 from churnops.predict import Predictions
+from churnops.registry import loading, versions
 from churnops.watcher import ModelWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def slot_from(version: int, tags: dict[str, str]) -> Slot:
 
 def slot(settings: Settings) -> Slot | None:
     """The challenger slot now, or None when no challenger is set."""
-    target = registry.alias_target(slot_settings(settings))
+    target = versions.alias_target(settings, settings.challenger_alias)
     return None if target is None else slot_from(*target)
 
 
@@ -176,7 +176,7 @@ class ChallengerRoute:
     def __init__(
         self,
         settings: Settings,
-        load: Callable[[Settings, int], registry.LoadedModel] = registry.load_version,
+        load: Callable[[Settings, int], loading.LoadedModel] = loading.load_version,
         on_swap: Callable[[ServedModel], object] = lambda _: None,
         on_cleared: Callable[[], object] = lambda: None,
     ) -> None:
@@ -193,7 +193,7 @@ class ChallengerRoute:
         )
 
     def _resolve(self, settings: Settings) -> int | None:
-        target = registry.alias_target(settings)
+        target = versions.alias_target(settings)
         self.slot = None if target is None else slot_from(*target)
         return None if self.slot is None else self.slot.version
 

@@ -29,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from churnops import registry
 from churnops.config import DEFAULT_CHUNK_ROWS, Settings
 from churnops.data import IDENTIFIER, MISSING_MARKERS, PARQUET_SUFFIXES, writable_destination
 from churnops.errors import DataError, NoProductionModelError
 from churnops.inputs import MAX_TEXT_LENGTH, InputField, out_of_range, range_rule
 from churnops.monitoring import store
 from churnops.predict import Engine, Predictions
+from churnops.registry import connection, loading, versions
 
 # NB: DEFAULT_CHUNK_ROWS (config) is large, because a gradient-boosting predict_proba costs ~35 ms
 # per call whatever the rows (100 trees, one parallel region each): 10,000-row chunks scored at
@@ -308,7 +308,7 @@ class _CsvOut:
 
 
 def _id_column(
-    settings: Settings, info: registry.VersionInfo, header: list[str], wanted: str | None
+    settings: Settings, info: versions.VersionInfo, header: list[str], wanted: str | None
 ) -> str | None:
     if wanted is not None:
         if wanted not in header:
@@ -316,7 +316,7 @@ def _id_column(
                 f"--id-column {wanted!r} is not a column of the input; columns: {', '.join(header)}"
             )
         return wanted
-    report = registry.load_data_report(settings, info) or {}
+    report = loading.load_data_report(settings, info) or {}
     dropped = report.get("dropped_columns", {})
     found = [c for c, why in dropped.items() if why == IDENTIFIER and c in header]
     return found[0] if found else None
@@ -325,8 +325,8 @@ def _id_column(
 def resolve_version(settings: Settings, version: int | None) -> int:
     """``version`` itself, or where the alias points; a clear error when it points nowhere."""
     if version is not None:
-        return registry.get_version(settings, version).version
-    aliased = registry.alias_version(settings)
+        return versions.get_version(settings, version).version
+    aliased = versions.alias_version(settings)
     if aliased is None:
         raise NoProductionModelError(
             f"{settings.model_name}@{settings.alias} is not set; promote a version with "
@@ -537,10 +537,10 @@ def score_file(
             f"churnops score writes CSV; name the output e.g. {output.with_suffix('.csv')}"
         )
     writable_destination(output)
-    registry.ping(settings)
+    connection.ping(settings)
     number = resolve_version(settings, version)
-    info = registry.get_version(settings, number)
-    loaded = registry.load_version(settings, number, threads=os.cpu_count() or 1)
+    info = versions.get_version(settings, number)
+    loaded = loading.load_version(settings, number, threads=os.cpu_count() or 1)
     ident = _id_column(settings, info, _header(source), id_column)
     started = time.perf_counter()
     stage = _StoreStage(temporary_name(output, "store"))
@@ -568,7 +568,7 @@ def score_file(
             on_chunk=on_chunk,
             on_scored=keep,
         )
-        stage.publish(store.open_store(settings.store_uri))
+        stage.publish(store.settings_store(settings))
     finally:
         stage.discard()
     return ScoreReport(

@@ -46,13 +46,13 @@ from churnops.errors import (
     NoProductionModelError,
     UnsupportedMediaTypeError,
 )
-from churnops.monitoring.store import BufferedWriter, open_store
+from churnops.monitoring.store import BufferedWriter, settings_store
 from churnops.observability import (
     MULTIPROC_ENV,
     ServingMetrics,
     configure_logging,
 )
-from churnops.registry import LoadedModel
+from churnops.registry.loading import LoadedModel
 from churnops.routing import ChallengerRoute, Rows
 from churnops.schemas import (
     BatchPredictionResponse,
@@ -352,11 +352,12 @@ def create_app(
         metrics.model_version.set(served.version)
 
     if watcher is None:
-        from churnops import cache, registry
+        from churnops import cache
+        from churnops.registry import loading
 
         def load(settings: Settings, version: int) -> LoadedModel:
             keep = functools.partial(cache.keep, settings) if settings.serve_cache else None
-            return registry.load_version(settings, version, keep=keep)
+            return loading.load_version(settings, version, keep=keep)
 
         watcher = ModelWatcher(
             settings,
@@ -381,7 +382,7 @@ def create_app(
         nonlocal store, shadow
         if settings.store_predictions:
             store = BufferedWriter(
-                open_store(settings.store_uri),
+                settings_store(settings),
                 flush_seconds=settings.store_flush_seconds,
                 buffer_rows=settings.store_buffer_rows,
                 retention_days=settings.store_retention_days,

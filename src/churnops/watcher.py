@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from churnops import ledger, registry
+from churnops import ledger
 from churnops.config import Settings
 from churnops.errors import TrackingUnavailableError, UnsafeModelError
 from churnops.inputs import RequestSchema, identifier_names
 from churnops.predict import Engine, smoke_test
-from churnops.registry import LoadedModel
+from churnops.registry import loading, versions
+from churnops.registry.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,12 @@ class ModelWatcher:
     def __init__(
         self,
         settings: Settings,
-        resolve: Callable[[Settings], int | None] = registry.alias_version,
-        load: Callable[[Settings, int], LoadedModel] = registry.load_version,
+        resolve: Callable[[Settings], int | None] = versions.alias_version,
+        load: Callable[[Settings, int], LoadedModel] = loading.load_version,
         on_swap: Callable[[ServedModel], object] = lambda _: None,
         on_failed_swap: Callable[[], object] = lambda: None,
         on_poll: Callable[[bool], object] = lambda _: None,
-        latest: Callable[[Settings], int | None] = registry.latest_passing_version,
+        latest: Callable[[Settings], int | None] = versions.latest_passing_version,
         pinned: Callable[[Settings, int], dict[str, str] | None] = ledger.pinned_digests,
         fallback: Callable[[Settings], LoadedModel | None] = lambda _: None,
         on_served: Callable[[Settings, int], object] = lambda _s, _v: None,

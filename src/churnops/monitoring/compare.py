@@ -21,10 +21,11 @@ import pandas as pd
 import pyarrow.compute as pc
 from scipy import stats
 
-from churnops import registry, routing
+from churnops import routing
 from churnops.config import Settings
 from churnops.errors import ChurnopsError
 from churnops.monitoring import labels, paired, store
+from churnops.registry import loading, monitoring_log, versions
 
 # NB: below this many labelled rows per side no verdict is given (the intervals mean little).
 MIN_LABELLED = 30
@@ -61,7 +62,7 @@ def _r(value: float | None) -> float | None:
 
 def _rows(settings: Settings, version: int, until: datetime | None) -> pd.DataFrame:
     table = store.read_predictions(
-        store.open_store(settings.store_uri), settings.model_name, until=until, columns=COLUMNS
+        store.settings_store(settings), settings.model_name, until=until, columns=COLUMNS
     )
     if "role" not in table.column_names:
         return pd.DataFrame(columns=list(COLUMNS))
@@ -175,15 +176,15 @@ def _verdict(f1: paired.Difference | None, labelled: int, basis: str) -> dict[st
 LATENCY_ROWS = 200
 
 
-def latency(settings: Settings, versions: list[int]) -> dict[str, Any] | None:
+def latency(settings: Settings, compared: list[int]) -> dict[str, Any] | None:
     """Each version's engine time per single-row call, in ms (p50, p99), measured here on the
     same rows: up to 200 of the last version's training reference. The store holds no timings
     (shadow rows are scored in batches off the request path); the API's Prometheus histogram
     churnops_scoring_duration_seconds has the challenger's live figures."""
     import time
 
-    engines = {v: registry.load_version(settings, v).engine for v in versions}
-    reference = registry.load_reference(settings, registry.get_version(settings, versions[-1]))
+    engines = {v: loading.load_version(settings, v).engine for v in compared}
+    reference = loading.load_reference(settings, versions.get_version(settings, compared[-1]))
     if reference is None or reference.rows.empty:
         return None
     rows = reference.rows.head(LATENCY_ROWS)
@@ -223,7 +224,7 @@ def compare(
             )
         version = found.version
     frame = _rows(settings, version, until)
-    stored = store.read_labels(store.open_store(settings.store_uri))
+    stored = store.read_labels(store.settings_store(settings))
     joined = labels.join(
         frame,
         None if stored is None else stored.to_pandas(),
@@ -337,8 +338,8 @@ def _log(settings: Settings, report: dict[str, Any], now: datetime) -> str:
         "challenger": str(report["challenger"]),
         "verdict": report["verdict"]["result"],
     }
-    return registry.log_monitoring(
+    return monitoring_log.log_monitoring(
         settings,
-        registry.MonitorLog(metrics, tags, report, {"compare.png": _chart(report)}),
+        monitoring_log.MonitorLog(metrics, tags, report, {"compare.png": _chart(report)}),
         run_name=f"compare v{report['challenger']}",
     )

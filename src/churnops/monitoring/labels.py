@@ -268,11 +268,12 @@ def join(
     return Joined(frame, conflicts, int(frame["immature"].sum()))
 
 
-def add(uri: str, model: str, path: Path, target: str, id_column: str | None = None) -> AddReport:
-    """`churnops labels add`: check an outcome file, keep it in the store at ``uri`` (once:
+def add(
+    where: store.Store, model: str, path: Path, target: str, id_column: str | None = None
+) -> AddReport:
+    """`churnops labels add`: check an outcome file, keep it in the store ``where`` (once:
     adding it again changes nothing) and count the outcomes no stored prediction matches."""
     outcomes = read_outcomes(path, target, id_column)
-    where = store.open_store(uri)
     known = store.read_predictions(
         where, model, columns=["prediction_id", "customer_id", "model", "time"]
     ).to_pandas()

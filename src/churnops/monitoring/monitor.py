@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from churnops import ledger, registry
+from churnops import ledger
 from churnops.config import Settings
-from churnops.errors import StaleMoveError
+from churnops.errors import StaleMoveError, VersionNotFoundError
 from churnops.monitoring import drift, estimate, labels, realised, report, store
 from churnops.monitoring.estimate import Calibration
+from churnops.registry import loading, monitoring_log, runs, versions
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ def _estimated(rows: pd.DataFrame, calibration: Calibration | None) -> dict[str,
 
 @dataclass
 class _Version:
-    info: registry.VersionInfo | None
-    reference: registry.Reference | None
+    info: versions.VersionInfo | None
+    reference: runs.Reference | None
 
     @cached_property
     def calibration(self) -> Calibration | None:
@@ -240,8 +241,8 @@ def _version_report(
 def assess(
     version: int,
     rows: pd.DataFrame,
-    info: registry.VersionInfo | None,
-    reference: registry.Reference | None,
+    info: versions.VersionInfo | None,
+    reference: runs.Reference | None,
     matured: pd.Timestamp,
     window: timedelta = timedelta(days=1),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -514,10 +515,10 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
 
     # NB: before anything is read or logged: a misspelt name would otherwise report an empty
     # store, exit 0 and create a "<typo>-monitoring" experiment.
-    registry.require_model(settings)
+    versions.require_model(settings)
     now = now or datetime.now(UTC)
     until = options.until or now
-    target = store.open_store(settings.store_uri)
+    target = store.settings_store(settings)
     table = store.read_predictions(
         target,
         settings.model_name,
@@ -540,24 +541,24 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
     )
     del stored_labels
     frame = joined.frame
-    serving_version = registry.alias_version(settings)
+    serving_version = versions.alias_version(settings)
     matured = pd.Timestamp(now) - pd.Timedelta(days=settings.churn_horizon_days)
     moves, stack = _moves(settings)
-    versions = []
+    reports = []
     recorded: dict[int, float] = {}
     for version in sorted(int(v) for v in frame["version"].unique()):
         try:
-            info: registry.VersionInfo | None = registry.get_version(settings, version)
-        except registry.VersionNotFoundError:
+            info: versions.VersionInfo | None = versions.get_version(settings, version)
+        except VersionNotFoundError:
             info = None
         if info is not None and HORIZON_TAG in info.tags:
             recorded[version] = float(info.tags[HORIZON_TAG])
-        reference = None if info is None else registry.load_reference(settings, info)
+        reference = None if info is None else loading.load_reference(settings, info)
         rows = frame[frame["version"] == version]
-        versions.append(
+        reports.append(
             _version_report(version, rows, _Version(info, reference), options, matured, 0)
         )
-    by_version = {v["version"]: v for v in versions}
+    by_version = {v["version"]: v for v in reports}
     serving = by_version.get(serving_version) if serving_version else None
     previous_version = stack[-2] if len(stack) >= 2 and stack[-1] == serving_version else None
     previous = by_version.get(previous_version) if previous_version else None
@@ -587,7 +588,7 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Re
         "rows": len(frame),
         "label_conflicts": joined.conflicts,
         "immature": joined.immature,
-        "versions": versions,
+        "versions": reports,
         "alerts": alerts,
         "advice": advice,
         "moves": moves,
@@ -655,7 +656,9 @@ def _log(settings: Settings, document: dict[str, Any], serving: dict[str, Any] |
         "churnops.monitor": "true",
     }
     metrics = _metrics(document["versions"], document["until"])
-    run_id = registry.log_monitoring(settings, registry.MonitorLog(metrics, tags, document, files))
+    run_id = monitoring_log.log_monitoring(
+        settings, monitoring_log.MonitorLog(metrics, tags, document, files)
+    )
     for v in document["versions"]:
         period = period_figures(v)
         figures = {
@@ -671,5 +674,5 @@ def _log(settings: Settings, document: dict[str, Any], serving: dict[str, Any] |
         if str(v["version"]) not in document["horizon"]["recorded_days"]:
             # NB: recorded once, at the first monitoring: a later horizon is shown against it.
             figures[HORIZON_TAG] = f"{document['horizon_days']:g}"
-        registry.set_version_tags(settings, v["version"], figures)
+        versions.set_version_tags(settings, v["version"], figures)
     return run_id

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from churnops.config import Settings
 from churnops.monitoring.spool import Entry, Spool, entry_of
 
 log = logging.getLogger(__name__)
@@ -77,27 +78,32 @@ class Store:
         return "/".join([self.root.rstrip("/"), *parts])
 
 
-def open_store(uri: str) -> Store:
-    """The store at ``uri``: a local folder, or ``s3://bucket/prefix`` with the endpoint from
-    AWS_ENDPOINT_URL / MLFLOW_S3_ENDPOINT_URL and keys from the usual AWS_* variables."""
+def open_store(uri: str, s3_endpoint: str | None = None, s3_region: str = "us-east-1") -> Store:
+    """The store at ``uri``: a local folder, or ``s3://bucket/prefix`` at ``s3_endpoint`` (default:
+    AWS's) with keys from the usual AWS_* variables, which the AWS SDK reads itself."""
     if uri.startswith("s3://"):
         parsed = urlparse(uri)
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
         options: dict[str, Any] = {
-            "region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "region": s3_region,
             # NB: a failed request fails the flush, which keeps its rows and retries later.
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2),
             "connect_timeout": 5,
             "request_timeout": 20,
         }
-        if endpoint:
-            endpoint_url = urlparse(endpoint)
-            options["endpoint_override"] = endpoint_url.netloc or endpoint
+        if s3_endpoint:
+            endpoint_url = urlparse(s3_endpoint)
+            options["endpoint_override"] = endpoint_url.netloc or s3_endpoint
             options["scheme"] = endpoint_url.scheme or "https"
         fs = pafs.S3FileSystem(**options)
         return Store(fs, f"{parsed.netloc}{parsed.path}".rstrip("/"), uri)
     local = os.path.abspath(uri)
     return Store(pafs.LocalFileSystem(), local, uri)
+
+
+def settings_store(settings: Settings) -> Store:
+    """The prediction store the settings name (CHURNOPS_PREDICTION_STORE, its S3 endpoint and
+    region)."""
+    return open_store(settings.store_uri, settings.s3_endpoint, settings.s3_region)
 
 
 # NB: unique per row: dictionary-encoding them is wasted work (a third of a file's write time).
