@@ -46,9 +46,20 @@ def test_the_version_page_tells_what_it_is_how_good_and_how_to_reproduce_it(
     assert f"`churnops reproduce {trained['run_id']}`" in text
     run = client.get_run(trained["run_id"])
     assert run.data.params["data_digest"] in text
+    # NB: the UI shows the dataset's digest on the run page: the same number as the description's.
+    assert run.inputs is not None
+    [dataset] = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == run.data.params["data_digest"]
     assert run.info.run_name == f"v{trained['version']}"  # not every run called v1
-    assert version.tags["version_label"] == f"v{trained['version']}"
+    assert run.data.params["version"] == f"v{trained['version']}"
     assert all(len(version.tags[m].split(".")[1]) == 4 for m in ("f1", "roc_auc", "precision"))
+    # NB: the version keeps what is read back from it; the rest of the account is on its run.
+    assert set(version.tags) == {
+        *("accuracy", "precision", "recall", "f1", "roc_auc", "baseline_f1"),
+        *("gate_passed", "gate_f1", "threshold", "inference", "id_column"),
+    }
+    assert run.data.tags["gate_reason"] == trained["gate_reason"]
+    assert run.data.tags["model_type"] == "logreg" and run.data.tags["onnx_check"]
     assert run.data.tags["library.scikit-learn"] and run.data.tags["library.churnops"]
     model = client.get_registered_model(settings.model_name)
     assert "churnops" in model.description and "production" in model.description

@@ -113,9 +113,9 @@ def mlflow_errors(settings: Settings) -> Iterator[None]:
         raise
 
 
-def experiment_id(mlflow: MlflowClient, name: str) -> str:
+def experiment_id(tracking: MlflowClient, name: str) -> str:
     """The id of the active experiment called ``name``, created when it does not exist."""
-    found = mlflow.get_experiment_by_name(name)
+    found = tracking.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage != "active":
             raise ChurnopsError(
@@ -124,12 +124,12 @@ def experiment_id(mlflow: MlflowClient, name: str) -> str:
             )
         return str(found.experiment_id)
     try:
-        return str(mlflow.create_experiment(name))
+        return str(tracking.create_experiment(name))
     except MlflowException as exc:
         # NB: another command created it between the two calls.
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        again = mlflow.get_experiment_by_name(name)
+        again = tracking.get_experiment_by_name(name)
         if again is None:
             raise
         return str(again.experiment_id)

@@ -28,19 +28,19 @@ def log_monitoring(settings: Settings, entry: MonitorLog, run_name: str = "monit
     """Log a monitor (or compare) run to the experiment ``<model>-monitoring``; its run id."""
     from mlflow.entities import Metric
 
-    mlflow = client(settings)
+    tracking = client(settings)
     with mlflow_errors(settings):
-        experiment = experiment_id(mlflow, settings.monitoring_experiment)
-        run = mlflow.create_run(experiment, tags=entry.tags, run_name=run_name)
+        experiment = experiment_id(tracking, settings.monitoring_experiment)
+        run = tracking.create_run(experiment, tags=entry.tags, run_name=run_name)
         run_id = run.info.run_id
         metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in entry.metrics]
         for start in range(0, len(metrics), 1000):
-            mlflow.log_batch(run_id, metrics=metrics[start : start + 1000])
-        mlflow.log_dict(run_id, entry.report, "report.json")
+            tracking.log_batch(run_id, metrics=metrics[start : start + 1000])
+        tracking.log_dict(run_id, entry.report, "report.json")
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in entry.files.items():
                 path = Path(tmp) / name
                 path.write_bytes(content)
-                mlflow.log_artifact(run_id, str(path))
-        mlflow.set_terminated(run_id)
+                tracking.log_artifact(run_id, str(path))
+        tracking.set_terminated(run_id)
     return run_id

@@ -109,10 +109,8 @@ def _description(
         f"`{Path(dataset.source).name}`: {dataset.report.rows_kept:,} rows "
         f"({result.train_rows:,} to train, {result.test_rows:,} held out), "
         f"churn rate {dataset.report.positive_rate:.1%}, data digest `{digest}`, seed {seed}.\n\n"
-        f"Held out, at the tuned threshold {result.threshold:.3f}: "
-        f"**F1 {m['f1']:.4f}**, ROC AUC {m['roc_auc']:.4f}, precision {m['precision']:.4f}, "
-        f"recall {m['recall']:.4f}.\n\n"
-        f"Gate: **{gate}**: {verdict.reason}.\n\n"
+        f"Held out: **F1 {m['f1']:.4f}**, ROC AUC {m['roc_auc']:.4f} at the threshold "
+        f"{result.threshold:.3f}. Gate: **{gate}**: {verdict.reason}.\n\n"
         f"Reproduce: `churnops reproduce {run_id}`"
     )
 
@@ -125,11 +123,11 @@ MODEL_DESCRIPTION = (
 )
 
 
-def _describe(mlflow: Any, settings: Settings, version: int, description: str) -> None:
-    mlflow.update_model_version(settings.model_name, str(version), description=description)
-    model = mlflow.get_registered_model(settings.model_name)
+def _describe(tracking: Any, settings: Settings, version: int, description: str) -> None:
+    tracking.update_model_version(settings.model_name, str(version), description=description)
+    model = tracking.get_registered_model(settings.model_name)
     if not model.description:
-        mlflow.update_registered_model(
+        tracking.update_registered_model(
             settings.model_name,
             description=MODEL_DESCRIPTION.format(ledger=settings.ledger_experiment),
         )
@@ -159,23 +157,23 @@ def version_tags(result: TrainingResult, id_column: str | None) -> dict[str, str
     return tags
 
 
-def _register(mlflow: Any, settings: Settings, model_id: str, run_id: str, tags: dict) -> int:
+def _register(tracking: Any, settings: Settings, model_id: str, run_id: str, tags: dict) -> int:
     """A new version of the model from a logged model, with its tags from the start; the
     registered model is created on the first training."""
     try:
-        mlflow.create_registered_model(settings.model_name)
+        tracking.create_registered_model(settings.model_name)
     except MlflowException as exc:
         # NB: a create racing a delete of the same name can answer 404 rather than "exists".
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", *MISSING):
             raise
-    mv = mlflow.create_model_version(
+    mv = tracking.create_model_version(
         settings.model_name, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id
     )
     return int(mv.version)
 
 
 def _log_model(
-    mlflow: Any, experiment: str, run_id: str, result: TrainingResult, params: dict[str, str]
+    tracking: Any, experiment: str, run_id: str, result: TrainingResult, params: dict[str, str]
 ) -> str:
     """Save the pipeline as an MLflow model (skops, signature, input example) and log it as the
     run's logged model, the way ``mlflow.sklearn.log_model`` does but through this client; its
@@ -191,14 +189,14 @@ def _log_model(
         # is logged as not required, and the API lets it be omitted.
         features = result.train_features
         signature = infer_signature(features, result.model.predict(features))
-    logged = mlflow.create_logged_model(
+    logged = tracking.create_logged_model(
         experiment, name=MODEL_ARTIFACT, source_run_id=run_id, params=params
     )
     try:
-        mlflow.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        tracking.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         # NB: the run's metrics, attached to the model too, as the model's page shows them.
         now = get_current_time_millis()
-        mlflow.log_batch(
+        tracking.log_batch(
             run_id,
             metrics=[
                 Metric(k, v, now, 0, run_id=run_id, model_id=logged.model_id)
@@ -224,11 +222,11 @@ def _log_model(
                 skops_trusted_types=_skops_trusted_types(result.model),
                 pip_requirements=_pip_requirements(),
             )
-            mlflow.log_model_artifacts(logged.model_id, local)
+            tracking.log_model_artifacts(logged.model_id, local)
     except BaseException:
-        mlflow.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        tracking.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
         raise
-    mlflow.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    tracking.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     return str(logged.model_id)
 
 
@@ -264,52 +262,52 @@ def log_training(
         **result.params,
     }
     texts = {k: str(v) for k, v in params.items()}
-    mlflow = client(settings)
+    tracking = client(settings)
     with mlflow_errors(settings):
         from mlflow.tracking.context.registry import resolve_tags
 
-        experiment = experiment_id(mlflow, settings.training_experiment)
-        run = mlflow.create_run(experiment, tags=resolve_tags(), run_name=version_label)
+        experiment = experiment_id(tracking, settings.training_experiment)
+        run = tracking.create_run(experiment, tags=resolve_tags(), run_name=version_label)
         run_id = run.info.run_id
         try:
             now = get_current_time_millis()
-            mlflow.log_batch(
+            tracking.log_batch(
                 run_id,
                 metrics=[Metric(k, v, now, 0) for k, v in result.metrics.items()],
                 params=[Param(k, v) for k, v in texts.items()],
             )
-            _log_dataset(mlflow, run_id, dataset, digest)
-            mlflow.log_dict(run_id, dataset.report.to_dict(), DATA_REPORT_ARTIFACT)
-            _log_training_table(mlflow, run_id, dataset.source)
+            _log_dataset(tracking, run_id, dataset, digest)
+            tracking.log_dict(run_id, dataset.report.to_dict(), DATA_REPORT_ARTIFACT)
+            _log_training_table(tracking, run_id, dataset.source)
             if evidence is not None:
                 for name, document in evidence.documents.items():
-                    mlflow.log_dict(run_id, document, f"{EVIDENCE_DIR}/{name}")
+                    tracking.log_dict(run_id, document, f"{EVIDENCE_DIR}/{name}")
                 for name, figure in evidence.figures.items():
-                    mlflow.log_figure(run_id, figure, f"{EVIDENCE_DIR}/{name}")
-            mlflow.log_batch(run_id, tags=_run_tags(result, version_label))
+                    tracking.log_figure(run_id, figure, f"{EVIDENCE_DIR}/{name}")
+            tracking.log_batch(run_id, tags=_run_tags(result, version_label))
             if reference is not None:
-                _log_reference(mlflow, run_id, reference)
-            _log_exports(mlflow, run_id, settings.model_name, result)
-            model_id = _log_model(mlflow, experiment, run_id, result, texts)
+                _log_reference(tracking, run_id, reference)
+            _log_exports(tracking, run_id, settings.model_name, result)
+            model_id = _log_model(tracking, experiment, run_id, result, texts)
             version = _register(
-                mlflow, settings, model_id, run_id, version_tags(result, dataset.id_column)
+                tracking, settings, model_id, run_id, version_tags(result, dataset.id_column)
             )
             if not version_label:
                 # NB: unnamed runs take their version's number, so the run list reads v1, v2...
                 label = f"v{version}"
-                mlflow.log_param(run_id, "version", label)
-                mlflow.update_run(run_id, name=label)
+                tracking.log_param(run_id, "version", label)
+                tracking.update_run(run_id, name=label)
             description = _description(result, dataset, seed, digest, run_id)
-            _describe(mlflow, settings, version, description)
+            _describe(tracking, settings, version, description)
             # NB: the run page shows the same account under "Description".
-            mlflow.set_tag(
+            tracking.set_tag(
                 run_id, "mlflow.note.content", f"Registered as version {version}. {description}"
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                mlflow.set_terminated(run_id, "FAILED")
+                tracking.set_terminated(run_id, "FAILED")
             raise
-        mlflow.set_terminated(run_id, "FINISHED")
+        tracking.set_terminated(run_id, "FINISHED")
     return RegisteredRun(run_id=run_id, version=version)
 
 
@@ -328,7 +326,7 @@ def _run_tags(result: TrainingResult, version_label: str | None) -> list[Any]:
     return [RunTag(k, v) for k, v in tags.items()]
 
 
-def _log_dataset(mlflow: Any, run_id: str, dataset: Dataset, digest: str) -> None:
+def _log_dataset(tracking: Any, run_id: str, dataset: Dataset, digest: str) -> None:
     """Record the training table with the run through MLflow's dataset API (name, schema,
     source), under churnops's own digest, so the UI shows the number the version's description
     and `data_digest` parameter give."""
@@ -349,31 +347,32 @@ def _log_dataset(mlflow: Any, run_id: str, dataset: Dataset, digest: str) -> Non
         )
         entity = logged._to_mlflow_entity()
     context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
-    mlflow.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
+    tracking.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
 
 
-def _log_exports(mlflow: Any, run_id: str, model_name: str, result: TrainingResult) -> None:
+def _log_exports(tracking: Any, run_id: str, model_name: str, result: TrainingResult) -> None:
     """The pipeline's skops file, its held-out split and its ONNX export, beside the model."""
     import skops.io
 
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / f"{model_name}.skops"
         skops.io.dump(result.model, export)
-        mlflow.log_artifact(run_id, str(export), artifact_path=EXPORT_DIR)
+        tracking.log_artifact(run_id, str(export), artifact_path=EXPORT_DIR)
         # NB: the held-out split travels with the run, so a later promotion can re-score
         # the champion on exactly the rows this version was judged on.
         holdout = Path(tmp) / Path(HOLDOUT_ARTIFACT).name
         result.holdout.to_parquet(holdout, index=False)
-        mlflow.log_artifact(run_id, str(holdout), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
+        folder = str(Path(HOLDOUT_ARTIFACT).parent)
+        tracking.log_artifact(run_id, str(holdout), artifact_path=folder)
         if result.export.onnx is not None:
             onnx_file = Path(tmp) / Path(ONNX_ARTIFACT).name
             onnx_file.write_bytes(result.export.onnx)
-            mlflow.log_artifact(
+            tracking.log_artifact(
                 run_id, str(onnx_file), artifact_path=str(Path(ONNX_ARTIFACT).parent)
             )
 
 
-def _log_training_table(mlflow: Any, run_id: str, source: str) -> None:
+def _log_training_table(tracking: Any, run_id: str, source: str) -> None:
     """Keep the training file with its run when it is small (built-in data is re-made from the
     seed): what `churnops reproduce` re-trains from."""
     from churnops.data import BUILTIN_SOURCE
@@ -381,7 +380,7 @@ def _log_training_table(mlflow: Any, run_id: str, source: str) -> None:
     path = Path(source)
     if source != BUILTIN_SOURCE and path.is_file():
         if path.stat().st_size <= TRAINING_DATA_MAX_BYTES:
-            mlflow.log_artifact(run_id, str(path), artifact_path=TRAINING_DATA_DIR)
+            tracking.log_artifact(run_id, str(path), artifact_path=TRAINING_DATA_DIR)
         else:
             log.info("not keeping %s with the run: over %d bytes", path, TRAINING_DATA_MAX_BYTES)
 
@@ -443,11 +442,11 @@ def column_kinds(rows: pd.DataFrame) -> dict[str, str]:
     }
 
 
-def _log_reference(mlflow: Any, run_id: str, reference: Reference) -> None:
+def _log_reference(tracking: Any, run_id: str, reference: Reference) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in ((REFERENCE_ROWS, reference.rows), (REFERENCE_SCORES, reference.scores)):
             path = Path(tmp) / name
             frame.to_parquet(path, index=False)
-            mlflow.log_artifact(run_id, str(path), artifact_path=REFERENCE_DIR)
-    mlflow.log_dict(run_id, reference.calibration, f"{REFERENCE_DIR}/{CALIBRATION}")
-    mlflow.log_dict(run_id, reference.kinds, f"{REFERENCE_DIR}/{COLUMN_KINDS}")
+            tracking.log_artifact(run_id, str(path), artifact_path=REFERENCE_DIR)
+    tracking.log_dict(run_id, reference.calibration, f"{REFERENCE_DIR}/{CALIBRATION}")
+    tracking.log_dict(run_id, reference.kinds, f"{REFERENCE_DIR}/{COLUMN_KINDS}")

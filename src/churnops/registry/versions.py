@@ -77,22 +77,23 @@ def _version_info(mv: Any, aliases: tuple[str, ...] | None = None) -> VersionInf
 
 def set_version_tags(settings: Settings, version: int, tags: dict[str, str]) -> None:
     """Set tags on one version (monitoring's latest figures)."""
-    mlflow = client(settings)
+    tracking = client(settings)
     with mlflow_errors(settings):
         for key, value in tags.items():
-            mlflow.set_model_version_tag(settings.model_name, str(version), key, value)
+            tracking.set_model_version_tag(settings.model_name, str(version), key, value)
 
 
 def list_versions(settings: Settings) -> list[VersionInfo]:
     """Every version of the model, oldest first; empty when the model is not registered yet."""
-    mlflow = client(settings)
+    tracking = client(settings)
     with mlflow_errors(settings):
-        found = mlflow.search_model_versions(f"name = '{settings.model_name}'", max_results=10_000)
+        wanted = f"name = '{settings.model_name}'"
+        found = tracking.search_model_versions(wanted, max_results=10_000)
         if not found:
             return []
         # NB: search results carry no aliases; the registered model holds them all.
         by_version: dict[int, list[str]] = {}
-        for alias, version in mlflow.get_registered_model(settings.model_name).aliases.items():
+        for alias, version in tracking.get_registered_model(settings.model_name).aliases.items():
             by_version.setdefault(int(version), []).append(alias)
     return sorted(
         (_version_info(mv, tuple(sorted(by_version.get(int(mv.version), [])))) for mv in found),
@@ -120,15 +121,15 @@ def get_version(settings: Settings, version: int) -> VersionInfo:
 def require_model(settings: Settings) -> None:
     """VersionNotFoundError, naming the registered models, when ``settings.model_name`` is not
     one of them (a misspelt CHURNOPS_MODEL_NAME)."""
-    mlflow = client(settings)
+    tracking = client(settings)
     with mlflow_errors(settings):
         try:
-            mlflow.get_registered_model(settings.model_name)
+            tracking.get_registered_model(settings.model_name)
             return
         except MlflowException as exc:
             if exc.error_code not in MISSING:
                 raise
-        names = sorted(m.name for m in mlflow.search_registered_models(max_results=50))
+        names = sorted(m.name for m in tracking.search_registered_models(max_results=50))
     known = ", ".join(names) if names else "none yet (run `churnops train`)"
     raise VersionNotFoundError(
         f"no registered model {settings.model_name!r}; registered models: {known} "
