@@ -24,7 +24,7 @@ from churnops.config import (
     DEFAULT_CHUNK_ROWS,
     LOG_FORMAT_ENV,
     LOOPBACK_HOSTS,
-    MIN_LABELLED_ROWS,
+    MIN_TRAINING_ROWS,
     MODEL_KINDS,
     TARGET,
     ModelKind,
@@ -651,14 +651,15 @@ def score(
 
 def _moment(text: str, option: str) -> datetime:
     """An ISO 8601 option value as an aware time (UTC when no zone is given)."""
+    from churnops.times import parse_time
+
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_time(text)
     except ValueError:
         raise click.BadParameter(
             f"{text!r} is not an ISO 8601 time, e.g. 2026-12-01 or 2026-12-01T09:30:00Z",
             param_hint=option,
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _redacted(uri: str) -> str:
@@ -926,7 +927,7 @@ def data_group() -> None:
 
 
 @data_group.command()
-@click.option("--rows", default=5000, show_default=True, type=click.IntRange(min=MIN_LABELLED_ROWS))
+@click.option("--rows", default=5000, show_default=True, type=click.IntRange(min=MIN_TRAINING_ROWS))
 @click.option("--seed", default=42, show_default=True)
 @click.option(
     "--out",

@@ -25,7 +25,9 @@ MODEL_KINDS: tuple[ModelKind, ...] = ("logreg", "hgb", "auto")
 DEFAULT_CHUNK_ROWS = 100_000
 TARGET = "churn"
 DEFAULT_MAX_UNPACKED_BYTES = 2 * 1024 * 1024 * 1024
-MIN_LABELLED_ROWS = 50
+# NB: the fewest labelled rows a table must have to be trained on (monitoring's own floor is
+# churnops.monitoring.bootstrap.MIN_LABELLED).
+MIN_TRAINING_ROWS = 50
 
 # NB: binding anything else exposes a server beyond this machine; the CLI warns when it does.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churnops.config import MIN_LABELLED_ROWS, TARGET
+from churnops.config import MIN_TRAINING_ROWS, TARGET
 from churnops.errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -151,8 +151,8 @@ def generate(
 
 def write_generated(path: Path, rows: int = 5000, seed: int = 42) -> pd.DataFrame:
     """Generate the built-in data set and write it to ``path`` atomically."""
-    if rows < MIN_LABELLED_ROWS:
-        raise DataError(f"--rows must be at least {MIN_LABELLED_ROWS} (got {rows})")
+    if rows < MIN_TRAINING_ROWS:
+        raise DataError(f"--rows must be at least {MIN_TRAINING_ROWS} (got {rows})")
     writable_destination(path)
     frame = generate(rows=rows, seed=seed)
     partial = path.with_name(path.name + ".partial")
@@ -254,9 +254,9 @@ def from_frame(
     labelled = labels.notna()
     features = frame.loc[labelled].drop(columns=[target]).reset_index(drop=True)
     y = labels[labelled].astype(int).reset_index(drop=True)
-    if len(y) < MIN_LABELLED_ROWS:
+    if len(y) < MIN_TRAINING_ROWS:
         raise DataError(
-            f"{source}: only {len(y)} labelled rows; at least {MIN_LABELLED_ROWS} are needed"
+            f"{source}: only {len(y)} labelled rows; at least {MIN_TRAINING_ROWS} are needed"
         )
     if y.nunique() < 2:
         raise DataError(

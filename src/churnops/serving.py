@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -63,6 +62,7 @@ from churnops.schemas import (
     StoreState,
 )
 from churnops.shadow import ShadowScorer
+from churnops.times import parse_time
 from churnops.watcher import ModelWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -310,14 +310,12 @@ def _event_time(request: Request) -> float | None:
     if given is None:
         return None
     try:
-        moment = datetime.fromisoformat(given.strip().replace("Z", "+00:00"))
+        moment = parse_time(given, zone_required=True)
     except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
         raise EventTimeError(
             f"{EVENT_TIME_HEADER} must be an ISO 8601 time with a zone, e.g. "
             f"2026-12-01T09:30:00Z; got {given[:64]!r}"
-        )
+        ) from None
     seconds = moment.timestamp()
     if seconds < 0:
         raise EventTimeError(

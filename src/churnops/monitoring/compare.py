@@ -24,11 +24,10 @@ from scipy import stats
 from churnops import routing
 from churnops.config import Settings
 from churnops.errors import ChurnopsError
-from churnops.monitoring import labels, paired, store
+from churnops.monitoring import bootstrap, labels, paired, store
 from churnops.registry import loading, monitoring_log, versions
 
 # NB: below this many labelled rows per side no verdict is given (the intervals mean little).
-MIN_LABELLED = 30
 # NB: beyond this many times the labelled rows so far, "rows needed" is no practical advice.
 PRACTICAL = 100
 COLUMNS = (
@@ -56,10 +55,6 @@ class Comparison:
         return str(self.report["verdict"]["result"])
 
 
-def _r(value: float | None) -> float | None:
-    return None if value is None or not np.isfinite(value) else round(float(value), 6)
-
-
 def _rows(settings: Settings, version: int, until: datetime | None) -> pd.DataFrame:
     table = store.read_predictions(
         store.settings_store(settings), settings.model_name, until=until, columns=COLUMNS
@@ -75,7 +70,10 @@ def _rows(settings: Settings, version: int, until: datetime | None) -> pd.DataFr
 
 
 def _shares(rows: pd.DataFrame) -> dict[str, Any]:
-    return {"rows": len(rows), "predicted_churn": _r(rows["label"].mean()) if len(rows) else None}
+    return {
+        "rows": len(rows),
+        "predicted_churn": bootstrap.rounded(rows["label"].mean(), 6) if len(rows) else None,
+    }
 
 
 def _shadow(pairs: pd.DataFrame, seed: int) -> tuple[dict[str, Any], paired.Difference | None]:
@@ -85,11 +83,11 @@ def _shadow(pairs: pd.DataFrame, seed: int) -> tuple[dict[str, Any], paired.Diff
     rho = stats.spearmanr(pairs["probability_a"], pairs["probability_b"]).statistic
     section: dict[str, Any] = {
         "rows": len(pairs),
-        "agreement": _r(agree),
-        "rank_correlation": _r(float(rho)) if len(pairs) > 2 else None,
+        "agreement": bootstrap.rounded(agree, 6),
+        "rank_correlation": bootstrap.rounded(float(rho), 6) if len(pairs) > 2 else None,
         "predicted_churn": {
-            "production": _r(pairs["label_a"].mean()),
-            "challenger": _r(pairs["label_b"].mean()),
+            "production": bootstrap.rounded(pairs["label_a"].mean(), 6),
+            "challenger": bootstrap.rounded(pairs["label_b"].mean(), 6),
         },
     }
     known = pairs[pairs["outcome"].notna()]
@@ -143,7 +141,7 @@ def _verdict(f1: paired.Difference | None, labelled: int, basis: str) -> dict[st
             "message": "no labelled rows yet: add churn outcomes (`churnops labels add`)",
             "rows_needed": None,
         }
-    result = None if labelled < MIN_LABELLED else paired.decided(f1)
+    result = None if labelled < bootstrap.MIN_LABELLED else paired.decided(f1)
     more = paired.rows_to_decide(f1, labelled)
     text = (
         f"challenger F1 {f1.b:.4f} vs production {f1.a:.4f}: difference {f1.difference:+.4f} "
@@ -159,15 +157,15 @@ def _verdict(f1: paired.Difference | None, labelled: int, basis: str) -> dict[st
             text += (
                 f"; about {more:,} more labelled rows would make a difference this size decisive"
             )
-        elif labelled < MIN_LABELLED:
-            text += f"; fewer than {MIN_LABELLED} labelled rows"
+        elif labelled < bootstrap.MIN_LABELLED:
+            text += f"; fewer than {bootstrap.MIN_LABELLED} labelled rows"
     return {
         "result": result or "no evidence yet",
         "basis": basis,
         "labelled": labelled,
-        "f1_difference": _r(f1.difference),
-        "low": _r(f1.low),
-        "high": _r(f1.high),
+        "f1_difference": bootstrap.rounded(f1.difference, 6),
+        "low": bootstrap.rounded(f1.low, 6),
+        "high": bootstrap.rounded(f1.high, 6),
         "rows_needed": more if result is None else 0,
         "message": text,
     }
@@ -198,8 +196,8 @@ def latency(settings: Settings, compared: list[int]) -> dict[str, Any] | None:
             times.append((time.perf_counter() - started) * 1000)
         out[f"v{version}"] = {
             "engine": engine.kind,
-            "p50_ms": _r(float(np.percentile(times, 50))),
-            "p99_ms": _r(float(np.percentile(times, 99))),
+            "p50_ms": bootstrap.rounded(float(np.percentile(times, 50)), 6),
+            "p99_ms": bootstrap.rounded(float(np.percentile(times, 99)), 6),
         }
     return {"rows": len(rows), "versions": out}
 

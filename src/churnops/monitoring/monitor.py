@@ -24,14 +24,14 @@ import pyarrow.compute as pc
 from churnops import ledger
 from churnops.config import Settings
 from churnops.errors import StaleMoveError, VersionNotFoundError
-from churnops.monitoring import drift, estimate, labels, realised, report, store
+from churnops.monitoring import bootstrap, drift, estimate, labels, realised, report, store
 from churnops.monitoring.estimate import Calibration
 from churnops.registry import loading, monitoring_log, runs, versions
+from churnops.times import parse_time
 
 log = logging.getLogger(__name__)
 
 # NB: below this many labelled rows a window's realised metrics are not reported (too noisy).
-MIN_LABELLED = 30
 # NB: below this many rows a window gets no estimate either ("too few rows"): one row's
 # estimated F1 is 0 or 1, which a chart or a tag would show as a figure.
 MIN_WINDOW_ROWS = drift.MIN_ROWS
@@ -73,13 +73,9 @@ class Result:
         return not self.alerts
 
 
-def _r(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None or not np.isfinite(value) else round(float(value), digits)
-
-
 def _realised(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
     labelled = rows[rows["outcome"].notna()]
-    if len(labelled) < MIN_LABELLED:
+    if len(labelled) < bootstrap.MIN_LABELLED:
         return {}
     intervals = realised.with_intervals(
         labelled["outcome"].to_numpy(dtype=int),
@@ -180,9 +176,9 @@ def _windows(
                 "labelled": labelled,
                 "immature": int(group["immature"].sum()),
                 "mature": bool(end <= matured),
-                "realised_f1": _r((quality.get("f1") or {}).get("value")),
-                "realised_f1_low": _r((quality.get("f1") or {}).get("low")),
-                "realised_f1_high": _r((quality.get("f1") or {}).get("high")),
+                "realised_f1": bootstrap.rounded((quality.get("f1") or {}).get("value")),
+                "realised_f1_low": bootstrap.rounded((quality.get("f1") or {}).get("low")),
+                "realised_f1_high": bootstrap.rounded((quality.get("f1") or {}).get("high")),
                 "estimated_f1": None if estimated is None else estimated["f1"],
                 "band": None if few else _band(known, len(group)),
                 "note": TOO_FEW_ROWS if few else "",
@@ -194,7 +190,7 @@ def _windows(
 def _estimate_error(rows: pd.DataFrame, known: _Version) -> float | None:
     """Estimated minus realised F1 on the rows that have outcomes."""
     labelled = rows[rows["outcome"].notna()]
-    if len(labelled) < MIN_LABELLED:
+    if len(labelled) < bootstrap.MIN_LABELLED:
         return None
     estimated = _estimated(labelled, known.calibration)
     if estimated is None:
@@ -475,9 +471,9 @@ def period_figures(version: dict[str, Any]) -> dict[str, float | None]:
     f1 = (version["realised"].get("f1") or {}).get("value")
     estimated = version["estimated"]
     return {
-        "realised_f1": _r(f1),
-        "estimated_f1": None if estimated is None else _r(estimated["f1"]),
-        "label_coverage": _r(version["coverage"]),
+        "realised_f1": bootstrap.rounded(f1),
+        "estimated_f1": None if estimated is None else bootstrap.rounded(estimated["f1"]),
+        "label_coverage": bootstrap.rounded(version["coverage"]),
         "rows": float(version["rows"]),
         "labelled": float(version["labelled"]),
     }
@@ -489,14 +485,14 @@ def _metrics(versions: list[dict[str, Any]], until: str) -> list[tuple[str, floa
     stepped by it (Unix seconds), so the MLflow UI charts them over time on either axis. Windows
     with too few rows are left out."""
     out = []
-    end = datetime.fromisoformat(until)
+    end = parse_time(until)
     for v in versions:
         prefix = f"v{v['version']}"
         for key, value in period_figures(v).items():
             if value is not None:
                 out.append((f"{prefix}.{key}", float(value), int(end.timestamp() * 1000), 0))
         for w in v["windows"]:
-            moment = datetime.fromisoformat(w["end"])
+            moment = parse_time(w["end"])
             stamp, step = int(moment.timestamp() * 1000), int(moment.timestamp())
             out.append((f"{prefix}.window.rows", float(w["rows"]), stamp, step))
             if w["note"] == TOO_FEW_ROWS:

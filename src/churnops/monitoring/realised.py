@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score
 
+from churnops.monitoring import bootstrap
+
 BINS = 1000
-RESAMPLES = 200
-LEVEL = 0.95
 METRICS = ("precision", "recall", "f1", "roc_auc", "brier")
 
 
@@ -81,7 +81,7 @@ def with_intervals(
     predicted: np.ndarray,
     probability: np.ndarray,
     seed: int = 0,
-    resamples: int = RESAMPLES,
+    resamples: int = bootstrap.RESAMPLES,
 ) -> dict[str, Interval]:
     """Every metric with its bootstrap interval; empty when there are no rows."""
     truth = np.asarray(truth).astype(int)
@@ -97,7 +97,6 @@ def with_intervals(
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(len(truth), counts / counts.sum(), size=resamples).astype(float)
     resampled = _from_counts(draws, mean_squared)
-    tail = (1 - LEVEL) / 2 * 100
     out = {}
     for name in METRICS:
         value = exact.get(name)
@@ -109,7 +108,7 @@ def with_intervals(
         if len(shifted) == 0:
             out[name] = Interval(value, None, None)
             continue
-        low, high = np.percentile(shifted, [tail, 100 - tail])
+        low, high = bootstrap.bounds(shifted)
         bounds = (0.0, 1.0)
         out[name] = Interval(value, float(np.clip(low, *bounds)), float(np.clip(high, *bounds)))
     return out

@@ -12,6 +12,8 @@ from typing import Any
 from matplotlib.dates import date2num
 from matplotlib.figure import Figure
 
+from churnops.times import parse_time
+
 
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
@@ -23,22 +25,20 @@ def series(windows: list[dict[str, Any]], key: str) -> tuple[list[float], list[f
     """(window ends as matplotlib dates, values) of one figure, NaN where a window has none
     and between two windows with no traffic in between, so the line breaks there instead of
     bridging the gap with a segment that reads like data."""
-    from datetime import datetime
 
     ends: list[float] = []
     values: list[float] = []
     for i, w in enumerate(windows):
         if i and w["start"] != windows[i - 1]["end"]:
-            ends.append(float(date2num(datetime.fromisoformat(w["start"]))))
+            ends.append(float(date2num(parse_time(w["start"]))))
             values.append(float("nan"))
-        ends.append(float(date2num(datetime.fromisoformat(w["end"]))))
+        ends.append(float(date2num(parse_time(w["end"]))))
         values.append(float("nan") if w[key] is None else float(w[key]))
     return ends, values
 
 
 def f1_over_time(report: dict[str, Any]) -> bytes:
     """Realised and estimated F1 per window for every version, with ledger moves marked."""
-    from datetime import datetime
 
     figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.add_subplot()
@@ -54,7 +54,7 @@ def f1_over_time(report: dict[str, Any]) -> bytes:
     previous = None
     height = 1.0
     for move in moves:
-        moment = float(date2num(datetime.fromisoformat(move["time"])))
+        moment = float(date2num(parse_time(move["time"])))
         axes.axvline(moment, color="crimson", linewidth=0.8)
         # NB: moves close together (2% of the axis) get their labels staggered, not stacked.
         close = previous is not None and moment - previous < 0.02 * (span[1] - span[0])
