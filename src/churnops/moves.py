@@ -17,9 +17,6 @@ from churnops.config import Settings
 from churnops.errors import ChurnopsError, GateRefusedError
 from churnops.registry import versions
 
-# NB: the steps CHURNOPS_FAILPOINT may name, in the order a move passes them.
-FAILPOINTS = ("before-intent", "after-intent", "after-alias")
-
 
 @dataclass(frozen=True)
 class AliasMove:
