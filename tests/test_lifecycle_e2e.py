@@ -234,6 +234,10 @@ def test_churnops_up_starts_everything_serves_a_first_model_and_stops_what_it_st
         output = (tmp_path / "up.log").read_text()
         assert f"MLflow UI: http://127.0.0.1:{tracking_port}" in output
         assert f"API docs:  http://127.0.0.1:{api_port}/docs" in output
+        assert (
+            f"  export MLFLOW_TRACKING_URI=http://127.0.0.1:{tracking_port} "
+            f"CHURNOPS_API_URL=http://127.0.0.1:{api_port}\n" in output
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

@@ -140,8 +140,23 @@ def test_webhook_secrets_still_sign_deliveries_after_a_restart(tmp_path: Path) -
         receiver.stop()
     assert result.success, result.error_message
     assert [signature_valid(d, WEBHOOK_SECRET) for d in receiver.deliveries] == [True]
-    key = tmp_path / tracking_server.WEBHOOK_KEY_FILE
+    key = tmp_path / "mlflow" / tracking_server.WEBHOOK_KEY_FILE
     assert key.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / tracking_server.WEBHOOK_KEY_FILE).exists()
+
+
+def test_a_webhook_key_kept_at_the_data_folders_top_by_an_earlier_release_is_moved_not_replaced(
+    tmp_path: Path,
+) -> None:
+    earlier = tmp_path / tracking_server.WEBHOOK_KEY_FILE
+    earlier.write_text("an-earlier-key\n")
+    settings = Settings(data_dir=tmp_path)
+
+    env = tracking_server.webhook_key_environment(settings, {})
+
+    assert env == {tracking_server.WEBHOOK_KEY_ENV: "an-earlier-key"}
+    assert not earlier.exists()
+    assert tracking_server.webhook_key_path(settings).read_text() == "an-earlier-key\n"
 
 
 def test_without_jobs_the_ui_job_buttons_get_a_clear_501_and_leave_no_run_behind(

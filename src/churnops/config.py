@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         description="Where `churnops server` keeps artifacts (CHURNOPS_ARTIFACTS_DESTINATION), "
         "e.g. s3://bucket/path; default: <data dir>/mlflow/artifacts.",
     )
+    api_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where the churnops API answers, for the commands that call it "
+        "(CHURNOPS_API_URL; `churnops simulate`); `churnops up` prints the line to export.",
+    )
     api_token: SecretStr | None = Field(
         default=None,
         description="When set (CHURNOPS_API_TOKEN), every API route but /health and /ready "
