@@ -110,9 +110,10 @@ def test_the_api_follows_promotion_and_rollback_live_and_the_gate_guards_product
         assert registry.alias_version(settings) == 1
         assert api.client.get("/model").json()["version"] == 1
         assert api.process.pid == pid and api.process.poll() is None  # never restarted
-        # Swaps never fail a request, and only versions 1 and 2 ever answered.
+        # Swaps never fail a request, and only versions 1 and 2 ever answered (v2's turn was
+        # seen above; under load the background thread may not have been between the moves).
         assert set(traffic.statuses) == {200}, traffic.statuses
-        assert set(traffic.versions) == {"1", "2"}
+        assert "1" in traffic.versions and set(traffic.versions) <= {"1", "2"}
         assert sum(traffic.statuses.values()) > 20
     finally:
         stop_api(api)

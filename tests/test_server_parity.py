@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -181,20 +182,44 @@ def test_without_jobs_the_ui_job_buttons_get_a_clear_501_and_leave_no_run_behind
 
 
 def test_with_jobs_the_job_runner_starts_and_stops_with_the_server(tmp_path: Path) -> None:
-    with churnops_server(tmp_path, jobs=True) as url:
-        answer = httpx.post(url + "/ajax-api/3.0/mlflow/genai/evaluate/invoke", json={})
+    server = tracking_server.start(
+        Settings(data_dir=tmp_path),
+        port=free_port(),
+        quiet=True,
+        extra_env=WEBHOOK_ENV,
+        options=tracking_server.ServerOptions(jobs=True),
+    )
+    try:
+        answer = httpx.post(server.url + "/ajax-api/3.0/mlflow/genai/evaluate/invoke", json={})
         # MLflow itself answers now: a missing experiment id, not "jobs are off".
         assert answer.status_code == 400 and "experiment_id" in answer.json()["message"]
-        runners = _job_runners()
+        runners = _job_runners_of(server.process.pid)
         assert runners
+    finally:
+        server.stop()
     assert not _alive(runners)
 
 
-def _job_runners() -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", "huey_consumer|job_runner|_executor_runner"], capture_output=True, text=True
-    )
-    return [int(p) for p in found.stdout.split()]
+def _job_runners_of(root: int) -> list[int]:
+    """The job-runner processes among ``root``'s descendants: never another server's."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # NB: the command name in field 2 may hold spaces; the parent follows its ")".
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    family, grew = {root}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= children
+        grew = bool(children)
+    runner = re.compile(r"huey_consumer|job_runner|_executor_runner")
+    found = []
+    for pid in family - {root}:
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if runner.search(command):
+                found.append(pid)
+    return found
 
 
 def _alive(pids: list[int]) -> list[int]:

@@ -189,7 +189,9 @@ class Settings(BaseSettings):
     failpoint: str | None = Field(
         default=None,
         description="Test hook (CHURNOPS_FAILPOINT): kill the process with SIGKILL at this step "
-        "of a move: before-intent, after-intent or after-alias.",
+        "of a move (before-intent, after-intent, after-alias) or of train (before-logging, after "
+        "the fit); `<step>:pause` waits there "
+        "instead while <data dir>/failpoint-<step>.paused exists.",
     )
     max_model_bytes: int = Field(
         default=512 * 1024 * 1024,
