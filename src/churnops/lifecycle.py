@@ -90,6 +90,7 @@ def train(
         dataset.report,
         seed,
     )
+    moves.failpoint(settings, "before-logging")
     registered = runs.log_training(
         settings,
         result,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -68,11 +69,19 @@ def actor_of(settings: Settings) -> tuple[str, str | None]:
 
 
 def failpoint(settings: Settings, step: str) -> None:
-    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it.
+    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it, or wait
+    there while ``<data dir>/failpoint-<step>.paused`` exists when it names ``<step>:pause``.
 
-    NB: for the fault-injection tests, which need a real kill -9 at an exact step of a move."""
+    NB: for the fault-injection tests, which need a real kill -9, or a fault of their own (a
+    database restart, a server killed), at an exact step of a move rather than after a sleep."""
     if settings.failpoint == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if settings.failpoint == f"{step}:pause":
+        marker = settings.data_dir / f"failpoint-{step}.paused"
+        marker.touch()
+        deadline = time.monotonic() + settings.move_timeout
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def check_force(force: bool, reason: str, allow_schema_change: bool = False) -> None:
