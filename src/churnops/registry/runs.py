@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
 from churnops.config import Settings
@@ -123,7 +124,7 @@ MODEL_DESCRIPTION = (
 )
 
 
-def _describe(tracking: Any, settings: Settings, version: int, description: str) -> None:
+def _describe(tracking: MlflowClient, settings: Settings, version: int, description: str) -> None:
     tracking.update_model_version(settings.model_name, str(version), description=description)
     model = tracking.get_registered_model(settings.model_name)
     if not model.description:
@@ -157,7 +158,9 @@ def version_tags(result: TrainingResult, id_column: str | None) -> dict[str, str
     return tags
 
 
-def _register(tracking: Any, settings: Settings, model_id: str, run_id: str, tags: dict) -> int:
+def _register(
+    tracking: MlflowClient, settings: Settings, model_id: str, run_id: str, tags: dict
+) -> int:
     """A new version of the model from a logged model, with its tags from the start; the
     registered model is created on the first training."""
     try:
@@ -173,7 +176,11 @@ def _register(tracking: Any, settings: Settings, model_id: str, run_id: str, tag
 
 
 def _log_model(
-    tracking: Any, experiment: str, run_id: str, result: TrainingResult, params: dict[str, str]
+    tracking: MlflowClient,
+    experiment: str,
+    run_id: str,
+    result: TrainingResult,
+    params: dict[str, str],
 ) -> str:
     """Save the pipeline as an MLflow model (skops, signature, input example) and log it as the
     run's logged model, the way ``mlflow.sklearn.log_model`` does but through this client; its
@@ -326,7 +333,7 @@ def _run_tags(result: TrainingResult, version_label: str | None) -> list[Any]:
     return [RunTag(k, v) for k, v in tags.items()]
 
 
-def _log_dataset(tracking: Any, run_id: str, dataset: Dataset, digest: str) -> None:
+def _log_dataset(tracking: MlflowClient, run_id: str, dataset: Dataset, digest: str) -> None:
     """Record the training table with the run through MLflow's dataset API (name, schema,
     source), under churnops's own digest, so the UI shows the number the version's description
     and `data_digest` parameter give."""
@@ -350,7 +357,9 @@ def _log_dataset(tracking: Any, run_id: str, dataset: Dataset, digest: str) -> N
     tracking.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
 
 
-def _log_exports(tracking: Any, run_id: str, model_name: str, result: TrainingResult) -> None:
+def _log_exports(
+    tracking: MlflowClient, run_id: str, model_name: str, result: TrainingResult
+) -> None:
     """The pipeline's skops file, its held-out split and its ONNX export, beside the model."""
     import skops.io
 
@@ -372,7 +381,7 @@ def _log_exports(tracking: Any, run_id: str, model_name: str, result: TrainingRe
             )
 
 
-def _log_training_table(tracking: Any, run_id: str, source: str) -> None:
+def _log_training_table(tracking: MlflowClient, run_id: str, source: str) -> None:
     """Keep the training file with its run when it is small (built-in data is re-made from the
     seed): what `churnops reproduce` re-trains from."""
     from churnops.data import BUILTIN_SOURCE
@@ -442,7 +451,7 @@ def column_kinds(rows: pd.DataFrame) -> dict[str, str]:
     }
 
 
-def _log_reference(tracking: Any, run_id: str, reference: Reference) -> None:
+def _log_reference(tracking: MlflowClient, run_id: str, reference: Reference) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in ((REFERENCE_ROWS, reference.rows), (REFERENCE_SCORES, reference.scores)):
             path = Path(tmp) / name
