@@ -54,7 +54,7 @@ def test_train_prints_only_json_and_registers_a_version_carrying_its_gate_verdic
     assert artifacts == {f"export/{settings.model_name}.skops"}
     assert version.run_id == report["run_id"]
     experiment = client.get_experiment(run.info.experiment_id)
-    assert experiment.name == "churn"
+    assert experiment.name == settings.model_name  # one experiment per model
     # Artifacts go through the server's proxy, so clients need no shared disk.
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
 
