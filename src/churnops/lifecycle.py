@@ -522,19 +522,18 @@ def live_comparison(settings: Settings, version: int) -> gate.Criterion | None:
             f"could not read the prediction store for v{version}'s live comparison: {exc}; "
             "nothing was changed, retry"
         ) from None
-    report = found.report
-    if report["shadow"] is None and report["canary"] is None:
+    if not found.found_rows:
         return None
-    verdict = report["verdict"]
-    value = "undecided" if verdict["result"] == "no evidence yet" else verdict["result"]
-    if verdict.get("f1_difference") is not None:
-        value += f" (F1 {verdict['f1_difference']:+.4f})"
+    verdict = found.verdict
+    value = "undecided" if verdict.result == "no evidence yet" else verdict.result
+    if verdict.f1_difference is not None:
+        value += f" (F1 {verdict.f1_difference:+.4f})"
     return gate.Criterion(
         LIVE_COMPARISON,
-        verdict["result"] != "worse",
+        verdict.result != "worse",
         value,
         "not significantly worse than production",
-        verdict["message"],
+        verdict.message,
     )
 
 
