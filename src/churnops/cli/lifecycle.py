@@ -26,64 +26,7 @@ def status() -> tuple[dict[str, Any], str]:
     except TrackingUnavailableError:
         click.echo(f"tracking URI: {settings.tracking_uri} (not answering)", err=True)
         raise
-    lines = [
-        f"tracking URI: {st.tracking_uri} (answering)",
-        f"{st.model_name}@{st.alias}: "
-        + (f"v{st.production_version}" if st.production_version else "not set"),
-    ]
-    if not st.versions:
-        lines.append("no versions yet: run `churnops train`")
-    else:
-        # NB: the live column appears once `churnops monitor` has tagged a version.
-        live = any("monitor.label_coverage" in v.tags for v in st.versions)
-        heading = f"{'live f1 (realised/estimated, coverage)':<46}  " if live else ""
-        lines.append(
-            f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  {heading}aliases"
-        )
-        for v in st.versions:
-            f1 = f"{v.f1:.4f}" if v.f1 is not None else "-"
-            cell = f"{_live(v.tags):<46}  " if live else ""
-            lines.append(
-                f"{v.version:>7}  {v.created:%Y-%m-%d %H:%M:%S}  {f1:>6}  "
-                f"{'pass' if v.gate_passed else 'FAIL':<4}  {cell}{','.join(v.aliases)}".rstrip()
-            )
-    document = {
-        "tracking_uri": st.tracking_uri,
-        "reachable": True,
-        "model_name": st.model_name,
-        "alias": st.alias,
-        "production_version": st.production_version,
-        "versions": [
-            {
-                "version": v.version,
-                "created": v.created.isoformat(),
-                "f1": v.f1,
-                "gate_passed": v.gate_passed,
-                "aliases": list(v.aliases),
-                "run_id": v.run_id,
-                "monitor": {
-                    k.removeprefix("monitor."): val
-                    for k, val in v.tags.items()
-                    if k.startswith("monitor.")
-                },
-            }
-            for v in st.versions
-        ],
-    }
-    return document, "\n".join(lines)
-
-
-def _live(tags: dict[str, str]) -> str:
-    """A version's F1 over its monitored period from its tags, the figures `churnops monitor`
-    printed, with the rows they rest on."""
-    if "monitor.label_coverage" not in tags:
-        return "-"
-    coverage = float(tags["monitor.label_coverage"])
-    rows = f" of {tags['monitor.rows']} rows" if "monitor.rows" in tags else ""
-    return (
-        f"{tags.get('monitor.realised_f1', '-')}/{tags.get('monitor.estimated_f1', '-')}, "
-        f"{coverage:.0%}{rows}"
-    )
+    return st.to_dict(), st.render()
 
 
 @click.command()

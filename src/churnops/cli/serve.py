@@ -171,11 +171,12 @@ def serve(
     poll_interval: float | None,
     store_predictions: bool | None,
 ) -> None:
-    """Serve models:/churn_model@production over HTTP, following every alias move live.
+    """Serve models:/MODEL@ALIAS over HTTP, following every alias move live.
 
-    Loads each newly aliased version in the background, smoke-tests it, then swaps it in; requests
-    never wait for a load. Routes: /predict, /predict/batch, /model, /ready, /health, /metrics,
-    /docs.
+    MODEL is CHURNOPS_MODEL_NAME and ALIAS is CHURNOPS_ALIAS (default: churn_model and
+    production); the first line printed names the model URI served. Loads each newly aliased
+    version in the background, smoke-tests it, then swaps it in; requests never wait for a
+    load. Routes: /predict, /predict/batch, /model, /ready, /health, /metrics, /docs.
     """
     from churnops.serving import run_api
 
