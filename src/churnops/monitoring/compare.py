@@ -12,7 +12,7 @@ number of labelled rows that would make the observed difference decisive.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -54,7 +54,7 @@ class Sides(Generic[T]):
 
     def to_dict(self) -> dict[str, T]:
         """JSON-ready."""
-        return {"production": self.production, "challenger": self.challenger}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class Timing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {"engine": self.engine, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms}
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ churnops.monitoring.monitor; this module only holds and shows them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from churnops.monitoring.drift import ColumnDrift
@@ -24,7 +24,7 @@ class Band:
 
     def to_dict(self) -> dict[str, float]:
         """JSON-ready."""
-        return {"reference_f1": self.reference_f1, "low": self.low, "high": self.high}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,7 @@ class Window:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
-            "start": self.start,
-            "end": self.end,
-            "rows": self.rows,
-            "labelled": self.labelled,
-            "immature": self.immature,
-            "mature": self.mature,
-            "realised_f1": self.realised_f1,
-            "realised_f1_low": self.realised_f1_low,
-            "realised_f1_high": self.realised_f1_high,
-            "estimated_f1": self.estimated_f1,
-            "band": None if self.band is None else self.band.to_dict(),
-            "note": self.note,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -166,12 +153,7 @@ class Alert:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
-            "kind": self.kind,
-            "version": self.version,
-            "message": self.message,
-            "evidence": self.evidence,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -185,7 +167,7 @@ class Quality:
 
     def to_dict(self) -> dict[str, float | int]:
         """JSON-ready."""
-        return {"version": self.version, "f1": self.f1, "low": self.low, "high": self.high}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -203,15 +185,7 @@ class Advice:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
-            "rollback_to": self.rollback_to,
-            "basis": self.basis,
-            "serving": self.serving.to_dict(),
-            "previous": self.previous.to_dict(),
-            "reason": self.reason,
-            "command": self.command,
-            "message": self.message,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -249,12 +223,7 @@ class Move:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {
-            "time": self.time,
-            "action": self.action,
-            "from_version": self.from_version,
-            "to_version": self.to_version,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
