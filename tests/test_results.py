@@ -357,3 +357,61 @@ def test_the_status_table_shows_the_live_column_once_a_version_is_monitored() ->
         "churn_model@production: not set",
         "no versions yet: run `churnops train`",
     ]
+
+
+def test_score_and_labels_reports_render_the_lines_their_commands_print() -> None:
+    from churnops.monitoring.labels import AddReport
+    from churnops.scoring import ScoreReport
+
+    scored = ScoreReport(
+        "in.csv", "out.csv", "out.rejects.csv", 3, None, 1000, 990, 10, 0.5, "onnx"
+    )
+    assert scored.render("churn_model").splitlines() == [
+        "scored 990 of 1000 rows of in.csv with churn_model v3 (onnx) in 0.50 s: 2,000 rows/s",
+        "output:  out.csv",
+        "rejects: out.rejects.csv (10 rows)",
+    ]
+    added = AddReport("o.csv", "prediction_id", 50, 12, True, 2, 5, "store/labels")
+    assert added.render().splitlines() == [
+        "added 50 outcomes (12 churned) keyed by prediction_id from o.csv",
+        "  2 key(s) have conflicting outcomes in this file: the last wins",
+        "  5 prediction_id value(s) match no stored prediction (yet): kept, not counted",
+    ]
+    again = AddReport("o.csv", "customer_id", 50, 12, False, 0, 0, "store/labels")
+    assert again.render() == "o.csv: these 50 outcomes were already added; nothing changed"
+
+
+def test_a_train_report_prints_the_json_and_lines_train_prints() -> None:
+    from churnops.data import DataReport
+    from churnops.gate import GateVerdict
+    from churnops.lifecycle import TrainReport
+
+    table = DataReport("churn.csv", "churned", 100, 0, 100, {"tenure": "numeric"}, {}, 0.25, {})
+    verdict = GateVerdict(True, 0.75, 0.4, 0.6)
+    report = TrainReport(
+        "r1", 3, {"f1": 0.75, "recall": 0.8}, verdict, table, "logreg", 0.4, {"logreg": 0.7}, 1.25
+    )
+    assert report.render("churn_model").splitlines()[-6:] == [
+        "model: logreg (cross-validated f1 on the training split: logreg=0.7000); threshold "
+        "0.4000; fitted in 1.2 s",
+        "run r1",
+        "registered churn_model version 3",
+        "held-out metrics: f1=0.7500  recall=0.8000",
+        f"gate: PASS ({verdict.reason})",
+        "reproduce: churnops reproduce r1",
+    ]
+    assert report.render("churn_model").startswith(table.render() + "\n")
+    document = report.to_dict()
+    assert list(document) == [
+        "run_id",
+        "version",
+        "metrics",
+        "gate_passed",
+        "gate_reason",
+        "model_type",
+        "threshold",
+        "cv_f1",
+        "fit_seconds",
+        "data_report",
+    ]
+    assert document["gate_passed"] is True and document["data_report"] == table.to_dict()

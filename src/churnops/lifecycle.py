@@ -54,6 +54,36 @@ class TrainReport:
     cv_f1: dict[str, float]
     fit_seconds: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as `churnops train --json` prints it."""
+        return {
+            "run_id": self.run_id,
+            "version": self.version,
+            "metrics": self.metrics,
+            "gate_passed": self.verdict.passed,
+            "gate_reason": self.verdict.reason,
+            "model_type": self.model_type,
+            "threshold": self.threshold,
+            "cv_f1": self.cv_f1,
+            "fit_seconds": self.fit_seconds,
+            "data_report": self.data_report.to_dict(),
+        }
+
+    def render(self, model_name: str) -> str:
+        """The data, the model chosen, the run and version, the metrics and the gate."""
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
+        chosen = "  ".join(f"{k}={v:.4f}" for k, v in self.cv_f1.items())
+        return (
+            f"{self.data_report.render()}\n"
+            f"model: {self.model_type} (cross-validated f1 on the training split: {chosen}); "
+            f"threshold {self.threshold:.4f}; fitted in {self.fit_seconds:.1f} s\n"
+            f"run {self.run_id}\n"
+            f"registered {model_name} version {self.version}\n"
+            f"held-out metrics: {metrics}\n"
+            f"gate: {'PASS' if self.verdict.passed else 'FAIL'} ({self.verdict.reason})\n"
+            f"reproduce: churnops reproduce {self.run_id}"
+        )
+
 
 @dataclass(frozen=True)
 class AliasMove:

@@ -98,31 +98,7 @@ def train(
         positive_label=positive_label,
         kind=kind,
     )
-    metrics = "  ".join(f"{k}={v:.4f}" for k, v in report.metrics.items())
-    chosen = "  ".join(f"{k}={v:.4f}" for k, v in report.cv_f1.items())
-    text = (
-        f"{report.data_report.render()}\n"
-        f"model: {report.model_type} (cross-validated f1 on the training split: {chosen}); "
-        f"threshold {report.threshold:.4f}; fitted in {report.fit_seconds:.1f} s\n"
-        f"run {report.run_id}\n"
-        f"registered {settings.model_name} version {report.version}\n"
-        f"held-out metrics: {metrics}\n"
-        f"gate: {'PASS' if report.verdict.passed else 'FAIL'} ({report.verdict.reason})\n"
-        f"reproduce: churnops reproduce {report.run_id}"
-    )
-    document = {
-        "run_id": report.run_id,
-        "version": report.version,
-        "metrics": report.metrics,
-        "gate_passed": report.verdict.passed,
-        "gate_reason": report.verdict.reason,
-        "model_type": report.model_type,
-        "threshold": report.threshold,
-        "cv_f1": report.cv_f1,
-        "fit_seconds": report.fit_seconds,
-        "data_report": report.data_report.to_dict(),
-    }
-    return document, text
+    return report.to_dict(), report.render(settings.model_name)
 
 
 @click.command()

@@ -49,24 +49,7 @@ def labels_add(source: Path, target: str, id_column: str | None) -> tuple[dict[s
 
     settings = read_settings()
     report = labels.add(settings.store_uri, settings.model_name, source, target, id_column)
-    lines = [
-        (
-            f"added {report.rows} outcomes ({report.churned} churned) keyed by {report.keyed_by} "
-            f"from {report.source}"
-        )
-        if report.added
-        else f"{report.source}: these {report.rows} outcomes were already added; nothing changed",
-    ]
-    if report.conflicts:
-        lines.append(
-            f"  {report.conflicts} key(s) have conflicting outcomes in this file: the last wins"
-        )
-    if report.unknown:
-        lines.append(
-            f"  {report.unknown} {report.keyed_by} value(s) match no stored prediction (yet): "
-            "kept, not counted"
-        )
-    return report.to_dict(), "\n".join(lines)
+    return report.to_dict(), report.render()
 
 
 def _window(text: str) -> timedelta:

@@ -93,11 +93,4 @@ def score(
             on_chunk=bar.update,
             event_time=event_time,
         )
-    text = (
-        f"scored {report.rows_scored} of {report.rows_read} rows of {report.source} with "
-        f"{settings.model_name} v{report.version} ({report.inference}) in "
-        f"{report.seconds:.2f} s: {report.rows_per_second:,.0f} rows/s\n"
-        f"output:  {report.output}\n"
-        f"rejects: {report.rejects} ({report.rows_rejected} rows)"
-    )
-    return report.to_dict(), text
+    return report.to_dict(), report.render(settings.model_name)
