@@ -106,7 +106,10 @@ def monitor(
 
 
 @click.command()
-@click.option("--api", default="http://127.0.0.1:8000", show_default=True, help="The API.")
+@click.option(
+    "--api",
+    help="The API.  [default: CHURNOPS_API_URL, else http://127.0.0.1:8000]",
+)
 @click.option("--days", default=60, show_default=True, type=click.IntRange(1, 400))
 @click.option("--rows-per-day", default=500, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--shift-day", type=click.IntRange(min=0), help="Covariate shift from this day.")
@@ -135,7 +138,7 @@ def monitor(
 )
 @command
 def simulate(
-    api: str,
+    api: str | None,
     days: int,
     rows_per_day: int,
     shift_day: int | None,
@@ -153,6 +156,7 @@ def simulate(
     from churnops.monitoring import simulate as simulation
 
     settings = read_settings()
+    api = api or settings.api_url
     out = labels_out or settings.data_dir / "data" / "outcomes.csv"
     token = settings.api_token.get_secret_value() if settings.api_token else None
     report = simulation.simulate(

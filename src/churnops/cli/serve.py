@@ -266,8 +266,14 @@ def up(port: int, data_dir: Path | None) -> None:
             click.echo(moved.move.describe(), err=True)
         api = f"http://127.0.0.1:{port}"
         addresses = {"ui": settings.tracking_uri, "api": api, "docs": f"{api}/docs"}
+        # NB: a second shell knows neither port: printed as one line to paste, so the
+        # commands of the README reach these servers and not the defaults.
         announce(
-            addresses, f"MLflow UI: {settings.tracking_uri}\nAPI docs:  {api}/docs\nCtrl-C to stop."
+            addresses,
+            f"MLflow UI: {settings.tracking_uri}\nAPI docs:  {api}/docs\n"
+            "In another shell, paste this line first:\n"
+            f"  export MLFLOW_TRACKING_URI={settings.tracking_uri} CHURNOPS_API_URL={api}\n"
+            "Ctrl-C to stop.",
         )
         run_api(settings, "127.0.0.1", port)
     except KeyboardInterrupt:
