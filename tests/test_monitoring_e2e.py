@@ -329,7 +329,8 @@ def test_replicas_write_one_prediction_store_on_s3(
             stop_api(replica)
     for key, value in s3.items():
         monkeypatch.setenv(key, value)
-    stored = store.read_predictions(store.open_store(uri), settings.model_name)
+    # NB: the endpoint comes from the same variables the replicas read, through Settings.
+    stored = store.read_predictions(store.settings_store(Settings()), settings.model_name)
     assert sorted(stored["prediction_id"].to_pylist()) == sorted(ids)
     assert stored["customer_id"].to_pylist() == ["C1", "C1"]
     objects = team_backend.s3.objects(uri.removeprefix("s3://churnops/"))
