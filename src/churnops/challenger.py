@@ -24,7 +24,7 @@ from churnops.lifecycle import (
     actor_of,
     gate_report,
 )
-from churnops.routing import (
+from churnops.serving.routing import (
     DEFAULT_PERCENT,
     MODE_TAG,
     PERCENT_TAG,

@@ -42,7 +42,7 @@ from churnops.gate import DEFAULT_GATE_F1, DEFAULT_TOLERANCE, GateReport
 
 if TYPE_CHECKING:
     from churnops import lifecycle, tracking_server
-    from churnops.routing import Mode
+    from churnops.serving.routing import Mode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -821,7 +821,7 @@ def serve(
     never wait for a load. Routes: /predict, /predict/batch, /model, /ready, /health, /metrics,
     /docs.
     """
-    from churnops.serving import run_api
+    from churnops.serving.server import run_api
 
     overrides = {
         "workers": workers,
@@ -866,7 +866,7 @@ def up(port: int, data_dir: Path | None) -> None:
     With make: `make up MLFLOW_PORT=5001 API_PORT=8001`.
     """
     from churnops import data, lifecycle, registry, tracking_server
-    from churnops.serving import run_api
+    from churnops.serving.server import run_api
 
     settings = _settings(data_dir)
     # NB: before anything is started, trained or promoted: a taken port fails at once.

@@ -21,10 +21,11 @@ import pandas as pd
 import pyarrow.compute as pc
 from scipy import stats
 
-from churnops import registry, routing
+from churnops import registry
 from churnops.config import Settings
 from churnops.errors import ChurnopsError
 from churnops.monitoring import labels, paired, store
+from churnops.serving import routing
 
 # NB: below this many labelled rows per side no verdict is given (the intervals mean little).
 MIN_LABELLED = 30

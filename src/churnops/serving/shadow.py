@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from churnops.monitoring.store import BufferedWriter
-from churnops.routing import Rows
-from churnops.watcher import ServedModel
+from churnops.serving.routing import Rows
+from churnops.serving.watcher import ServedModel
+from churnops.serving.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
 
