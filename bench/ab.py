@@ -117,7 +117,7 @@ def main() -> None:
         v1 = lifecycle.train(settings, data_file=None, version_label="v1", seed=1, gate_f1=0.6)
         v2 = lifecycle.train(settings, data_file=None, version_label="v2", seed=2, gate_f1=0.6)
         lifecycle.promote(settings, v1.version)
-        apis = {}
+        apis: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
         for variant in args.variants:
             name, _, spec = variant.partition("=")
             api_port = free_port()
