@@ -26,7 +26,16 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import ROW, ensure_wrk, free_port, lua_post, run_wrk, tree_rss_mib, wait_http
+from bench.serve import (
+    ROW,
+    WrkResult,
+    ensure_wrk,
+    free_port,
+    lua_post,
+    run_wrk,
+    tree_rss_mib,
+    wait_http,
+)
 from churnops import lifecycle, tracking_server
 from churnops.config import Settings, apply_mlflow_client_limits
 
@@ -48,6 +57,29 @@ def start_api(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (live ones) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for one in tree_rss_mib(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measured(
+    wrk: str, url: str, proc: subprocess.Popen[bytes], script: Path, args: argparse.Namespace
+) -> tuple[WrkResult, float]:
+    """One wrk run, and the API group's CPU microseconds per answered request during it."""
+    before = cpu_seconds(proc.pid)
+    result = run_wrk(wrk, f"{url}/predict", script, args.connections, args.seconds)
+    spent = cpu_seconds(proc.pid) - before
+    return result, 1e6 * spent / max(1, result.requests)
 
 
 def profile(
@@ -147,18 +179,20 @@ def main() -> None:
             run_wrk(wrk, f"{url}/predict", script, 4, 2)
         pairs = []
         names = list(apis)
+        cpu: list[dict[str, float]] = []
         for i in range(args.pairs):
             # NB: the order alternates, so neither variant always runs on a warmer machine.
             order = names if i % 2 == 0 else names[::-1]
-            result = {
-                n: run_wrk(wrk, f"{apis[n][0]}/predict", script, args.connections, args.seconds)
-                for n in order
-            }
+            runs = {n: measured(wrk, apis[n][0], apis[n][1], script, args) for n in order}
+            result = {n: r for n, (r, _) in runs.items()}
+            cpu.append({n: us for n, (_, us) in runs.items()})
             pairs.append(result)
             a, b = (result[n] for n in names)
             print(
-                f"pair {i + 1}: {names[0]} {a.requests_per_s:.0f} req/s p99 {a.p99_ms:.1f} ms | "
-                f"{names[1]} {b.requests_per_s:.0f} req/s p99 {b.p99_ms:.1f} ms | "
+                f"pair {i + 1}: {names[0]} {a.requests_per_s:.0f} req/s p99 {a.p99_ms:.1f} ms "
+                f"{cpu[-1][names[0]]:.0f} us CPU/req | "
+                f"{names[1]} {b.requests_per_s:.0f} req/s p99 {b.p99_ms:.1f} ms "
+                f"{cpu[-1][names[1]]:.0f} us CPU/req | "
                 f"ratio {a.requests_per_s / b.requests_per_s:.3f} p99 {a.p99_ms / b.p99_ms:.3f}",
                 flush=True,
             )
@@ -169,7 +203,9 @@ def main() -> None:
         rss = {n: round(sum(tree_rss_mib(apis[n][1].pid).values()), 1) for n in names}
         print(
             f"median throughput {names[0]}/{names[1]} {statistics.median(ratios):.3f}, "
-            f"median p99 ratio {statistics.median(p99s):.3f}; group RSS MiB {rss}"
+            f"median p99 ratio {statistics.median(p99s):.3f}; median CPU us/request "
+            f"{ {n: round(statistics.median(c[n] for c in cpu)) for n in names} }; "
+            f"group RSS MiB {rss}"
         )
         if args.out:
             args.out.write_text(
@@ -178,6 +214,7 @@ def main() -> None:
                         "pairs": [{n: vars(r) for n, r in p.items()} for p in pairs],
                         "ratios": ratios,
                         "p99_ratios": p99s,
+                        "cpu_us_per_request": cpu,
                         "rss_mib": rss,
                     },
                     indent=2,

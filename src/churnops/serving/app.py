@@ -13,7 +13,6 @@ import functools
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 import numpy as np
 import orjson
@@ -246,7 +245,11 @@ def add_scoring(app: FastAPI, flow: ScoringFlow) -> None:
         served = flow.serving()
         body = await request.body()
         customer = decode.validated(served.schema.one, request.headers.get("content-type"), body)
-        return answer(await flow.score(served, [customer], batch=False, **context(request)))
+        event_time, request_id = context(request)
+        scored = await flow.score(
+            served, [customer], request_id=request_id, event_time=event_time, batch=False
+        )
+        return answer(scored)
 
     @app.post(
         "/predict/batch",
@@ -266,13 +269,17 @@ def add_scoring(app: FastAPI, flow: ScoringFlow) -> None:
                 f"batch has {len(customers)} customers; the limit is "
                 f"{limit} (CHURNOPS_MAX_BATCH_ROWS): split it"
             )
-        return answer(await flow.score(served, customers, batch=True, **context(request)))
+        event_time, request_id = context(request)
+        scored = await flow.score(
+            served, customers, request_id=request_id, event_time=event_time, batch=True
+        )
+        return answer(scored)
 
 
-def context(request: Request) -> dict[str, Any]:
-    """The scoring flow's request context from the headers: event time and request id."""
+def context(request: Request) -> tuple[float | None, str]:
+    """The event time and request id a scoring request's headers give."""
     headers = request.headers
-    return {
-        "event_time": decode.event_time(headers.get(decode.EVENT_TIME_HEADER)),
-        "request_id": decode.request_id(headers.get(decode.REQUEST_ID_HEADER)),
-    }
+    return (
+        decode.event_time(headers.get(decode.EVENT_TIME_HEADER)),
+        decode.request_id(headers.get(decode.REQUEST_ID_HEADER)),
+    )

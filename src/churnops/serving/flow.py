@@ -29,7 +29,8 @@ PRODUCTION = "production"
 CANARY = "canary"
 
 
-@dataclass(frozen=True)
+# NB: plain slotted dataclasses, built on every request: a frozen one's __init__ costs ~1 us more.
+@dataclass(slots=True)
 class Answered:
     """The rows one version answered for a request, with their scores."""
 
@@ -38,7 +39,7 @@ class Answered:
     rows: Rows
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Scored:
     """A request's scores in request order, and which version answered which rows."""
 
@@ -49,7 +50,7 @@ class Scored:
     answered_by: list[int] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     """What the API sends back for one scoring request."""
 
