@@ -15,8 +15,10 @@ second with none); both variants are separate APIs so neither waits for the othe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -82,6 +84,45 @@ def measured(
     return result, 1e6 * spent / max(1, result.requests)
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid`` by its Python name (py-spy dump names them)."""
+    dump = subprocess.run(
+        [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid), "--nonblocking"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    names = dict(re.findall(r"^Thread (\d+) \([^)]*\): \"?([^\"\n]+)", dump, re.M))
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for tid, name in names.items():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def thread_split(
+    wrk: str,
+    apis: dict[str, tuple[str, subprocess.Popen[bytes]]],
+    script: Path,
+    args: argparse.Namespace,
+) -> None:
+    """Each variant's worker CPU by thread during one more load run: microseconds per request."""
+    for name, (url, proc) in apis.items():
+        workers = [pid for pid in tree_rss_mib(proc.pid) if pid != proc.pid]
+        before = {pid: thread_cpu(pid) for pid in workers}
+        result = run_wrk(wrk, f"{url}/predict", script, args.connections, args.seconds)
+        after = {pid: thread_cpu(pid) for pid in workers}
+        split: dict[str, float] = {}
+        for pid in workers:
+            for thread, seconds in after[pid].items():
+                spent = seconds - before[pid].get(thread, 0.0)
+                split[thread] = split.get(thread, 0.0) + spent
+        per_request = {k: round(1e6 * v / max(1, result.requests), 1) for k, v in split.items()}
+        print(f"{name}: CPU us per request by thread {per_request}", flush=True)
+
+
 def profile(
     wrk: str,
     apis: dict[str, tuple[str, subprocess.Popen[bytes]]],
@@ -129,6 +170,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--shadow", action="store_true", help="challenger shadows the first")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", action="store_true", help="CPU per request by thread")
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy folded stacks of each variant's workers"
     )
@@ -198,6 +240,8 @@ def main() -> None:
             )
         if args.profile:
             profile(wrk, apis, script, args)
+        if args.threads:
+            thread_split(wrk, apis, script, args)
         ratios = [p[names[0]].requests_per_s / p[names[1]].requests_per_s for p in pairs]
         p99s = [p[names[0]].p99_ms / p[names[1]].p99_ms for p in pairs]
         rss = {n: round(sum(tree_rss_mib(apis[n][1].pid).values()), 1) for n in names}
