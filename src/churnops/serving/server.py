@@ -16,7 +16,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from churnops.config import LOOPBACK_HOSTS, Settings, apply_mlflow_client_limits
 from churnops.observability import MULTIPROC_ENV, configure_logging
-from churnops.serving.app import create_app
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,10 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
 
 def app_from_environment() -> FastAPI:
     """Factory each uvicorn worker process calls: settings from the environment, JSON logs."""
+    # NB: imported here, in the worker: the supervisor process that runs ``run_api`` never
+    # needs the app, and importing it (MLflow, pandas, pyarrow) cost it ~140 MiB of RSS.
+    from churnops.serving.app import create_app
+
     settings = Settings()
     apply_mlflow_client_limits(settings)
     configure_logging(settings.log_format)
