@@ -907,8 +907,14 @@ def up(port: int, data_dir: Path | None) -> None:
             click.echo(moved.move.describe(), err=True)
         api = f"http://127.0.0.1:{port}"
         addresses = {"ui": settings.tracking_uri, "api": api, "docs": f"{api}/docs"}
+        # NB: a second shell knows neither port: printed as one line to paste, so the
+        # commands of the README reach these servers and not the defaults.
         _announce(
-            addresses, f"MLflow UI: {settings.tracking_uri}\nAPI docs:  {api}/docs\nCtrl-C to stop."
+            addresses,
+            f"MLflow UI: {settings.tracking_uri}\nAPI docs:  {api}/docs\n"
+            "In another shell, paste this line first:\n"
+            f"  export MLFLOW_TRACKING_URI={settings.tracking_uri} CHURNOPS_API_URL={api}\n"
+            "Ctrl-C to stop.",
         )
         run_api(settings, "127.0.0.1", port)
     except KeyboardInterrupt:
@@ -1103,7 +1109,10 @@ def monitor(
 
 
 @main.command()
-@click.option("--api", default="http://127.0.0.1:8000", show_default=True, help="The API.")
+@click.option(
+    "--api",
+    help="The API.  [default: CHURNOPS_API_URL, else http://127.0.0.1:8000]",
+)
 @click.option("--days", default=60, show_default=True, type=click.IntRange(1, 400))
 @click.option("--rows-per-day", default=500, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--shift-day", type=click.IntRange(min=0), help="Covariate shift from this day.")
@@ -1132,7 +1141,7 @@ def monitor(
 )
 @command
 def simulate(
-    api: str,
+    api: str | None,
     days: int,
     rows_per_day: int,
     shift_day: int | None,
@@ -1150,6 +1159,7 @@ def simulate(
     from churnops.monitoring import simulate as simulation
 
     settings = _settings()
+    api = api or settings.api_url
     out = labels_out or settings.data_dir / "data" / "outcomes.csv"
     token = settings.api_token.get_secret_value() if settings.api_token else None
     report = simulation.simulate(

@@ -10,6 +10,7 @@ import getpass
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,7 @@ def train(
         dataset.report,
         seed,
     )
+    _failpoint(settings, "before-logging")
     registered = registry.log_training(
         settings,
         result,
@@ -381,11 +383,19 @@ def gate_report(
 
 
 def _failpoint(settings: Settings, step: str) -> None:
-    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it.
+    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it, or wait
+    there while ``<data dir>/failpoint-<step>.paused`` exists when it names ``<step>:pause``.
 
-    NB: for the fault-injection tests, which need a real kill -9 at an exact step of a move."""
+    NB: for the fault-injection tests, which need a real kill -9, or a fault of their own (a
+    database restart, a server killed), at an exact step of a move rather than after a sleep."""
     if settings.failpoint == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if settings.failpoint == f"{step}:pause":
+        marker = settings.data_dir / f"failpoint-{step}.paused"
+        marker.touch()
+        deadline = time.monotonic() + settings.move_timeout
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _move(
