@@ -22,12 +22,12 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from bench.common import promoted_model
 from bench.serve import (
     ROW,
     WrkResult,
@@ -38,8 +38,8 @@ from bench.serve import (
     tree_rss_mib,
     wait_http,
 )
-from churnops import lifecycle, tracking_server
-from churnops.config import Settings, apply_mlflow_client_limits
+from churnops import lifecycle
+from churnops.config import Settings
 
 
 def start_api(
@@ -176,21 +176,22 @@ def main() -> None:
     )
     args = parser.parse_args()
     wrk = ensure_wrk()
-    work = Path(tempfile.mkdtemp(prefix="churnops-ab-"))
-    port = free_port()
-    settings = Settings(tracking_uri=f"http://127.0.0.1:{port}", data_dir=work)
-    apply_mlflow_client_limits(settings)
-    env = {
-        **os.environ,
-        **settings.as_environment(),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    server = tracking_server.start(settings, port=port, quiet=True)
+    with promoted_model("churnops-ab-") as (settings, env, work):
+        v2 = lifecycle.train(settings, data_file=None, version_label="v2", seed=2, gate_f1=0.6)
+        compare(args, wrk, settings, env, work, v2.version)
+
+
+def compare(
+    args: argparse.Namespace,
+    wrk: str,
+    settings: Settings,
+    env: dict[str, str],
+    work: Path,
+    other: int,
+) -> None:
+    """Start both variants, load them in interleaved pairs, print and write the figures."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        v1 = lifecycle.train(settings, data_file=None, version_label="v1", seed=1, gate_f1=0.6)
-        v2 = lifecycle.train(settings, data_file=None, version_label="v2", seed=2, gate_f1=0.6)
-        lifecycle.promote(settings, v1.version)
         apis: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
         for variant in args.variants:
             name, _, spec = variant.partition("=")
@@ -208,7 +209,7 @@ def main() -> None:
         if args.shadow:
             from churnops import challenger
 
-            challenger.set_challenger(settings, v2.version, "shadow")
+            challenger.set_challenger(settings, other, "shadow")
             first = next(iter(apis.values()))[0]
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -270,7 +271,6 @@ def main() -> None:
                 os.killpg(proc.pid, 15)
         for proc in procs:
             proc.wait(timeout=60)
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import functools
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import numpy as np
 import orjson
@@ -243,13 +244,8 @@ def add_scoring(app: FastAPI, flow: ScoringFlow) -> None:
     )
     async def predict_one(request: Request) -> Response:
         served = flow.serving()
-        body = await request.body()
-        customer = decode.validated(served.schema.one, request.headers.get("content-type"), body)
-        event_time, request_id = context(request)
-        scored = await flow.score(
-            served, [customer], request_id=request_id, event_time=event_time, batch=False
-        )
-        return answer(scored)
+        customer = decode.validated(served.schema.one, *await body_of(request))
+        return await respond(flow, request, served, [customer], batch=False)
 
     @app.post(
         "/predict/batch",
@@ -260,26 +256,37 @@ def add_scoring(app: FastAPI, flow: ScoringFlow) -> None:
     )
     async def predict_batch(request: Request) -> Response:
         served = flow.serving()
-        body = await request.body()
-        parsed = decode.validated(served.schema.batch, request.headers.get("content-type"), body)
-        customers = parsed["customers"]
+        customers = decode.validated(served.schema.batch, *await body_of(request))["customers"]
         limit = flow.settings.max_batch_rows
         if len(customers) > limit:
             raise BatchTooLargeError(
                 f"batch has {len(customers)} customers; the limit is "
                 f"{limit} (CHURNOPS_MAX_BATCH_ROWS): split it"
             )
-        event_time, request_id = context(request)
-        scored = await flow.score(
-            served, customers, request_id=request_id, event_time=event_time, batch=True
-        )
-        return answer(scored)
+        return await respond(flow, request, served, customers, batch=True)
 
 
-def context(request: Request) -> tuple[float | None, str]:
-    """The event time and request id a scoring request's headers give."""
+async def body_of(request: Request) -> tuple[str | None, bytes]:
+    """A scoring request's media type header and body, as ``decode.validated`` reads them."""
+    return request.headers.get("content-type"), await request.body()
+
+
+async def respond(
+    flow: ScoringFlow,
+    request: Request,
+    served: ServedModel,
+    customers: list[dict[str, Any]],
+    *,
+    batch: bool,
+) -> Response:
+    """Score validated customers with the flow, with the event time and request id the
+    headers give, and answer."""
     headers = request.headers
-    return (
-        decode.event_time(headers.get(decode.EVENT_TIME_HEADER)),
-        decode.request_id(headers.get(decode.REQUEST_ID_HEADER)),
+    scored = await flow.score(
+        served,
+        customers,
+        request_id=decode.request_id(headers.get(decode.REQUEST_ID_HEADER)),
+        event_time=decode.event_time(headers.get(decode.EVENT_TIME_HEADER)),
+        batch=batch,
     )
+    return answer(scored)
