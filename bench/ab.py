@@ -217,6 +217,8 @@ def compare(
                 if state.get("active"):
                     break
                 time.sleep(0.2)
+            else:
+                raise RuntimeError(f"the challenger never became active on {first}")
         script = lua_post(json.dumps(ROW), work, "one")
         for url, _ in apis.values():
             run_wrk(wrk, f"{url}/predict", script, 4, 2)
