@@ -69,6 +69,16 @@ class ScoreReport:
         """The report as JSON-ready data."""
         return {**self.__dict__, "rows_per_second": round(self.rows_per_second, 1)}
 
+    def render(self, model_name: str) -> str:
+        """What was scored with which version, how fast, and where both files went."""
+        return (
+            f"scored {self.rows_scored} of {self.rows_read} rows of {self.source} with "
+            f"{model_name} v{self.version} ({self.inference}) in "
+            f"{self.seconds:.2f} s: {self.rows_per_second:,.0f} rows/s\n"
+            f"output:  {self.output}\n"
+            f"rejects: {self.rejects} ({self.rows_rejected} rows)"
+        )
+
 
 def rejects_path(output: Path) -> Path:
     """Where rows that cannot be scored go: next to the output, named after it."""
