@@ -516,6 +516,9 @@ def main() -> None:
         # Rows the API scored (its own counter, summed over workers), then, after a graceful
         # stop, rows in the prediction store: the two must be equal.
         scored_rows = predictions_counted(api)
+        # NB: rows a worker dropped because its buffer was full (counted, by design) are not
+        # losses of the guarantee; anything else missing would be.
+        dropped_rows = int(counter(api, "churnops_store_rows", 'outcome="dropped"'))
         os.killpg(ours.pid, signal.SIGTERM)
         ours.wait(timeout=60)
         stored_rows = store.read_predictions(
@@ -537,7 +540,8 @@ def main() -> None:
     report_table(results, rss, follow, under_load, bool(anchor_follows), args, workers)
     print(
         f"prediction store: {stored_rows} rows stored of {scored_rows} scored "
-        f"({scored_rows - stored_rows} lost)"
+        f"({scored_rows - stored_rows} missing, of which {dropped_rows} dropped and counted "
+        "because a worker's buffer was full)"
     )
     print(
         f"\nthe store's cost: churnops with the store (default) vs the same with --no-store, "
@@ -571,6 +575,7 @@ def main() -> None:
                 "store": {
                     "scored_rows": scored_rows,
                     "stored_rows": stored_rows,
+                    "dropped_rows": dropped_rows,
                     "cost": {
                         k: [[asdict(a), asdict(b)] for a, b in pairs]
                         for k, pairs in store_cost.items()

@@ -18,8 +18,9 @@ from churnops.config import Settings
 from churnops.inputs import InputField
 from churnops.predict import Predictions
 from churnops.registry.loading import LoadedModel
-from churnops.serving import create_app, host_name
-from churnops.watcher import ModelWatcher
+from churnops.serving.app import create_app
+from churnops.serving.middleware import host_name
+from churnops.serving.watcher import ModelWatcher
 
 FIELDS = (InputField("tenure_months", "long", True), InputField("plan_type", "string", True))
 CUSTOMER = {"tenure_months": 3, "plan_type": "basic"}

@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 
-from churnops import data, ledger, routing
+from churnops import data, ledger
 from churnops.config import Settings
 from churnops.monitoring import simulate, store
 from churnops.registry import versions
+from churnops.serving import routing
 from tests.conftest import ApiProcess, ok, start_api, stop_api, train_version, wait_for
 from tests.test_api import CUSTOMER
 from tests.test_monitoring_e2e import HORIZON_DAYS, joined_by_hand

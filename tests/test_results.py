@@ -16,7 +16,7 @@ from churnops.monitoring.drift import ColumnDrift
 from churnops.monitoring.paired import Difference
 from churnops.monitoring.realised import Interval
 from churnops.reproduce import MetricCheck, Reproduction
-from churnops.routing import Slot
+from churnops.serving.routing import Slot
 
 UNTIL = "2026-06-01T00:00:00+00:00"
 

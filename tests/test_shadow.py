@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from churnops import routing
 from churnops.inputs import InputField, RequestSchema
 from churnops.monitoring import store
 from churnops.predict import Predictions
-from churnops.routing import Rows
-from churnops.shadow import ShadowScorer
-from churnops.watcher import ServedModel
+from churnops.serving import routing
+from churnops.serving import writer as writer_module
+from churnops.serving.routing import Rows
+from churnops.serving.shadow import ShadowScorer
+from churnops.serving.watcher import ServedModel
 
 FIELDS = (InputField("tenure_months", "long", True), InputField("plan_type", "string", True))
 
@@ -57,8 +58,8 @@ def work(ids: list[str]) -> Rows:
     return Rows(ids, columns, [f"c{i}" for i in ids], "r", None, 1_700_000_000.0)
 
 
-def writer(tmp_path: Path) -> store.BufferedWriter:
-    return store.BufferedWriter(store.open_store(str(tmp_path)), 3600, 10**6, 400)
+def writer(tmp_path: Path) -> writer_module.BufferedWriter:
+    return writer_module.BufferedWriter(store.open_store(str(tmp_path)), 3600, 10**6, 400)
 
 
 def scorer(tmp_path: Path, model: ServedModel | None, limit: int = 100) -> ShadowScorer:

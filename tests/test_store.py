@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from churnops.config import Settings
 from churnops.monitoring import store
-from churnops.routing import ChallengerRoute
-from churnops.serving import create_app
+from churnops.serving import writer as writer_module
+from churnops.serving.app import create_app
+from churnops.serving.routing import ChallengerRoute
 from tests.conftest import wait_for
 from tests.test_api_edges import CUSTOMER, loaded, watcher_for
 
@@ -58,7 +59,7 @@ def batch(ids: list[str], **given: Any) -> store.Batch:
     return store.Batch(**(fields | given))
 
 
-def dead(writer: store.BufferedWriter) -> None:
+def dead(writer: writer_module.BufferedWriter) -> None:
     """As if the writer's process died: its threads stop writing anything, and the kernel
     releases its spool lock."""
     writer._stop.set()  # NB: not woken: a wake-up would convert and write what is queued
@@ -72,7 +73,7 @@ def dead(writer: store.BufferedWriter) -> None:
 def take_over(target: store.Store, spool: Path) -> int:
     """A new writer on the spool: it takes the dead writers' rows over and writes them; how
     many rows it recovered."""
-    writer = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    writer = writer_module.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
     writer.start()
     recovered = writer.state().recovered_rows
     writer.close()
@@ -176,7 +177,7 @@ def test_input_columns_of_any_kind_round_trip_through_parquet(tmp_path: Path, va
 def test_a_failed_write_keeps_the_rows_and_the_next_flush_writes_them(tmp_path: Path) -> None:
     root = tmp_path / "store"
     root.write_text("not a folder yet")  # every write fails while this file is in the way
-    writer = store.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400)
+    writer = writer_module.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400)
     for i in range(5):
         writer.add(batch([f"p{i}"]))
     assert writer.flush() == 0 and writer.failed_flushes == 1
@@ -201,7 +202,7 @@ def test_an_event_time_before_1970_is_a_422_and_nothing_is_stored(tmp_path: Path
 def test_the_writer_skips_and_counts_a_row_it_cannot_keep_and_writes_every_other_one(
     tmp_path: Path,
 ) -> None:
-    writer = store.BufferedWriter(store.open_store(str(tmp_path)), 0.05, 10**6, 400)
+    writer = writer_module.BufferedWriter(store.open_store(str(tmp_path)), 0.05, 10**6, 400)
     writer.start()
     try:
         writer.add(batch(["before"]))
@@ -225,7 +226,7 @@ def test_an_unwritable_store_bounds_the_buffer_drops_and_counts_the_rest_and_bac
 ) -> None:
     root = tmp_path / "store"
     root.write_text("not a folder")  # every write fails while this file is in the way
-    writer = store.BufferedWriter(
+    writer = writer_module.BufferedWriter(
         store.open_store(str(root)), 0.02, buffer_rows=5, retention_days=400, max_rows=50
     )
     writer.start()
@@ -252,7 +253,9 @@ def test_rows_a_stopped_worker_could_not_write_are_spooled_and_written_by_the_ne
 ) -> None:
     root, spool = tmp_path / "store", tmp_path / "spool"
     root.write_text("not a folder")
-    first = store.BufferedWriter(store.open_store(str(root)), 600, 10**6, 400, spool_dir=spool)
+    first = writer_module.BufferedWriter(
+        store.open_store(str(root)), 600, 10**6, 400, spool_dir=spool
+    )
     first.start()
     for i in range(7):
         first.add(batch([f"p{i}"]))
@@ -267,11 +270,11 @@ def test_rows_a_stopped_worker_could_not_write_are_spooled_and_written_by_the_ne
 def test_a_living_writers_spool_is_never_taken_over(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     target = store.open_store(str(tmp_path / "store"))
-    alive = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    alive = writer_module.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
     alive.start()
     alive.add(batch(["mine"]))
     alive._convert()  # now in its spool
-    other = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    other = writer_module.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
     other.start()
     assert other.state().recovered_rows == 0
     other.close()
@@ -295,14 +298,14 @@ def test_a_writer_killed_between_writing_and_deleting_its_spool_never_stores_a_r
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target, spool = store.open_store(str(tmp_path / "store")), tmp_path / "spool"
-    first = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    first = writer_module.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
     first.start()
     first.add(batch(["a", "b"]))
     first._convert()
     first.add(batch(["c"]))
     # NB: the file is written, then the process "dies" before its spool entries are deleted.
     with monkeypatch.context() as patched:
-        patched.setattr(store.Spool, "discard", staticmethod(lambda _paths: None))
+        patched.setattr(writer_module.Spool, "discard", staticmethod(lambda _paths: None))
         assert first.flush() == 3
     first.add(batch(["d"]))
     first._convert()  # "d" is spooled, not written
@@ -315,21 +318,21 @@ def test_a_takeover_that_loads_part_of_a_backlog_never_loses_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target, spool = store.open_store(str(tmp_path / "store")), tmp_path / "spool"
-    first = store.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
+    first = writer_module.BufferedWriter(target, 600, 10**6, 400, spool_dir=spool)
     first.start()
     for name in ("e1", "e2", "e3"):
         first.add(batch([name]))
         first._convert()
     dead(first)
     # NB: memory holds two rows: e3 stays in the spool while e1, e2 and a new row are written.
-    second = store.BufferedWriter(target, 600, 10**6, 400, max_rows=2, spool_dir=spool)
+    second = writer_module.BufferedWriter(target, 600, 10**6, 400, max_rows=2, spool_dir=spool)
     second.start()
     assert second.state().recovered_rows == 2
     second.max_rows = 10
     second.add(batch(["fresh"]))
     with monkeypatch.context() as patched:
         # NB: killed right after the write: no spool file deleted, nothing more loaded.
-        patched.setattr(store.Spool, "discard", staticmethod(lambda _paths: None))
+        patched.setattr(writer_module.Spool, "discard", staticmethod(lambda _paths: None))
         patched.setattr(second, "_load_backlog", lambda: None)
         assert second.flush() == 3
     dead(second)
@@ -341,11 +344,11 @@ def test_a_failed_write_after_a_bad_table_requeues_only_what_was_not_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = store.open_store(str(tmp_path / "store"))
-    writer = store.BufferedWriter(target, 600, 10**6, 400)
+    writer = writer_module.BufferedWriter(target, 600, 10**6, 400)
     for name in ("ok", "second", "third"):
         writer.add(batch([name]))
         writer._convert()  # NB: three conversion ticks, three tables
-    real = store._write_day
+    real = writer_module.write_day
     calls = []
 
     def flaky(*args, **kwargs):
@@ -357,7 +360,7 @@ def test_a_failed_write_after_a_bad_table_requeues_only_what_was_not_written(
         return real(*args, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(store, "_write_day", flaky)
+        patched.setattr(writer_module, "write_day", flaky)
         writer.flush()
     assert calls == [["ok", "second", "third"], ["ok"], ["second"]]
     # NB: "ok" is written and never queued again; "second" and "third" wait.

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from churnops import watcher as watcher_module
 from churnops.config import Settings
 from churnops.registry.loading import LoadedModel
-from churnops.watcher import ModelWatcher
+from churnops.serving import watcher as watcher_module
+from churnops.serving.watcher import ModelWatcher
 from tests.conftest import wait_for
 from tests.test_api_edges import loaded
 

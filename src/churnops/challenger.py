@@ -19,7 +19,15 @@ from churnops.errors import ChurnopsError
 from churnops.lifecycle import gate_report
 from churnops.moves import MoveResult
 from churnops.registry import connection, loading, versions
-from churnops.routing import DEFAULT_PERCENT, MODE_TAG, PERCENT_TAG, Mode, Slot, slot, slot_from
+from churnops.serving.routing import (
+    DEFAULT_PERCENT,
+    MODE_TAG,
+    PERCENT_TAG,
+    Mode,
+    Slot,
+    slot,
+    slot_from,
+)
 
 # NB: what a challenger can never skip, even with --force: it must load safely and read the rows
 # production's clients send.

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from churnops.config import DEFAULT_CHUNK_ROWS, Settings
@@ -388,7 +387,7 @@ def score_engine(
             if good.any():
                 inputs = features[good]
                 result = engine.predict_frame(inputs)
-                ids = prediction_ids(len(result.label))
+                ids = pa.array(store.prediction_ids(len(result.label)), pa.string())
                 # NB: built as Arrow columns, the form the CSV writer takes: through pandas,
                 # 100,000 id strings cost more than scoring them.
                 out: dict[str, pa.Array] = {
@@ -508,12 +507,6 @@ class StoreStage:
             with contextlib.suppress(Exception):
                 writer.close()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def prediction_ids(rows: int) -> pa.Array:
-    """``<random base>-0`` ... ``-<rows-1>``: unique ids for one scored chunk, made in Arrow."""
-    base = pa.repeat(pa.scalar(os.urandom(12).hex() + "-"), rows)
-    return pc.binary_join_element_wise(base, pc.cast(pa.array(np.arange(rows)), pa.string()), "")
 
 
 # NB: a spreadsheet runs a cell that starts with one of these as a formula (CSV injection).

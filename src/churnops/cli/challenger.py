@@ -10,7 +10,7 @@ from churnops.cli import options
 from churnops.cli.command import command, read_settings
 
 if TYPE_CHECKING:
-    from churnops.routing import Mode
+    from churnops.serving.routing import Mode
 
 
 @click.group(name="challenger")

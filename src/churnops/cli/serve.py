@@ -178,7 +178,7 @@ def serve(
     version in the background, smoke-tests it, then swaps it in; requests never wait for a
     load. Routes: /predict, /predict/batch, /model, /ready, /health, /metrics, /docs.
     """
-    from churnops.serving import run_api
+    from churnops.serving.server import run_api
 
     overrides = {
         "workers": workers,
@@ -226,7 +226,7 @@ def up(port: int, data_dir: Path | None) -> None:
     """
     from churnops import data, lifecycle, tracking_server
     from churnops.registry import connection, versions
-    from churnops.serving import run_api
+    from churnops.serving.server import run_api
 
     settings = read_settings(data_dir)
     # NB: before anything is started, trained or promoted: a taken port fails at once.

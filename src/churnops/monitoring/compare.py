@@ -21,11 +21,11 @@ import pandas as pd
 import pyarrow.compute as pc
 from scipy import stats
 
-from churnops import routing
 from churnops.config import Settings
 from churnops.errors import ChurnopsError
 from churnops.monitoring import bootstrap, labels, paired, store
 from churnops.registry import loading, monitoring_log, versions
+from churnops.serving import routing
 
 # NB: below this many labelled rows per side no verdict is given (the intervals mean little).
 # NB: beyond this many times the labelled rows so far, "rows needed" is no practical advice.

@@ -409,8 +409,8 @@ def _challenger_better(settings: Settings, now: datetime) -> Alert | None:
     """An alert when the challenger has been significantly better than production for
     CHURNOPS_CHALLENGER_BETTER_DAYS: better on every row so far, and already better on the rows
     served before that many days ago."""
-    from churnops import routing
     from churnops.monitoring import compare
+    from churnops.serving import routing
 
     found = routing.slot(settings)
     if found is None:

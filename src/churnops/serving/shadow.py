@@ -10,14 +10,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from churnops.monitoring.store import BufferedWriter
-from churnops.routing import Rows
-from churnops.watcher import ServedModel
+from churnops.serving.routing import Rows
+from churnops.serving.watcher import ServedModel
+from churnops.serving.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +135,17 @@ class ShadowScorer:
         for work in group:
             part = slice(offset, offset + len(work.ids))
             offset += len(work.ids)
-            scored = replace(
-                work,
-                probabilities=np.asarray(result.probability[part]),
-                labels=np.asarray(result.label[part]),
-                # NB: the inputs are production's row's, stored with it under the same id.
-                columns={},
+            # NB: the constructor, not dataclasses.replace: 1.6 us instead of 3.3 per request;
+            # the inputs are production's row's, stored with it under the same id.
+            scored = Rows(
+                work.ids,
+                {},
+                work.customer_ids,
+                work.request_id,
+                work.event_time,
+                work.served_at,
+                np.asarray(result.probability[part]),
+                np.asarray(result.label[part]),
             )
             self._store.add(scored.batch(self._model, served, self._alias, "shadow"))
         self.scored_rows += rows

@@ -22,7 +22,7 @@ from churnops.config import Settings
 from churnops.monitoring.store import Batch
 from churnops.predict import Predictions
 from churnops.registry import loading, versions
-from churnops.watcher import ModelWatcher, ServedModel
+from churnops.serving.watcher import ModelWatcher, ServedModel
 
 log = logging.getLogger(__name__)
 

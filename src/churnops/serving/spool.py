@@ -4,7 +4,7 @@ the store is unwritable loses nothing it had already spooled.
 
 Each writer owns a token (host, pid, random part) and holds an exclusive ``flock`` on
 ``<token>.lock`` for as long as it lives; the kernel releases that lock when the process dies,
-however it dies. Every conversion tick (``store.CONVERT_SECONDS``) the writer puts what it
+however it dies. Every conversion tick (``writer.CONVERT_SECONDS``) the writer puts what it
 converted into ``<token>-<day>-<n>.arrow``, one file per day (Arrow IPC, written under a
 temporary name and renamed, no fsync: a killed process's page cache survives it, a machine crash
 is not covered), and deletes those files once their rows are in the store, whose file for them
@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
+
+from churnops.monitoring.store import Store, day_folder
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class Spool:
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(partial, folder / f"{self.token}{LOCK}")
         # NB: numbered per day, so one day's files of one writer form an unbroken run that a
-        # store file's name can cover (see store._groups).
+        # store file's name can cover (see runs).
         self._numbers: dict[int, int] = {}
         self._numbering = threading.Lock()
         self.claim_pending = False
@@ -157,3 +160,65 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / f"{self.token}{LOCK}").unlink()
         os.close(self._lock)
+
+
+@dataclass
+class Converted:
+    """A converted table and the spool file that holds it (None when not spooled)."""
+
+    table: pa.Table
+    spooled: Path | None
+
+
+SPOOLED_SUFFIX = ".spooled.parquet"
+
+
+def runs(converted: list[Converted]) -> list[list[Converted]]:
+    """One day's tables as the files to write: each unbroken run of this writer's spool
+    numbers is one file, named after the run (so a takeover can tell exactly which entries a
+    file holds); tables that are not in the spool go together in one more."""
+    numbered = sorted(
+        ((entry_of(c.spooled).number, c) for c in converted if c.spooled is not None),
+        key=lambda pair: pair[0],
+    )
+    runs: list[list[Converted]] = []
+    previous = None
+    for number, item in numbered:
+        if previous is not None and number == previous + 1:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+        previous = number
+    loose = [c for c in converted if c.spooled is None]
+    return runs + ([loose] if loose else [])
+
+
+def run_name(group: list[Converted]) -> str | None:
+    """``<token>-<first>-<last>.spooled.parquet`` for a run of spool entries (the same name
+    when a failed write is tried again, so a write that landed after all is overwritten);
+    None for rows not in the spool."""
+    if not group or group[0].spooled is None:
+        return None
+    first, last = entry_of(group[0].spooled), entry_of(group[-1].spooled or group[0].spooled)
+    return f"{first.token}-{first.number}-{last.number}{SPOOLED_SUFFIX}"
+
+
+def stored_entries(target: Store) -> Callable[[Entry], bool]:
+    """Whether a spool entry's rows are in a store file already, by the file names of its day
+    (each day's folder listed once); OSError when the store cannot be listed."""
+    ranges: dict[int, dict[str, list[tuple[int, int]]]] = {}
+
+    def stored(entry: Entry) -> bool:
+        if entry.day not in ranges:
+            folder = day_folder(target, entry.day)
+            found: dict[str, list[tuple[int, int]]] = {}
+            selector = pafs.FileSelector(folder, allow_not_found=True)
+            for info in target.fs.get_file_info(selector):
+                if info.base_name.endswith(SPOOLED_SUFFIX):
+                    token, first, last = info.base_name[: -len(SPOOLED_SUFFIX)].rsplit("-", 2)
+                    found.setdefault(token, []).append((int(first), int(last)))
+            ranges[entry.day] = found
+        spans = ranges[entry.day].get(entry.token, [])
+        return any(first <= entry.number <= last for first, last in spans)
+
+    return stored
