@@ -184,7 +184,8 @@ class Settings(BaseSettings):
     failpoint: str | None = Field(
         default=None,
         description="Test hook (CHURNOPS_FAILPOINT): kill the process with SIGKILL at this step "
-        "of a move: before-intent, after-intent or after-alias.",
+        "of a move: before-intent, after-intent or after-alias; or slow-load: every API worker "
+        "but the first loads its model 8 s late.",
     )
     max_model_bytes: int = Field(
         default=512 * 1024 * 1024,

@@ -45,6 +45,7 @@ from churnops.errors import (
     EventTimeError,
     NoProductionModelError,
     UnsupportedMediaTypeError,
+    WorkersNotReadyError,
 )
 from churnops.monitoring.store import BufferedWriter, open_store
 from churnops.observability import (
@@ -329,6 +330,23 @@ def _event_time(request: Request) -> float | None:
     return seconds
 
 
+# NB: a test hook (CHURNOPS_FAILPOINT=slow-load): every worker but the first to load sleeps
+# this long before loading, so a test sees one worker ready and another not, every time.
+SLOW_LOAD_FAILPOINT = "slow-load"
+SLOW_LOAD_SECONDS = 8.0
+
+
+def _slow_load_unless_first() -> None:
+    """Sleep SLOW_LOAD_SECONDS unless this worker is the first of its server to load."""
+    # NB: the workers share their supervisor's pid, so the claim is per server start.
+    claim = os.path.join(tempfile.gettempdir(), f"churnops-slow-load-{os.getppid()}")
+    try:
+        os.close(os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        log.warning("failpoint %s: loading %.0f s late", SLOW_LOAD_FAILPOINT, SLOW_LOAD_SECONDS)
+        time.sleep(SLOW_LOAD_SECONDS)
+
+
 def _challenger_watcher(settings: Settings, metrics: ServingMetrics) -> ChallengerRoute:
     def swapped(served: ServedModel) -> None:
         metrics.challenger_version.set(served.version)
@@ -355,6 +373,8 @@ def create_app(
         from churnops import cache, registry
 
         def load(settings: Settings, version: int) -> LoadedModel:
+            if settings.failpoint == SLOW_LOAD_FAILPOINT:
+                _slow_load_unless_first()
             keep = functools.partial(cache.keep, settings) if settings.serve_cache else None
             return registry.load_version(settings, version, keep=keep)
 
@@ -597,9 +617,17 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: 200 once a model is loaded, 503 before")
+    @app.get("/ready", summary="Readiness: 200 once every worker has a model loaded, 503 before")
     async def ready() -> dict[str, object]:
         served = serving()
+        # NB: whichever worker takes the probe's connection answers it; one that is ready must
+        # not speak for another still loading, whose next /predict would fail.
+        loaded = metrics.workers_serving()
+        if loaded is not None and loaded < settings.workers:
+            raise WorkersNotReadyError(
+                f"{loaded} of {settings.workers} workers serve a model; the others are still "
+                "loading it"
+            )
         answer: dict[str, object] = {
             "status": "ready",
             "model_version": served.version,
