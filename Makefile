@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test check docs screenshots bench bench-peers lock clean image
+.PHONY: help install up test check docs screenshots bench bench-peers lock clean image standins
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ image: $(STAMP) ## Build the container image IMAGE from a host-side wheelhouse (
 	rm -f $(WHEELHOUSE)/deps/churnops-*.whl
 	podman build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) --file deploy/Containerfile \
 	  --tag $(IMAGE) $(WHEELHOUSE)
+
+standins: $(STAMP) ## Build local stand-ins for deploy/compose.yaml's PostgreSQL and S3 images (no registry here)
+	BASE_IMAGE=$(BASE_IMAGE) PYTHON=$(BIN)/python deploy/standins/build.sh
 
 clean: ## Remove the venv and caches (keeps mlflow.db and artifacts)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

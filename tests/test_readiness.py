@@ -4,7 +4,6 @@ on every try until the last worker has loaded, then 200."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
