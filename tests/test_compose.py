@@ -5,6 +5,7 @@ both replicas follow; one replica stopped mid-load costs the other no request.""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, run_churnops, wait_for, worker_versions
+from tests.conftest import free_port, wait_for, worker_versions
 from tests.containers import ROOT, Load, answers, build_image, podman
 
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
@@ -71,6 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         compose(env_file, "up", "-d")
         yield {
             "project": project,
+            "image": image,
             "tracking": f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
             "apis": [f"http://127.0.0.1:{ports[p]}" for p in ("API_1_PORT", "API_2_PORT")],
         }
@@ -82,6 +84,11 @@ def exited(container: str) -> int | None:
     """A container's exit code once it has exited, else None."""
     state = json.loads(podman("inspect", container).stdout)[0]["State"]
     return None if state["Running"] or state["Status"] != "exited" else int(state["ExitCode"])
+
+
+def ready(url: str) -> bool:
+    """Whether the replica at ``url`` says it is ready."""
+    return answers(url, "/ready") == 200
 
 
 def serves(url: str, version: int) -> bool:
@@ -96,32 +103,32 @@ def serves(url: str, version: int) -> bool:
 
 
 def test_compose_brings_up_a_team_stack_whose_replicas_follow_and_cover_for_each_other(
-    stack: dict[str, Any], tmp_path: Path
+    stack: dict[str, Any],
 ) -> None:
     project, tracking, (api_1, api_2) = stack["project"], stack["tracking"], stack["apis"]
     job = f"{project}_first-model_1"
     assert wait_for(lambda: exited(job) is not None, timeout=300, interval=1) is not None
     assert exited(job) == 0, podman("logs", job).stderr[-2000:]
     for api in (api_1, api_2):
-        wait_for(lambda url=api: answers(url, "/ready") == 200, timeout=120, interval=0.5)
+        wait_for(functools.partial(ready, api), timeout=120, interval=0.5)
         assert serves(api, 1)
     # NB: --auth from the Compose file: no password, no registry.
     assert answers(tracking, "/api/2.0/mlflow/registered-models/search") == 401
-    env = {
-        "MLFLOW_TRACKING_URI": tracking,
-        "MLFLOW_TRACKING_USERNAME": "admin",
-        "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
-        "CHURNOPS_DATA_DIR": str(tmp_path),
-        # NB: six containers share two cores here: an artifact download may take more than
-        # the default 10 s.
-        "CHURNOPS_HTTP_TIMEOUT": "60",
-        "CHURNOPS_HTTP_RETRIES": "3",
-    }
-    for command in (("train", "--json", "--seed", "7"), ("promote", "--json")):
-        done = run_churnops(*command, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    # NB: the client is a one-off container on the stack's network, as a CI job would be:
+    # from the host, through the published port, artifact downloads hung here (docs/deploy.md).
+    client = [
+        "run", "--rm", "--network", f"{project}_default",
+        "--env", "MLFLOW_TRACKING_URI=http://tracking:5000",
+        "--env", "MLFLOW_TRACKING_USERNAME=admin",
+        "--env", f"MLFLOW_TRACKING_PASSWORD={ADMIN_PASSWORD}",
+        stack["image"],
+    ]  # fmt: skip
+    trained = podman(*client, "train", "--json", "--seed", "7", timeout=600)
+    assert json.loads(trained.stdout)["version"] == 2
+    promoted = podman(*client, "promote", "--json", timeout=600)
+    assert json.loads(promoted.stdout)["to_version"] == 2
     for api in (api_1, api_2):
-        wait_for(lambda url=api: serves(url, 2), timeout=60, interval=0.5)
+        wait_for(functools.partial(serves, api, 2), timeout=60, interval=0.5)
     with Load(api_2, threads=4, requests=1500, seconds=60, token=TOKEN) as load:
         load.until(answered=100)
         podman("stop", "--time", "30", f"{project}_api-1_1", timeout=60)
