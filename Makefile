@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test check docs screenshots bench bench-peers lock clean image standins
+.PHONY: help install up test test-fast check docs screenshots bench bench-peers lock clean image standins
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,8 +23,12 @@ install: $(STAMP) ## Create .venv and install the pinned dependencies and churno
 up: $(STAMP) ## Run the main job: tracking server, data, first model, API (MLFLOW_PORT=, API_PORT= to move them)
 	$(if $(MLFLOW_PORT),MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT)) $(BIN)/churnops up $(if $(API_PORT),--port $(API_PORT))
 
-test: $(STAMP) ## Run the whole test suite (starts its own servers)
-	$(BIN)/python -m pytest
+test: $(STAMP) ## Run the whole test suite: the fast tier (under a minute), then the slow one (real servers)
+	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m slow
+
+test-fast: $(STAMP) ## Run only the fast tier: pure functions and in-process apps
+	$(BIN)/python -m pytest -m "not slow"
 
 check: $(STAMP) ## Lint, type-check and build the docs strictly (ruff, mypy, mkdocs)
 	$(BIN)/ruff check src tests bench

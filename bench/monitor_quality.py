@@ -149,12 +149,12 @@ def daily(model: Model, rows: pd.DataFrame, days: int) -> dict[str, Any]:
         report, alerts = monitor.assess(
             1, seen, model.info, model.reference, cut - pd.Timedelta(days=HORIZON_DAYS)
         )
-        kinds = {a["kind"] for a in alerts}
+        kinds = {a.kind for a in alerts}
         for family, members in (("any", QUALITY | DRIFT), ("quality", QUALITY), ("drift", DRIFT)):
             if kinds & members and first[family] is None:
                 first[family] = {
                     "day": day,
-                    "labelled": report["labelled"],
+                    "labelled": report.labelled,
                     "kinds": sorted(kinds),
                 }
         if all(first.values()):
@@ -165,11 +165,11 @@ def daily(model: Model, rows: pd.DataFrame, days: int) -> dict[str, Any]:
     report, alerts = monitor.assess(1, complete, model.info, model.reference, end)
     return {
         "first": first,
-        "end_kinds": sorted({a["kind"] for a in alerts}),
-        "realised_f1": report["realised"]["f1"]["value"],
-        "gate_f1": report["gate_f1"],
-        "gate_f1_sd": report["gate_f1_sd"],
-        "drifted": [c["column"] for c in report["drift"]["columns"] if c["drifted"]],
+        "end_kinds": sorted({a.kind for a in alerts}),
+        "realised_f1": report.realised["f1"].value,
+        "gate_f1": report.gate_f1,
+        "gate_f1_sd": report.gate_f1_sd,
+        "drifted": report.drift.drifted,
     }
 
 

@@ -231,3 +231,19 @@ def test_simulate_with_no_api_answering_is_one_error_line_and_exit_2(
     assert "Traceback" not in done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"error: the API at {dead} does not answer (ConnectError)")
+
+
+def test_simulate_reaches_the_api_named_by_churnops_api_url_when_no_api_option_is_given(
+    env: dict[str, str],
+) -> None:
+    elsewhere = f"http://127.0.0.1:{free_port()}"
+    done = run_churnops(
+        "simulate",
+        "--days",
+        "1",
+        "--no-add-labels",
+        env={**env, "CHURNOPS_API_URL": elsewhere},
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"error: the API at {elsewhere} does not answer" in done.stderr

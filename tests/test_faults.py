@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,17 +43,35 @@ def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamBackend]:
         yield backend
 
 
-def _promoter(env: dict[str, str], version: int) -> subprocess.Popen[str]:
+PAUSED_STEP = "after-intent"
+
+
+def _promoter(env: dict[str, str], version: int, folder: Path) -> subprocess.Popen[str]:
+    """A promote that stops between its ledger intent and the alias move until released."""
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "churnops", "promote", "--version", str(version)),
             *("--json", "--reason", "during the fault"),
         ],
-        env={**os.environ, **env, "CHURNOPS_ACTOR": "alice"},
+        env={
+            **os.environ,
+            **env,
+            "CHURNOPS_ACTOR": "alice",
+            "CHURNOPS_DATA_DIR": str(folder),
+            "CHURNOPS_FAILPOINT": f"{PAUSED_STEP}:pause",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _paused(promoter: subprocess.Popen[str], folder: Path) -> Path:
+    """Wait until the promote waits at its failpoint; the marker's removal releases it."""
+    marker = folder / f"failpoint-{PAUSED_STEP}.paused"
+    wait_for(lambda: marker.exists() or promoter.poll() is not None, timeout=120)
+    assert marker.exists(), promoter.communicate()
+    return marker
 
 
 def _finish_the_promotion(
@@ -95,9 +112,11 @@ def test_postgresql_restarted_while_the_api_serves_and_a_promote_runs(
     try:
         api.wait_until_every_worker_serves()
         with Traffic(api.url, max_requests=20_000, max_seconds=240) as traffic:
-            promoter = _promoter(env, v2.version)
-            time.sleep(1.5)
+            promoter = _promoter(env, v2.version, tmp_path)
+            marker = _paused(promoter, tmp_path)
+            # NB: the database restarts with an intent in the ledger and the alias not moved.
             fragile.postgres.restart()
+            marker.unlink()
             _finish_the_promotion(promoter, env, v2.version)
             _settle(settings, api, v2.version)
         assert set(traffic.statuses) == {200}, traffic.statuses
@@ -133,11 +152,14 @@ def test_the_tracking_server_killed_and_restarted_during_a_promote_loses_nothing
         api = start_api({**env, "CHURNOPS_WORKERS": "1"}, tmp_path / "serve.log")
         api.wait_until_every_worker_serves()
         with Traffic(api.url, max_requests=20_000, max_seconds=240) as traffic:
-            promoter = _promoter(env, v2.version)
-            time.sleep(1.5)
+            promoter = _promoter(env, v2.version, tmp_path)
+            marker = _paused(promoter, tmp_path)
+            # NB: the server dies with an intent in the ledger; the promote goes on against no
+            # server at all, then the server comes back.
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait()
-            time.sleep(1.0)
+            marker.unlink()
+            wait_for(lambda: promoter.poll() is not None, timeout=300)
             server = tracking_server.start(settings, port=port, quiet=True)
             _finish_the_promotion(promoter, env, v2.version)
             _settle(settings, api, v2.version)
@@ -151,7 +173,7 @@ def test_the_tracking_server_killed_and_restarted_during_a_promote_loses_nothing
 
 
 def test_s3_stopped_during_train_is_a_clear_error_and_registers_no_version(
-    fragile: TeamBackend,
+    fragile: TeamBackend, tmp_path: Path
 ) -> None:
     # NB: last in the module: the bucket stays down.
     name = f"churn_s3down_{uuid.uuid4().hex[:6]}"
@@ -162,13 +184,22 @@ def test_s3_stopped_during_train_is_a_clear_error_and_registers_no_version(
     }
     trainer = subprocess.Popen(
         [sys.executable, "-m", "churnops", "train", "--json"],
-        env={**os.environ, **env},
+        env={
+            **os.environ,
+            **env,
+            "CHURNOPS_DATA_DIR": str(tmp_path),
+            "CHURNOPS_FAILPOINT": "before-logging:pause",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)
+    # NB: the model is fitted; S3 goes down before the run logs anything to it.
+    marker = tmp_path / "failpoint-before-logging.paused"
+    wait_for(lambda: marker.exists() or trainer.poll() is not None, timeout=300)
+    assert marker.exists(), trainer.communicate()
     fragile.s3.stop()
+    marker.unlink()
     out, err = trainer.communicate(timeout=600)
     assert trainer.returncode == 2, (out, err)
     assert "failed the request" in err and "artifact store may be down" in err

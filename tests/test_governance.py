@@ -204,7 +204,13 @@ def test_concurrent_promotions_are_serialised_or_refused_and_the_ledger_chain_ho
         outcomes += [json.loads(line) for line in out.splitlines()]
     assert len(outcomes) == 40
     refused = [o for o in outcomes if not o["ok"]]
-    assert all("while you were promoting; re-run" in o["error"] for o in refused), refused
+    # NB: two refusals are the race's: another move landed first, or (on a loaded machine) a
+    # mover waited out the move timeout behind a live holder. Anything else is a bug.
+    assert all(
+        "while you were promoting; re-run" in o["error"]
+        or ("is still in progress and its holder is alive" in o["error"])
+        for o in refused
+    ), refused
     successes = [o for o in outcomes if o["ok"] and o["seq"] is not None]
     assert successes, "no mover ever succeeded"
     unchanged = [o for o in outcomes if o["ok"] and o["seq"] is None]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from churnops import data, lifecycle, registry, training
-from churnops.monitoring import monitor, simulate
+from churnops.monitoring import findings, monitor, simulate
 from churnops.monitoring import report as report_module
 
 END = pd.Timestamp("2026-06-01", tz="UTC")
@@ -37,10 +37,11 @@ def test_healthy_traffic_raises_no_alert_though_realised_f1_is_below_a_lucky_gat
 ) -> None:
     result, reference, info = seed_one
     report, alerts = monitor.assess(1, traffic(result), info, reference, LATER)
-    f1 = report["realised"]["f1"]
+    f1 = report.realised["f1"]
     # NB: the case the issue reproduced: the interval alone lies below the gate's F1 ...
-    assert f1["high"] < report["gate_f1"] == pytest.approx(0.754, abs=0.001)
-    assert report["gate_f1_sd"] > 0.01
+    assert f1.high is not None and report.gate_f1 is not None
+    assert f1.high < report.gate_f1 == pytest.approx(0.754, abs=0.001)
+    assert report.gate_f1_sd > 0.01
     # ... but the gate's F1 comes from 1,250 rows, and the gap is within both sides' noise.
     assert alerts == []
 
@@ -49,10 +50,12 @@ def test_a_concept_drift_that_lowers_true_f1_raises_the_realised_alert(seed_one:
     result, reference, info = seed_one
     rows = traffic(result, concept_day=0, strength=0.3)
     report, alerts = monitor.assess(1, rows, info, reference, LATER)
-    assert report["realised"]["f1"]["value"] < report["gate_f1"] - 0.08
-    found = [a for a in alerts if a["kind"] == "realised_f1_below_gate"]
-    assert found and found[0]["evidence"]["z"] > monitor.Z_ALERT
-    assert "standard deviations below the F1 the gate measured" in found[0]["message"]
+    value = report.realised["f1"].value
+    assert value is not None and report.gate_f1 is not None
+    assert value < report.gate_f1 - 0.08
+    found = [a for a in alerts if a.kind == "realised_f1_below_gate"]
+    assert found and found[0].evidence["z"] > monitor.Z_ALERT
+    assert "standard deviations below the F1 the gate measured" in found[0].message
 
 
 def test_a_window_with_too_few_rows_gets_no_figures_and_the_tags_carry_the_periods(
@@ -62,13 +65,14 @@ def test_a_window_with_too_few_rows_gets_no_figures_and_the_tags_carry_the_perio
     rows = traffic(result)
     lone = traffic(result, days=1, rows_per_day=1, seed=5, end=END + pd.Timedelta(days=30))
     report, _ = monitor.assess(1, pd.concat([rows, lone]), info, reference, LATER)
-    last = report["windows"][-1]
-    assert last["rows"] == 1 and last["note"] == "too few rows"
-    assert last["estimated_f1"] is None and last["realised_f1"] is None and last["band"] is None
+    last = report.windows[-1]
+    assert last.rows == 1 and last.note == "too few rows"
+    assert last.estimated_f1 is None and last.realised_f1 is None and last.band is None
     figures = monitor.period_figures(report)
-    assert figures["estimated_f1"] == pytest.approx(report["estimated"]["f1"], abs=1e-4)
-    assert figures["realised_f1"] == pytest.approx(report["realised"]["f1"]["value"], abs=1e-4)
-    assert figures["rows"] == report["rows"] == 6001
+    assert report.estimated is not None
+    assert figures["estimated_f1"] == pytest.approx(report.estimated["f1"], abs=1e-4)
+    assert figures["realised_f1"] == pytest.approx(report.realised["f1"].value, abs=1e-4)
+    assert figures["rows"] == report.rows == 6001
     metrics = {name: value for name, value, _, _ in monitor._metrics([report], LATER.isoformat())}
     assert metrics["v1.estimated_f1"] == figures["estimated_f1"]
     assert metrics["v1.rows"] == 6001
@@ -77,7 +81,7 @@ def test_a_window_with_too_few_rows_gets_no_figures_and_the_tags_carry_the_perio
         for name, value, _, step in monitor._metrics([report], LATER.isoformat())
         if name == "v1.window.estimated_f1"
     ]
-    assert len(series) == len(report["windows"]) - 1
+    assert len(series) == len(report.windows) - 1
     assert [s for _, s in series] == sorted(s for _, s in series)
 
 
@@ -88,18 +92,18 @@ def test_the_f1_line_breaks_across_a_gap_and_never_draws_a_window_with_too_few_r
     rows = traffic(result, days=5)
     later = traffic(result, days=5, seed=6, end=END + pd.Timedelta(days=30))
     report, _ = monitor.assess(1, pd.concat([rows, later]), info, reference, LATER)
-    ends, values = report_module.series(report["windows"], "estimated_f1")
-    assert len(values) == len(report["windows"]) + 1
+    ends, values = report_module.series(report.windows, "estimated_f1")
+    assert len(values) == len(report.windows) + 1
     gap = [i for i, v in enumerate(values) if v != v]
     assert gap == [5]
     assert ends[4] < ends[5] < ends[6]
     lone = traffic(result, days=1, rows_per_day=1, seed=5, end=END + pd.Timedelta(days=40))
     report, _ = monitor.assess(1, pd.concat([rows, lone]), info, reference, LATER)
-    _, values = report_module.series(report["windows"], "estimated_f1")
+    _, values = report_module.series(report.windows, "estimated_f1")
     assert values[-1] != values[-1]
     moves = [
-        {"time": (END - pd.Timedelta(hours=h)).isoformat(), "action": a, "to_version": 1}
+        findings.Move((END - pd.Timedelta(hours=h)).isoformat(), a, None, 1)
         for h, a in ((2, "promote"), (1, "rollback"))
     ]
-    png = report_module.f1_over_time({"versions": [report], "moves": moves})
+    png = report_module.f1_over_time([report], moves)
     assert png.startswith(b"\x89PNG")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
@@ -16,6 +17,7 @@ from churnops import scoring
 from churnops.config import Settings
 from churnops.errors import DataError
 from churnops.inputs import InputField, RequestSchema
+from churnops.monitoring import store
 from churnops.predict import Predictions
 
 FIELDS = (
@@ -91,3 +93,52 @@ def test_a_rejects_file_that_would_replace_the_input_is_refused(tmp_path: Path) 
     with pytest.raises(DataError, match="would overwrite the input"):
         scoring.score_file(settings, source, tmp_path / "out.csv")
     assert source.read_text().startswith("tenure_months")
+
+
+def _chunk(start: int, rows: int, day: float, notes: list[str | None]) -> pa.Table:
+    ids = pa.array([f"run-{start + i}" for i in range(rows)])
+    meta = store.RowsMeta(day, day, "batch", "m", 1, "production", 0.5, "run")
+    inputs = {"tenure_months": pa.array(range(rows)), "notes": pa.array(notes, pa.string())}
+    if all(n is None for n in notes):
+        inputs["notes"] = pa.nulls(rows)  # a chunk whose text column is all blank
+    return store.rows_table(
+        meta, ids, np.full(rows, 0.5), np.ones(rows, int), pa.nulls(rows, pa.string()), inputs
+    )
+
+
+def test_the_store_stage_places_every_chunks_rows_once_by_day_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    target = store.open_store(str(tmp_path / "store"))
+    stage = scoring.StoreStage(tmp_path / ".out.store")
+    stage.FILE_ROWS = 25
+    day1, day2 = 86_400.0 * 20_000, 86_400.0 * 20_001
+    chunks = [
+        _chunk(0, 10, day1, ["x"] * 10),
+        _chunk(10, 10, day1, [None] * 10),
+        _chunk(20, 10, day2, ["y"] * 10),
+        _chunk(30, 10, day1, ["z"] * 10),
+        _chunk(40, 10, day1, ["z"] * 10),
+    ]
+    for chunk in chunks:
+        stage.add(chunk)
+    assert store.read_predictions(target, "m").num_rows == 0  # nothing before publish
+
+    stage.publish(target)
+    stage.discard()
+
+    stored = store.read_predictions(target, "m")
+    assert sorted(stored["prediction_id"].to_pylist()) == sorted(f"run-{i}" for i in range(50))
+    days = {p.parent.name for p in (tmp_path / "store").rglob("*.parquet")}
+    assert days == {"date=2024-10-04", "date=2024-10-05"}
+    assert len(list((tmp_path / "store").rglob("*.parquet"))) == 4  # 25-row files at most
+    assert not (tmp_path / ".out.store").exists()
+
+
+def test_a_discarded_store_stage_stores_nothing(tmp_path: Path) -> None:
+    target = store.open_store(str(tmp_path / "store"))
+    stage = scoring.StoreStage(tmp_path / ".out.store")
+    stage.add(_chunk(0, 10, 86_400.0 * 20_000, ["x"] * 10))
+    stage.discard()
+    assert store.read_predictions(target, "m").num_rows == 0
+    assert not (tmp_path / ".out.store").exists()

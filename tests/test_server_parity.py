@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,8 +141,23 @@ def test_webhook_secrets_still_sign_deliveries_after_a_restart(tmp_path: Path) -
         receiver.stop()
     assert result.success, result.error_message
     assert [signature_valid(d, WEBHOOK_SECRET) for d in receiver.deliveries] == [True]
-    key = tmp_path / tracking_server.WEBHOOK_KEY_FILE
+    key = tmp_path / "mlflow" / tracking_server.WEBHOOK_KEY_FILE
     assert key.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / tracking_server.WEBHOOK_KEY_FILE).exists()
+
+
+def test_a_webhook_key_kept_at_the_data_folders_top_by_an_earlier_release_is_moved_not_replaced(
+    tmp_path: Path,
+) -> None:
+    earlier = tmp_path / tracking_server.WEBHOOK_KEY_FILE
+    earlier.write_text("an-earlier-key\n")
+    settings = Settings(data_dir=tmp_path)
+
+    env = tracking_server.webhook_key_environment(settings, {})
+
+    assert env == {tracking_server.WEBHOOK_KEY_ENV: "an-earlier-key"}
+    assert not earlier.exists()
+    assert tracking_server.webhook_key_path(settings).read_text() == "an-earlier-key\n"
 
 
 def test_without_jobs_the_ui_job_buttons_get_a_clear_501_and_leave_no_run_behind(
@@ -166,20 +182,44 @@ def test_without_jobs_the_ui_job_buttons_get_a_clear_501_and_leave_no_run_behind
 
 
 def test_with_jobs_the_job_runner_starts_and_stops_with_the_server(tmp_path: Path) -> None:
-    with churnops_server(tmp_path, jobs=True) as url:
-        answer = httpx.post(url + "/ajax-api/3.0/mlflow/genai/evaluate/invoke", json={})
+    server = tracking_server.start(
+        Settings(data_dir=tmp_path),
+        port=free_port(),
+        quiet=True,
+        extra_env=WEBHOOK_ENV,
+        options=tracking_server.ServerOptions(jobs=True),
+    )
+    try:
+        answer = httpx.post(server.url + "/ajax-api/3.0/mlflow/genai/evaluate/invoke", json={})
         # MLflow itself answers now: a missing experiment id, not "jobs are off".
         assert answer.status_code == 400 and "experiment_id" in answer.json()["message"]
-        runners = _job_runners()
+        runners = _job_runners_of(server.process.pid)
         assert runners
+    finally:
+        server.stop()
     assert not _alive(runners)
 
 
-def _job_runners() -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", "huey_consumer|job_runner|_executor_runner"], capture_output=True, text=True
-    )
-    return [int(p) for p in found.stdout.split()]
+def _job_runners_of(root: int) -> list[int]:
+    """The job-runner processes among ``root``'s descendants: never another server's."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # NB: the command name in field 2 may hold spaces; the parent follows its ")".
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    family, grew = {root}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= children
+        grew = bool(children)
+    runner = re.compile(r"huey_consumer|job_runner|_executor_runner")
+    found = []
+    for pid in family - {root}:
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if runner.search(command):
+                found.append(pid)
+    return found
 
 
 def _alive(pids: list[int]) -> list[int]:

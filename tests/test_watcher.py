@@ -4,7 +4,6 @@ following the alias, a version that fails to load never replaces the one serving
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -45,10 +44,9 @@ def test_a_prefetch_stuck_in_a_download_never_delays_a_move(
     try:
         wait_for(lambda: watcher.current and watcher.current.version == 1, timeout=5)
         assert download_started.wait(5)
-        started = time.monotonic()
         alias["version"] = 2
-        wait_for(lambda: watcher.current and watcher.current.version == 2, timeout=5)
-        assert time.monotonic() - started < 5 and not release.is_set()
+        wait_for(lambda: watcher.current and watcher.current.version == 2, timeout=30)
+        assert not release.is_set()  # v2 served while v3's download still hangs
     finally:
         release.set()
         watcher.stop()

@@ -10,6 +10,7 @@ with their own actions (``challenger-set``, ``challenger-clear``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from churnops import gate, ledger, registry
@@ -143,19 +144,61 @@ def clear(settings: Settings, reason: str = "") -> MoveResult:
     )
 
 
-def status(settings: Settings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SlotStatus:
+    """The challenger slot as `churnops challenger status` shows it: the version in it (None
+    when empty), production's version, and when the ledger's last challenger move put it there."""
+
+    model: str
+    alias: str
+    production_version: int | None
+    challenger: Slot | None
+    since: str | None
+    last_move: ledger.Entry | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as `--json` prints it."""
+        found = self.challenger
+        return {
+            "model": self.model,
+            "alias": self.alias,
+            "production_version": self.production_version,
+            "challenger": None
+            if found is None
+            else {"version": found.version, "mode": found.mode, "percent": found.percent},
+            "since": self.since,
+            "last_move": None if self.last_move is None else self.last_move.to_dict(),
+        }
+
+    def render(self) -> str:
+        """One line: the slot beside production, or how to fill it."""
+        found, production = self.challenger, self.production_version
+        head = f"{self.model}@{self.alias}: "
+        if found is None:
+            return head + "not set (`churnops challenger set N`)"
+        share = "rows" if found.mode == "shadow" else "customers"
+        text = (
+            head + f"v{found.version} as a {found.mode} on {found.percent:g}% of {share}, "
+            f"beside production v{production}"
+        )
+        if self.since:
+            text += f" (since {self.since})"
+        if found.version == production:
+            text += "; it is production now, so the API does not use it: clear it or set another"
+        return text
+
+
+def status(settings: Settings) -> SlotStatus:
     """The slot, production's version, and the ledger's last challenger move."""
     registry.ping(settings)
     found = slot(settings)
     moves = [e for e in ledger.entries(settings) if e.alias == settings.challenger_alias]
     last = next((e for e in reversed(moves) if e.state == "done"), None)
-    return {
-        "model": settings.model_name,
-        "alias": settings.challenger_alias,
-        "production_version": registry.alias_version(settings),
-        "challenger": None
-        if found is None
-        else {"version": found.version, "mode": found.mode, "percent": found.percent},
-        "since": last.time if last is not None and found is not None else None,
-        "last_move": None if last is None else last.to_dict(),
-    }
+    return SlotStatus(
+        model=settings.model_name,
+        alias=settings.challenger_alias,
+        production_version=registry.alias_version(settings),
+        challenger=found,
+        since=last.time if last is not None and found is not None else None,
+        last_move=last,
+    )

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         description="Where `churnops server` keeps artifacts (CHURNOPS_ARTIFACTS_DESTINATION), "
         "e.g. s3://bucket/path; default: <data dir>/mlflow/artifacts.",
     )
+    api_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where the churnops API answers, for the commands that call it "
+        "(CHURNOPS_API_URL; `churnops simulate`); `churnops up` prints the line to export.",
+    )
     api_token: SecretStr | None = Field(
         default=None,
         description="When set (CHURNOPS_API_TOKEN), every API route but /health and /ready "
@@ -184,8 +189,10 @@ class Settings(BaseSettings):
     failpoint: str | None = Field(
         default=None,
         description="Test hook (CHURNOPS_FAILPOINT): kill the process with SIGKILL at this step "
-        "of a move: before-intent, after-intent or after-alias; or slow-load: every API worker "
-        "but the first loads its model 8 s late.",
+        "of a move (before-intent, after-intent, after-alias) or of train (before-logging, after "
+        "the fit); `<step>:pause` waits there "
+        "instead while <data dir>/failpoint-<step>.paused exists; slow-load: every API worker but "
+        "the first loads its model 8 s late.",
     )
     max_model_bytes: int = Field(
         default=512 * 1024 * 1024,

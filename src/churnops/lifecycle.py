@@ -10,9 +10,11 @@ import getpass
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +54,36 @@ class TrainReport:
     threshold: float
     cv_f1: dict[str, float]
     fit_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as `churnops train --json` prints it."""
+        return {
+            "run_id": self.run_id,
+            "version": self.version,
+            "metrics": self.metrics,
+            "gate_passed": self.verdict.passed,
+            "gate_reason": self.verdict.reason,
+            "model_type": self.model_type,
+            "threshold": self.threshold,
+            "cv_f1": self.cv_f1,
+            "fit_seconds": self.fit_seconds,
+            "data_report": self.data_report.to_dict(),
+        }
+
+    def render(self, model_name: str) -> str:
+        """The data, the model chosen, the run and version, the metrics and the gate."""
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
+        chosen = "  ".join(f"{k}={v:.4f}" for k, v in self.cv_f1.items())
+        return (
+            f"{self.data_report.render()}\n"
+            f"model: {self.model_type} (cross-validated f1 on the training split: {chosen}); "
+            f"threshold {self.threshold:.4f}; fitted in {self.fit_seconds:.1f} s\n"
+            f"run {self.run_id}\n"
+            f"registered {model_name} version {self.version}\n"
+            f"held-out metrics: {metrics}\n"
+            f"gate: {'PASS' if self.verdict.passed else 'FAIL'} ({self.verdict.reason})\n"
+            f"reproduce: churnops reproduce {self.run_id}"
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,70 @@ class Status:
     production_version: int | None
     versions: list[VersionInfo]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The registry as `churnops status --json` prints it."""
+        return {
+            "tracking_uri": self.tracking_uri,
+            "reachable": True,
+            "model_name": self.model_name,
+            "alias": self.alias,
+            "production_version": self.production_version,
+            "versions": [
+                {
+                    "version": v.version,
+                    "created": v.created.isoformat(),
+                    "f1": v.f1,
+                    "gate_passed": v.gate_passed,
+                    "aliases": list(v.aliases),
+                    "run_id": v.run_id,
+                    "monitor": {
+                        k.removeprefix("monitor."): val
+                        for k, val in v.tags.items()
+                        if k.startswith("monitor.")
+                    },
+                }
+                for v in self.versions
+            ],
+        }
+
+    def render(self) -> str:
+        """The alias and a table of every version, as `churnops status` prints it."""
+        lines = [
+            f"tracking URI: {self.tracking_uri} (answering)",
+            f"{self.model_name}@{self.alias}: "
+            + (f"v{self.production_version}" if self.production_version else "not set"),
+        ]
+        if not self.versions:
+            lines.append("no versions yet: run `churnops train`")
+            return "\n".join(lines)
+        # NB: the live column appears once `churnops monitor` has tagged a version.
+        live = any("monitor.label_coverage" in v.tags for v in self.versions)
+        heading = f"{'live f1 (realised/estimated, coverage)':<46}  " if live else ""
+        lines.append(
+            f"{'version':>7}  {'created (UTC)':<19}  {'f1':>6}  {'gate':<4}  {heading}aliases"
+        )
+        for v in self.versions:
+            f1 = f"{v.f1:.4f}" if v.f1 is not None else "-"
+            cell = f"{_live(v.tags):<46}  " if live else ""
+            lines.append(
+                f"{v.version:>7}  {v.created:%Y-%m-%d %H:%M:%S}  {f1:>6}  "
+                f"{'pass' if v.gate_passed else 'FAIL':<4}  {cell}{','.join(v.aliases)}".rstrip()
+            )
+        return "\n".join(lines)
+
+
+def _live(tags: dict[str, str]) -> str:
+    """A version's F1 over its monitored period from its tags, the figures `churnops monitor`
+    printed, with the rows they rest on."""
+    if "monitor.label_coverage" not in tags:
+        return "-"
+    coverage = float(tags["monitor.label_coverage"])
+    rows = f" of {tags['monitor.rows']} rows" if "monitor.rows" in tags else ""
+    return (
+        f"{tags.get('monitor.realised_f1', '-')}/{tags.get('monitor.estimated_f1', '-')}, "
+        f"{coverage:.0%}{rows}"
+    )
+
 
 def train(
     settings: Settings,
@@ -128,6 +224,7 @@ def train(
         dataset.report,
         seed,
     )
+    _failpoint(settings, "before-logging")
     registered = registry.log_training(
         settings,
         result,
@@ -381,11 +478,19 @@ def gate_report(
 
 
 def _failpoint(settings: Settings, step: str) -> None:
-    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it.
+    """Kill this process with SIGKILL at ``step`` when CHURNOPS_FAILPOINT names it, or wait
+    there while ``<data dir>/failpoint-<step>.paused`` exists when it names ``<step>:pause``.
 
-    NB: for the fault-injection tests, which need a real kill -9 at an exact step of a move."""
+    NB: for the fault-injection tests, which need a real kill -9, or a fault of their own (a
+    database restart, a server killed), at an exact step of a move rather than after a sleep."""
     if settings.failpoint == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if settings.failpoint == f"{step}:pause":
+        marker = settings.data_dir / f"failpoint-{step}.paused"
+        marker.touch()
+        deadline = time.monotonic() + settings.move_timeout
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _move(
@@ -522,19 +627,18 @@ def live_comparison(settings: Settings, version: int) -> gate.Criterion | None:
             f"could not read the prediction store for v{version}'s live comparison: {exc}; "
             "nothing was changed, retry"
         ) from None
-    report = found.report
-    if report["shadow"] is None and report["canary"] is None:
+    if not found.found_rows:
         return None
-    verdict = report["verdict"]
-    value = "undecided" if verdict["result"] == "no evidence yet" else verdict["result"]
-    if verdict.get("f1_difference") is not None:
-        value += f" (F1 {verdict['f1_difference']:+.4f})"
+    verdict = found.verdict
+    value = "undecided" if verdict.result == "no evidence yet" else verdict.result
+    if verdict.f1_difference is not None:
+        value += f" (F1 {verdict.f1_difference:+.4f})"
     return gate.Criterion(
         LIVE_COMPARISON,
-        verdict["result"] != "worse",
+        verdict.result != "worse",
         value,
         "not significantly worse than production",
-        verdict["message"],
+        verdict.message,
     )
 
 

@@ -67,6 +67,26 @@ class Reproduction:
             row["identical"] = check.identical
         return found
 
+    def render(self) -> str:
+        """The verdict, then what was compared: the data digest, each metric, the probabilities."""
+        verdict = "identical" if self.identical else "NOT identical"
+        lines = [f"run {self.run_id}: re-trained from what it recorded: {verdict}"]
+        if self.data_recorded is None:
+            lines.append(f"  data      {self.data_source}: digest {self.data_now} (none recorded)")
+        else:
+            same = "same" if self.data_identical else "DIFFERENT"
+            lines.append(f"  data      {same}: recorded {self.data_recorded}, now {self.data_now}")
+        for m in self.metrics:
+            mark = "same" if m.identical else "DIFFERENT"
+            lines.append(f"  {m.name:<12}{mark}: recorded {m.recorded:.6f}, now {m.reproduced:.6f}")
+        if self.probabilities_identical is not None:
+            mark = "same" if self.probabilities_identical else "DIFFERENT"
+            largest = self.largest_probability_difference
+            tail = "" if largest is None else f" (largest difference {largest:.3g})"
+            lines.append(f"  held-out probabilities {mark} on {self.rows_compared} rows{tail}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
 
 def _params(
     settings: Settings, run_id: str

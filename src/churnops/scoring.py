@@ -70,6 +70,16 @@ class ScoreReport:
         """The report as JSON-ready data."""
         return {**self.__dict__, "rows_per_second": round(self.rows_per_second, 1)}
 
+    def render(self, model_name: str) -> str:
+        """What was scored with which version, how fast, and where both files went."""
+        return (
+            f"scored {self.rows_scored} of {self.rows_read} rows of {self.source} with "
+            f"{model_name} v{self.version} ({self.inference}) in "
+            f"{self.seconds:.2f} s: {self.rows_per_second:,.0f} rows/s\n"
+            f"output:  {self.output}\n"
+            f"rejects: {self.rejects} ({self.rows_rejected} rows)"
+        )
+
 
 def rejects_path(output: Path) -> Path:
     """Where rows that cannot be scored go: next to the output, named after it."""
@@ -435,44 +445,68 @@ def refuse_overwriting(source: Path, written: Path) -> None:
         raise DataError(f"{written} would overwrite the input {source}; choose another output path")
 
 
-class _StoreStage:
-    """Scored chunks' prediction-store rows, staged as Parquet files in a hidden folder beside
-    the output so that memory holds one chunk, never the run; written to the store only once
-    the outputs exist (a failed run leaves no rows whose ids nobody has)."""
+class StoreStage:
+    """Scored chunks' prediction-store rows, written as the store's own Parquet files (one day
+    each, a row group per chunk) into a hidden folder beside the output on a background thread,
+    so memory holds a chunk, never the run; moved into the store only once the outputs exist (a
+    failed run leaves no rows whose ids nobody has).
 
-    # NB: store files of about this many rows: few files, and ~150 MB at most in memory.
-    FILE_ROWS = 250_000
+    NB: the files are final: publishing renames them into the store's partitions (or uploads
+    them to S3) without reading them again. Re-encoding staged files at the end cost more than
+    scoring (0.5-1.2 s per 200,000 rows)."""
+
+    # NB: store files of about this many rows: few files for the monitor to open.
+    FILE_ROWS = 1_000_000
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._files: list[Path] = []
+        self._done: list[tuple[int, Path]] = []
+        self._open: dict[int, tuple[store.DayFile, Path]] = {}
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="churnops-stage")
+        self._pending: Future[None] | None = None
 
     def add(self, table: pa.Table) -> None:
-        import pyarrow.parquet as pq
+        # NB: at most one chunk in flight: its Parquet encoding overlaps the next chunk's scoring.
+        self._wait()
+        self._pending = self._thread.submit(self._write, table)
 
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _write(self, table: pa.Table) -> None:
         self.folder.mkdir(exist_ok=True)
-        path = self.folder / f"{len(self._files):08d}.parquet"
-        pq.write_table(table, path, compression="lz4")
-        self._files.append(path)
+        for day, rows in store.day_partitions(table):
+            current = self._open.get(day)
+            if current is not None and not current[0].takes(rows, self.FILE_ROWS):
+                self._close(day)
+                current = None
+            if current is None:
+                path = self.folder / f"{len(self._done) + len(self._open):08d}.parquet"
+                current = self._open[day] = (store.DayFile(path, rows.schema), path)
+            current[0].write(rows)
+
+    def _close(self, day: int) -> None:
+        writer, path = self._open.pop(day)
+        writer.close()
+        self._done.append((day, path))
 
     def publish(self, target: store.Store) -> None:
-        import pyarrow.parquet as pq
-
-        waiting: list[pa.Table] = []
-        rows = 0
-        for path in self._files:
-            table = pq.read_table(path)
-            waiting.append(table)
-            rows += table.num_rows
-            if rows >= self.FILE_ROWS:
-                store.write_predictions(
-                    target, pa.concat_tables(waiting, promote_options="permissive")
-                )
-                waiting, rows = [], 0
-        if waiting:
-            store.write_predictions(target, pa.concat_tables(waiting, promote_options="permissive"))
+        self._wait()
+        self._thread.shutdown()
+        for day in list(self._open):
+            self._close(day)
+        for day, path in self._done:
+            store.place_file(target, day, path)
 
     def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._wait()
+        self._thread.shutdown()
+        for writer, _ in self._open.values():
+            with contextlib.suppress(Exception):
+                writer.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -543,7 +577,7 @@ def score_file(
     loaded = registry.load_version(settings, number, threads=os.cpu_count() or 1)
     ident = _id_column(settings, info, _header(source), id_column)
     started = time.perf_counter()
-    stage = _StoreStage(temporary_name(output, "store"))
+    stage = StoreStage(temporary_name(output, "store"))
     refuse_overwriting(source, stage.folder)
 
     def keep(

@@ -129,19 +129,29 @@ WEBHOOK_KEY_ENV = "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"
 WEBHOOK_KEY_FILE = "webhook-secret.key"
 
 
+def webhook_key_path(settings: Settings) -> Path:
+    """Where the webhook key lives: with the tracking server's other state, under mlflow/."""
+    return settings.data_dir.resolve() / "mlflow" / WEBHOOK_KEY_FILE
+
+
 def webhook_key_environment(settings: Settings, env: dict[str, str]) -> dict[str, str]:
-    """The key MLflow encrypts webhook secrets with, kept in the data folder.
+    """The key MLflow encrypts webhook secrets with, kept in the data folder's mlflow/.
 
     NB: without it MLflow draws a random key per process, so a webhook's secret cannot be read
     after a restart or by another worker (its deliveries fail). A key set in the environment
-    wins; servers sharing one database must share the key."""
+    wins; servers sharing one database must share the key. Releases before 2026-12-06 kept the
+    key at the data folder's top (the repository root in the quick start); it is moved, never
+    replaced, since the secrets already stored can only be read with it."""
     if env.get(WEBHOOK_KEY_ENV):
         return {}
-    path = settings.data_dir.resolve() / WEBHOOK_KEY_FILE
+    path = webhook_key_path(settings)
+    earlier = settings.data_dir.resolve() / WEBHOOK_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and earlier.is_file():
+        os.replace(earlier, path)
     if not path.exists():
         from cryptography.fernet import Fernet
 
-        path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(Fernet.generate_key())

@@ -12,9 +12,9 @@ number of labelled rows that would make the observed difference decisive.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -42,17 +42,229 @@ COLUMNS = (
 )
 
 
-@dataclass
-class Comparison:
-    """One comparison: the report, and the verdict it reached."""
+T = TypeVar("T")
 
-    report: dict[str, Any]
+
+@dataclass(frozen=True)
+class Sides(Generic[T]):
+    """One figure for production and for the challenger."""
+
+    production: T
+    challenger: T
+
+    def to_dict(self) -> dict[str, T]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """Shadowed rows, paired with the production answer each shadows; the tests only once
+    outcomes have joined (``f1``, ``mcnemar`` and ``roc_auc`` are all set, or none)."""
+
+    rows: int
+    agreement: float | None
+    rank_correlation: float | None
+    predicted_churn: Sides[float | None]
+    labelled: int
+    f1: paired.Difference | None = None
+    mcnemar: dict[str, float | int] | None = None
+    roc_auc: paired.Difference | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the tests' keys appear only once there are outcomes."""
+        found: dict[str, Any] = {
+            "rows": self.rows,
+            "agreement": self.agreement,
+            "rank_correlation": self.rank_correlation,
+            "predicted_churn": self.predicted_churn.to_dict(),
+            "labelled": self.labelled,
+        }
+        if self.f1 is not None and self.roc_auc is not None:
+            found |= {
+                "f1": self.f1.to_dict(),
+                "mcnemar": self.mcnemar,
+                "roc_auc": self.roc_auc.to_dict(),
+            }
+        return found
+
+
+@dataclass(frozen=True)
+class Canary:
+    """Canary rows against the production rows served over the same period (other customers);
+    the tests only once both sides have outcomes."""
+
+    rows: Sides[int]
+    predicted_churn: Sides[float | None]
+    labelled: Sides[int]
+    f1: paired.Difference | None = None
+    fisher: dict[str, float | int] | None = None
+    roc_auc: paired.Difference | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the tests' keys appear only once there are outcomes."""
+        found: dict[str, Any] = {
+            "rows": self.rows.to_dict(),
+            "predicted_churn": self.predicted_churn.to_dict(),
+            "labelled": self.labelled.to_dict(),
+        }
+        if self.f1 is not None and self.roc_auc is not None:
+            found |= {
+                "f1": self.f1.to_dict(),
+                "fisher": self.fisher,
+                "roc_auc": self.roc_auc.to_dict(),
+            }
+        return found
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """better / worse / no evidence yet, on what basis, and why. ``measured`` says an F1
+    difference was measured: then its figures (``f1_difference``, ``low``, ``high``) are in
+    the JSON, even when undefined on these rows."""
+
+    result: str
+    basis: str
+    labelled: int
+    message: str
+    rows_needed: int | None
+    measured: bool = False
+    f1_difference: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        head = {"result": self.result, "basis": self.basis, "labelled": self.labelled}
+        if not self.measured:
+            return head | {"message": self.message, "rows_needed": self.rows_needed}
+        return head | {
+            "f1_difference": self.f1_difference,
+            "low": self.low,
+            "high": self.high,
+            "rows_needed": self.rows_needed,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One version's engine time per single-row call."""
+
+    engine: str
+    p50_ms: float | None
+    p99_ms: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Each version's engine time (keyed ``v3``), measured here on the same rows."""
+
+    rows: int
+    versions: dict[str, Timing]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"rows": self.rows, "versions": {k: t.to_dict() for k, t in self.versions.items()}}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison of a challenger with production: the shadow and canary sections (None
+    when the challenger served no such rows), the verdict, and the run it was logged as."""
+
+    model: str
+    challenger: int
+    until: str
+    production_versions: list[int]
+    shadow: Shadow | None
+    canary: Canary | None
+    verdict: Verdict
+    latency: Latency | None = None
     run_id: str | None = None
 
     @property
-    def verdict(self) -> str:
-        """better / worse / no evidence yet."""
-        return str(self.report["verdict"]["result"])
+    def found_rows(self) -> bool:
+        """True when the challenger scored any rows (as a shadow or a canary)."""
+        return self.shadow is not None or self.canary is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as `churnops compare --json` prints it and the MLflow run keeps it."""
+        found: dict[str, Any] = {
+            "model": self.model,
+            "challenger": self.challenger,
+            "until": self.until,
+            "production_versions": list(self.production_versions),
+            "shadow": None if self.shadow is None else self.shadow.to_dict(),
+            "canary": None if self.canary is None else self.canary.to_dict(),
+            "verdict": self.verdict.to_dict(),
+            "latency": None if self.latency is None else self.latency.to_dict(),
+        }
+        if self.run_id is not None:
+            found["run_id"] = self.run_id
+        return found
+
+    def render(self) -> str:
+        """The comparison as `churnops compare` prints it."""
+        lines = [
+            f"{self.model}: challenger v{self.challenger} vs production "
+            + ", ".join(f"v{v}" for v in self.production_versions)
+        ]
+        shadow = self.shadow
+        if shadow:
+            churn = shadow.predicted_churn
+            lines.append(
+                f"shadow: {shadow.rows} paired rows; labels agree on {shadow.agreement:.2%}; "
+                f"rank correlation {shadow.rank_correlation}; predicted churn "
+                f"{churn.production:.2%} (production) vs {churn.challenger:.2%}; "
+                f"{shadow.labelled} labelled"
+            )
+            if shadow.mcnemar and shadow.roc_auc is not None:
+                m, auc = shadow.mcnemar, shadow.roc_auc
+                lines.append(
+                    f"  McNemar: right only by production {m['a_only']}, only by the "
+                    f"challenger {m['b_only']}, p={m['p_value']:.4g}"
+                )
+                if auc.difference is not None:
+                    lines.append(
+                        f"  ROC AUC challenger v{self.challenger} {auc.b:.4f} vs production "
+                        f"{auc.a:.4f}: challenger minus production {auc.difference:+.4f} "
+                        f"({auc.low:+.4f} to {auc.high:+.4f}), DeLong p={auc.p_value:.4g}"
+                    )
+        canary = self.canary
+        if canary:
+            rows, share = canary.rows, canary.predicted_churn
+            lines.append(
+                f"canary: {rows.challenger} rows answered by the challenger, {rows.production} "
+                f"by production over the same period; predicted churn "
+                f"{_share(share.challenger)} vs {_share(share.production)}; labelled "
+                f"{canary.labelled.challenger} / {canary.labelled.production}"
+            )
+            if canary.fisher:
+                lines.append(
+                    f"  Fisher's exact test on right/wrong: p={canary.fisher['p_value']:.4g}"
+                )
+        if self.latency:
+            timed = self.latency
+            lines.append(
+                f"latency per single-row call, measured here on {timed.rows} rows: "
+                + "; ".join(
+                    f"{name} ({t.engine}) p50 {t.p50_ms:.3f} ms, p99 {t.p99_ms:.3f} ms"
+                    for name, t in timed.versions.items()
+                )
+            )
+        lines.append(f"verdict: {self.verdict.result}: {self.verdict.message}")
+        if self.run_id:
+            lines.append(f"logged as run {self.run_id} in {self.model}-monitoring")
+        return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
 
 
 def _r(value: float | None) -> float | None:
@@ -73,75 +285,70 @@ def _rows(settings: Settings, version: int, until: datetime | None) -> pd.DataFr
     return frame
 
 
-def _shares(rows: pd.DataFrame) -> dict[str, Any]:
-    return {"rows": len(rows), "predicted_churn": _r(rows["label"].mean()) if len(rows) else None}
+def _churn_share(rows: pd.DataFrame) -> float | None:
+    return _r(rows["label"].mean()) if len(rows) else None
 
 
-def _shadow(pairs: pd.DataFrame, seed: int) -> tuple[dict[str, Any], paired.Difference | None]:
-    """Paired: production (a) and challenger (b) on the same rows; the section and its F1
-    difference (None before outcomes)."""
+def _shadow(pairs: pd.DataFrame, seed: int) -> Shadow:
+    """Paired: production (a) and challenger (b) on the same rows (the F1 difference and the
+    tests only once there are outcomes)."""
     agree = float((pairs["label_a"] == pairs["label_b"]).mean())
     rho = stats.spearmanr(pairs["probability_a"], pairs["probability_b"]).statistic
-    section: dict[str, Any] = {
-        "rows": len(pairs),
-        "agreement": _r(agree),
-        "rank_correlation": _r(float(rho)) if len(pairs) > 2 else None,
-        "predicted_churn": {
-            "production": _r(pairs["label_a"].mean()),
-            "challenger": _r(pairs["label_b"].mean()),
-        },
-    }
+    section = Shadow(
+        rows=len(pairs),
+        agreement=_r(agree),
+        rank_correlation=_r(float(rho)) if len(pairs) > 2 else None,
+        predicted_churn=Sides(_r(pairs["label_a"].mean()), _r(pairs["label_b"].mean())),
+        labelled=0,
+    )
     known = pairs[pairs["outcome"].notna()]
-    section["labelled"] = len(known)
-    f1 = None
-    if len(known):
-        truth = known["outcome"].to_numpy(int)
-        a, b = known["label_a"].to_numpy(int), known["label_b"].to_numpy(int)
-        f1 = paired.paired_f1(truth, a, b, seed)
-        section["f1"] = f1.to_dict()
-        section["mcnemar"] = paired.mcnemar(truth, a, b)
-        section["roc_auc"] = paired.paired_auc(
+    if not len(known):
+        return section
+    truth = known["outcome"].to_numpy(int)
+    a, b = known["label_a"].to_numpy(int), known["label_b"].to_numpy(int)
+    return replace(
+        section,
+        labelled=len(known),
+        f1=paired.paired_f1(truth, a, b, seed),
+        mcnemar=paired.mcnemar(truth, a, b),
+        roc_auc=paired.paired_auc(
             truth, known["probability_a"].to_numpy(), known["probability_b"].to_numpy()
-        ).to_dict()
-    return section, f1
+        ),
+    )
 
 
-def _canary(
-    production: pd.DataFrame, canary: pd.DataFrame, seed: int
-) -> tuple[dict[str, Any], paired.Difference | None]:
-    """Unpaired: production's customers (a) and the canary's (b) over the same period; the
-    section and its F1 difference (None before outcomes on both sides)."""
-    section: dict[str, Any] = {
-        "rows": {"production": len(production), "challenger": len(canary)},
-        "predicted_churn": {
-            "production": _shares(production)["predicted_churn"],
-            "challenger": _shares(canary)["predicted_churn"],
-        },
-    }
+def _canary(production: pd.DataFrame, canary: pd.DataFrame, seed: int) -> Canary:
+    """Unpaired: production's customers (a) and the canary's (b) over the same period (the F1
+    difference and the tests only once both sides have outcomes)."""
     a, b = production[production["outcome"].notna()], canary[canary["outcome"].notna()]
-    section["labelled"] = {"production": len(a), "challenger": len(b)}
-    f1 = None
-    if len(a) and len(b):
-        ta, tb = a["outcome"].to_numpy(int), b["outcome"].to_numpy(int)
-        la, lb = a["label"].to_numpy(int), b["label"].to_numpy(int)
-        f1 = paired.unpaired_f1(ta, la, tb, lb, seed)
-        section["f1"] = f1.to_dict()
-        section["fisher"] = paired.fisher(ta, la, tb, lb)
-        section["roc_auc"] = paired.unpaired_auc(
+    section = Canary(
+        rows=Sides(len(production), len(canary)),
+        predicted_churn=Sides(_churn_share(production), _churn_share(canary)),
+        labelled=Sides(len(a), len(b)),
+    )
+    if not (len(a) and len(b)):
+        return section
+    ta, tb = a["outcome"].to_numpy(int), b["outcome"].to_numpy(int)
+    la, lb = a["label"].to_numpy(int), b["label"].to_numpy(int)
+    return replace(
+        section,
+        f1=paired.unpaired_f1(ta, la, tb, lb, seed),
+        fisher=paired.fisher(ta, la, tb, lb),
+        roc_auc=paired.unpaired_auc(
             ta, a["probability"].to_numpy(), tb, b["probability"].to_numpy()
-        ).to_dict()
-    return section, f1
+        ),
+    )
 
 
-def _verdict(f1: paired.Difference | None, labelled: int, basis: str) -> dict[str, Any]:
+def _verdict(f1: paired.Difference | None, labelled: int, basis: str) -> Verdict:
     if f1 is None or f1.difference is None:
-        return {
-            "result": "no evidence yet",
-            "basis": basis,
-            "labelled": labelled,
-            "message": "no labelled rows yet: add churn outcomes (`churnops labels add`)",
-            "rows_needed": None,
-        }
+        return Verdict(
+            result="no evidence yet",
+            basis=basis,
+            labelled=labelled,
+            message="no labelled rows yet: add churn outcomes (`churnops labels add`)",
+            rows_needed=None,
+        )
     result = None if labelled < MIN_LABELLED else paired.decided(f1)
     more = paired.rows_to_decide(f1, labelled)
     text = (
@@ -160,22 +367,23 @@ def _verdict(f1: paired.Difference | None, labelled: int, basis: str) -> dict[st
             )
         elif labelled < MIN_LABELLED:
             text += f"; fewer than {MIN_LABELLED} labelled rows"
-    return {
-        "result": result or "no evidence yet",
-        "basis": basis,
-        "labelled": labelled,
-        "f1_difference": _r(f1.difference),
-        "low": _r(f1.low),
-        "high": _r(f1.high),
-        "rows_needed": more if result is None else 0,
-        "message": text,
-    }
+    return Verdict(
+        result=result or "no evidence yet",
+        basis=basis,
+        labelled=labelled,
+        message=text,
+        rows_needed=more if result is None else 0,
+        measured=True,
+        f1_difference=_r(f1.difference),
+        low=_r(f1.low),
+        high=_r(f1.high),
+    )
 
 
 LATENCY_ROWS = 200
 
 
-def latency(settings: Settings, versions: list[int]) -> dict[str, Any] | None:
+def latency(settings: Settings, versions: list[int]) -> Latency | None:
     """Each version's engine time per single-row call, in ms (p50, p99), measured here on the
     same rows: up to 200 of the last version's training reference. The store holds no timings
     (shadow rows are scored in batches off the request path); the API's Prometheus histogram
@@ -195,12 +403,12 @@ def latency(settings: Settings, versions: list[int]) -> dict[str, Any] | None:
             started = time.perf_counter()
             engine.predict_frame(one)
             times.append((time.perf_counter() - started) * 1000)
-        out[f"v{version}"] = {
-            "engine": engine.kind,
-            "p50_ms": _r(float(np.percentile(times, 50))),
-            "p99_ms": _r(float(np.percentile(times, 99))),
-        }
-    return {"rows": len(rows), "versions": out}
+        out[f"v{version}"] = Timing(
+            engine.kind,
+            _r(float(np.percentile(times, 50))),
+            _r(float(np.percentile(times, 99))),
+        )
+    return Latency(len(rows), out)
 
 
 def compare(
@@ -233,24 +441,17 @@ def compare(
     production = joined[joined["role"] == "production"]
     shadow_rows = joined[joined["role"] == "shadow"]
     canary_rows = joined[joined["role"] == "canary"]
-    report: dict[str, Any] = {
-        "model": settings.model_name,
-        "challenger": version,
-        "until": (until or now).isoformat(),
-        "production_versions": sorted(int(v) for v in production["version"].unique()),
-        "shadow": None,
-        "canary": None,
-    }
-    shadow = canary = None
-    shadow_f1 = canary_f1 = None
+    production_versions = sorted(int(v) for v in production["version"].unique())
+    shadow: Shadow | None = None
+    canary: Canary | None = None
     if len(shadow_rows):
         pairs = production[["prediction_id", "probability", "label", "outcome"]].merge(
             shadow_rows[["prediction_id", "probability", "label"]],
             on="prediction_id",
             suffixes=("_a", "_b"),
         )
-        shadow, shadow_f1 = _shadow(pairs, seed)
-        report["production_versions"] = sorted(
+        shadow = _shadow(pairs, seed)
+        production_versions = sorted(
             int(v)
             for v in production.loc[
                 production["prediction_id"].isin(pairs["prediction_id"]), "version"
@@ -259,45 +460,55 @@ def compare(
     if len(canary_rows):
         start, end = canary_rows["time"].min(), canary_rows["time"].max()
         period = production[(production["time"] >= start) & (production["time"] <= end)]
-        canary, canary_f1 = _canary(period, canary_rows, seed)
-    if shadow is not None and shadow["labelled"]:
-        report["verdict"] = _verdict(shadow_f1, shadow["labelled"], "paired, shadow rows")
-    elif canary is not None and min(canary["labelled"].values()):
-        labelled = sum(canary["labelled"].values())
-        report["verdict"] = _verdict(canary_f1, labelled, "unpaired, canary rows")
+        canary = _canary(period, canary_rows, seed)
+    if shadow is not None and shadow.labelled:
+        verdict = _verdict(shadow.f1, shadow.labelled, "paired, shadow rows")
+    elif canary is not None and min(canary.labelled.production, canary.labelled.challenger):
+        labelled = canary.labelled.production + canary.labelled.challenger
+        verdict = _verdict(canary.f1, labelled, "unpaired, canary rows")
     else:
-        report["verdict"] = _verdict(None, 0, "shadow" if shadow is not None else "canary")
+        verdict = _verdict(None, 0, "shadow" if shadow is not None else "canary")
         if shadow is None and canary is None:
-            report["verdict"]["message"] = (
-                f"no rows scored by v{version} as a challenger in the store yet"
+            verdict = replace(
+                verdict, message=f"no rows scored by v{version} as a challenger in the store yet"
             )
-    report["shadow"], report["canary"] = shadow, canary
-    report["latency"] = None
-    if measure_latency and (shadow is not None or canary is not None):
-        report["latency"] = latency(settings, [*report["production_versions"][-1:], version])
-    result = Comparison(report)
-    if log_to_mlflow and (shadow is not None or canary is not None):
-        result.run_id = _log(settings, report, now)
-        report["run_id"] = result.run_id
+    result = Comparison(
+        model=settings.model_name,
+        challenger=version,
+        until=(until or now).isoformat(),
+        production_versions=production_versions,
+        shadow=shadow,
+        canary=canary,
+        verdict=verdict,
+    )
+    if measure_latency and result.found_rows:
+        result = replace(result, latency=latency(settings, [*production_versions[-1:], version]))
+    if log_to_mlflow and result.found_rows:
+        result = replace(result, run_id=_log(settings, result, now))
     return result
 
 
-def _chart(report: dict[str, Any]) -> bytes:
+def _chart(report: Comparison) -> bytes:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4), layout="constrained")
     axes = figure.add_subplot()
-    names, values, lows, highs = [], [], [], []
-    for mode in ("shadow", "canary"):
-        section = report.get(mode)
-        if section and section.get("f1"):
-            f1 = section["f1"]
-            for who, key in (("production", "a"), (f"v{report['challenger']}", "b")):
-                names.append(f"{who}\n({mode})")
-                values.append(f1[key])
-            # NB: the interval is of the difference; drawn on the challenger's bar.
-            lows += [0.0, f1["b"] - (f1["difference"] - f1["low"])]
-            highs += [0.0, (f1["high"] - f1["difference"]) + f1["b"]]
+    names: list[str] = []
+    values: list[float] = []
+    lows: list[float] = []
+    highs: list[float] = []
+    for mode, section in (("shadow", report.shadow), ("canary", report.canary)):
+        f1 = None if section is None else section.f1
+        if f1 is None:
+            continue
+        a, b, difference, low, high = f1.a, f1.b, f1.difference, f1.low, f1.high
+        if a is None or b is None or difference is None or low is None or high is None:
+            continue
+        names += [f"production\n({mode})", f"v{report.challenger}\n({mode})"]
+        values += [a, b]
+        # NB: the interval is of the difference; drawn on the challenger's bar.
+        lows += [0.0, b - (difference - low)]
+        highs += [0.0, (high - difference) + b]
     if names:
         errors = np.array(
             [
@@ -315,30 +526,34 @@ def _chart(report: dict[str, Any]) -> bytes:
         axes.set_ylabel("realised F1 on labelled rows")
     else:
         axes.text(0.5, 0.5, "no labelled rows yet", ha="center", va="center")
-    axes.set_title(f"{report['verdict']['result']}: {report['verdict'].get('basis', '')}")
+    axes.set_title(f"{report.verdict.result}: {report.verdict.basis}")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
-def _log(settings: Settings, report: dict[str, Any], now: datetime) -> str:
+def _log(settings: Settings, report: Comparison, now: datetime) -> str:
     stamp = int(now.timestamp() * 1000)
     metrics = []
-    for mode in ("shadow", "canary"):
-        section = report.get(mode) or {}
-        for key in ("f1", "roc_auc"):
-            found = section.get(key) or {}
-            if found.get("difference") is not None:
-                metrics.append((f"{mode}.{key}_difference", float(found["difference"]), stamp, 0))
-        if section.get("agreement") is not None:
-            metrics.append((f"{mode}.agreement", float(section["agreement"]), stamp, 0))
+    sections: tuple[tuple[str, Shadow | Canary | None], ...] = (
+        ("shadow", report.shadow),
+        ("canary", report.canary),
+    )
+    for mode, section in sections:
+        if section is None:
+            continue
+        for key, found in (("f1", section.f1), ("roc_auc", section.roc_auc)):
+            if found is not None and found.difference is not None:
+                metrics.append((f"{mode}.{key}_difference", float(found.difference), stamp, 0))
+        if isinstance(section, Shadow) and section.agreement is not None:
+            metrics.append((f"{mode}.agreement", float(section.agreement), stamp, 0))
     tags = {
         "churnops.compare": "true",
-        "challenger": str(report["challenger"]),
-        "verdict": report["verdict"]["result"],
+        "challenger": str(report.challenger),
+        "verdict": report.verdict.result,
     }
     return registry.log_monitoring(
         settings,
-        registry.MonitorLog(metrics, tags, report, {"compare.png": _chart(report)}),
-        run_name=f"compare v{report['challenger']}",
+        registry.MonitorLog(metrics, tags, report.to_dict(), {"compare.png": _chart(report)}),
+        run_name=f"compare v{report.challenger}",
     )

@@ -55,6 +55,27 @@ class AddReport:
         """The report as JSON-ready data."""
         return dict(self.__dict__)
 
+    def render(self) -> str:
+        """What was added (or that nothing changed), conflicts and unmatched keys."""
+        lines = [
+            (
+                f"added {self.rows} outcomes ({self.churned} churned) keyed by {self.keyed_by} "
+                f"from {self.source}"
+            )
+            if self.added
+            else f"{self.source}: these {self.rows} outcomes were already added; nothing changed",
+        ]
+        if self.conflicts:
+            lines.append(
+                f"  {self.conflicts} key(s) have conflicting outcomes in this file: the last wins"
+            )
+        if self.unknown:
+            lines.append(
+                f"  {self.unknown} {self.keyed_by} value(s) match no stored prediction (yet): "
+                "kept, not counted"
+            )
+        return "\n".join(lines)
+
 
 def _read(path: Path) -> pd.DataFrame:
     if path.exists() and not path.is_file():

@@ -18,6 +18,7 @@ heavy load. Retention is by age: day partitions older than ``retention_days`` ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -113,8 +114,12 @@ def _dictionary_columns(table: pa.Table) -> list[str]:
     ]
 
 
+def _parquet_options(table: pa.Table) -> dict[str, Any]:
+    return {"compression": "zstd", "use_dictionary": _dictionary_columns(table)}
+
+
 def _write_table(store: Store, path: str, table: pa.Table) -> None:
-    options = {"compression": "zstd", "use_dictionary": _dictionary_columns(table)}
+    options = _parquet_options(table)
     if isinstance(store.fs, pafs.LocalFileSystem):
         # NB: only on disk: on S3 a "directory" would be an empty marker object per folder.
         store.fs.create_dir(path.rpartition("/")[0], recursive=True)
@@ -123,6 +128,56 @@ def _write_table(store: Store, path: str, table: pa.Table) -> None:
         store.fs.move(partial, path)
     else:
         pq.write_table(table, path, filesystem=store.fs, **options)
+
+
+class DayFile:
+    """A store file of one day's rows at a local path, written a table (row group) at a time,
+    for ``place_file`` once closed."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._writer = pq.ParquetWriter(path, schema, **_parquet_options(schema.empty_table()))
+        self.rows = 0
+
+    def takes(self, table: pa.Table, most_rows: int) -> bool:
+        """Whether ``table`` may go into this file: same columns and types, and room left."""
+        return table.schema == self._writer.schema and self.rows + table.num_rows <= most_rows
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` as a row group."""
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        """Finish the file (its footer); only then may it be placed."""
+        self._writer.close()
+
+
+def place_file(store: Store, day: int, local: Path) -> str:
+    """Move a file ``write_local`` wrote into its day's partition (days since 1970) under a new
+    name; its path in the store. A rename on the store's disk; else a copy, then the local file
+    goes."""
+    path = "/".join([_day_folder(store, day), _file_name(time.time())])
+    if isinstance(store.fs, pafs.LocalFileSystem):
+        store.fs.create_dir(path.rpartition("/")[0], recursive=True)
+        try:
+            os.replace(local, path)
+            return path
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    # NB: through a hidden name on disk, so a reader never sees half a file; an S3 object
+    # appears whole when its upload completes.
+    partial = f"{path}.partial" if isinstance(store.fs, pafs.LocalFileSystem) else path
+    pafs.copy_files(
+        str(local),
+        partial,
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=store.fs,
+    )
+    if partial != path:
+        store.fs.move(partial, path)
+    local.unlink()
+    return path
 
 
 def _files(store: Store, folder: str) -> list[pafs.FileInfo]:
@@ -303,18 +358,21 @@ def _file_name(now: float) -> str:
     return f"{int(now * 1000)}-{host}-{os.getpid()}-{n}-{uuid.uuid4().hex[:8]}.parquet"
 
 
+def day_partitions(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """The rows of each day (days since 1970, by event time), in order."""
+    # NB: days as integer division of the microseconds: strftime on every row cost ~0.15 s per
+    # 100,000 rows.
+    days = pc.divide(table["time"].cast(pa.int64()), 86_400_000_000)
+    for day in sorted(days.unique().to_pylist()):
+        yield day, table.filter(pc.equal(days, day))
+
+
 def write_predictions(store: Store, table: pa.Table) -> list[str]:
     """Write rows into their day partitions (by event time); return the files written."""
     if table.num_rows == 0:
         return []
     now = time.time()
-    # NB: days as integer division of the microseconds: strftime on every row cost ~0.15 s per
-    # 100,000 rows.
-    days = pc.divide(table["time"].cast(pa.int64()), 86_400_000_000)
-    return [
-        _write_day(store, day, table.filter(pc.equal(days, day)), now)
-        for day in sorted(days.unique().to_pylist())
-    ]
+    return [_write_day(store, day, rows, now) for day, rows in day_partitions(table)]
 
 
 def _day_folder(store: Store, day: int) -> str:
