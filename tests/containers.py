@@ -4,6 +4,7 @@ remove exactly what a test started."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -40,8 +41,9 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return result
 
 
+@functools.cache
 def build_image(tag: str = IMAGE) -> str:
-    """`make image IMAGE=tag`, as a user runs it; the tag."""
+    """`make image IMAGE=tag`, as a user runs it, once per test session; the tag."""
     result = subprocess.run(
         ["make", "image", f"IMAGE={tag}"],
         cwd=ROOT,
