@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test test-fast check docs screenshots bench bench-peers lock clean
+.PHONY: help install up test test-fast check docs screenshots bench bench-peers lock clean image standins
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,23 @@ bench-peers: ## Bench-only venv (.venv-peers) with Evidently and NannyML for ben
 lock: $(STAMP) ## Re-pin requirements.lock from the current .venv
 	( echo '# Pinned versions of every dependency (runtime and dev). Regenerate with `make lock`.'; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^churnops' ) > requirements.lock
+
+IMAGE      ?= localhost/churnops:latest
+BASE_IMAGE ?= localhost/debian-python:3.11
+WHEELHOUSE := build/wheelhouse
+
+image: $(STAMP) ## Build the container image IMAGE from a host-side wheelhouse (BASE_IMAGE= to change the base)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)/deps $(WHEELHOUSE)/app
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE)/app .
+	@# NB: the runtime closure of churnops[image] at the lock's pins: no test tools, no compilers.
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --constraint requirements.lock \
+	  --dest $(WHEELHOUSE)/deps "$$(ls $(WHEELHOUSE)/app/churnops-*.whl)[image]"
+	rm -f $(WHEELHOUSE)/deps/churnops-*.whl
+	podman build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) --file deploy/Containerfile \
+	  --tag $(IMAGE) $(WHEELHOUSE)
+
+standins: $(STAMP) ## Build local stand-ins for deploy/compose.yaml's PostgreSQL and S3 images (no registry here)
+	BASE_IMAGE=$(BASE_IMAGE) PYTHON=$(BIN)/python deploy/standins/build.sh
 
 clean: ## Remove the venv and caches (keeps mlflow.db and artifacts)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -214,7 +214,8 @@ class Settings(BaseSettings):
         description="Test hook (CHURNOPS_FAILPOINT): kill the process with SIGKILL at this step "
         "of a move (before-intent, after-intent, after-alias) or of train (before-logging, after "
         "the fit); `<step>:pause` waits there "
-        "instead while <data dir>/failpoint-<step>.paused exists.",
+        "instead while <data dir>/failpoint-<step>.paused exists; slow-load: every API worker but "
+        "the first loads its model 8 s late.",
     )
     max_model_bytes: int = Field(
         default=512 * 1024 * 1024,

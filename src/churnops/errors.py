@@ -13,6 +13,7 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── UnsafeModelError          exit 1  a version that would unpickle, or is too big
     ├── ModelFilesMissingError    exit 1  a version whose files are gone from the store
     ├── NoProductionModelError    exit 1  the alias is not set yet                 (HTTP 503)
+    ├── WorkersNotReadyError              an API worker has no model loaded yet    (HTTP 503)
     ├── BatchTooLargeError        exit 1  a batch over the row limit               (HTTP 413)
     ├── UnsupportedMediaTypeError         a request body that is not JSON          (HTTP 415)
     ├── EventTimeError                    a bad X-Event-Time header                (HTTP 422)
@@ -93,6 +94,12 @@ class ModelFilesMissingError(ChurnopsError):
 
 class NoProductionModelError(ChurnopsError):
     """The serving alias points at no version yet."""
+
+    http_status = 503
+
+
+class WorkersNotReadyError(ChurnopsError):
+    """Some of the API's worker processes have no model loaded yet (/ready answers 503)."""
 
     http_status = 503
 

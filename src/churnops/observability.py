@@ -6,6 +6,7 @@ needs.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import logging.handlers
@@ -30,7 +31,8 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        self.multiprocess = self.multiprocess_dir is not None
         self.requests = Counter(
             "churnops_http_requests",
             "HTTP requests answered, by route, method and status.",
@@ -153,6 +155,23 @@ class ServingMetrics:
                 else:
                     self.store_rows.labels(outcome).inc(delta)
 
+    def workers_serving(self) -> int | None:
+        """How many live worker processes serve a model, from the version gauge every worker
+        writes in multiprocess mode; None in a single process, whose own state says it."""
+        if self.multiprocess_dir is None:
+            return None
+        # NB: only the liveall gauges' files: a probe every few seconds reads a few KB.
+        files = glob.glob(os.path.join(self.multiprocess_dir, "gauge_liveall_*.db"))
+        serving = set()
+        for family in MultiProcessCollector.merge(files, accumulate=False):
+            if family.name != "churnops_model_version":
+                continue
+            for sample in family.samples:
+                pid = int(sample.labels.get("pid", "0"))
+                if sample.value > 0 and _alive(pid):
+                    serving.add(pid)
+        return len(serving)
+
     def exposition(self) -> bytes:
         """The Prometheus text format, summed over every worker in multiprocess mode."""
         if not self.multiprocess:
@@ -160,6 +179,17 @@ class ServingMetrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged)
         return generate_latest(merged)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: a dead worker's gauge file stays behind."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class JsonFormatter(logging.Formatter):

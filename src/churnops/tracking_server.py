@@ -264,8 +264,11 @@ def start(
     if not isinstance(output, int):
         output.close()  # the child holds its own copy
     server = ServerProcess(proc, f"http://{host}:{port}")
+    # NB: a wildcard bind is probed on loopback: MLflow refuses the Host 0.0.0.0 once
+    # --allowed-hosts names the server's real names (a container's).
+    probe = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "") else server.url
     try:
-        wait_until_answers(proc, server.url, READY_PATH, timeout, "the tracking server", auth=auth)
+        wait_until_answers(proc, probe, READY_PATH, timeout, "the tracking server", auth=auth)
     except BaseException:
         server.stop()
         raise

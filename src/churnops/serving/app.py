@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
+import os
+import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -49,8 +53,27 @@ from churnops.serving.status import model_answer, ready_answer
 from churnops.serving.watcher import ModelWatcher, ServedModel
 from churnops.serving.writer import BufferedWriter
 
+log = logging.getLogger(__name__)
+
 MODEL_VERSION_HEADER = "X-Model-Version"
 INVALID_BODY = {"description": "A field is missing, unknown or of the wrong type."}
+
+
+# NB: a test hook (CHURNOPS_FAILPOINT=slow-load): every worker but the first to load sleeps
+# this long before loading, so a test sees one worker ready and another not, every time.
+SLOW_LOAD_FAILPOINT = "slow-load"
+SLOW_LOAD_SECONDS = 8.0
+
+
+def _slow_load_unless_first() -> None:
+    """Sleep SLOW_LOAD_SECONDS unless this worker is the first of its server to load."""
+    # NB: the workers share their supervisor's pid, so the claim is per server start.
+    claim = os.path.join(tempfile.gettempdir(), f"churnops-slow-load-{os.getppid()}")
+    try:
+        os.close(os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        log.warning("failpoint %s: loading %.0f s late", SLOW_LOAD_FAILPOINT, SLOW_LOAD_SECONDS)
+        time.sleep(SLOW_LOAD_SECONDS)
 
 
 def production_watcher(settings: Settings, metrics: ServingMetrics) -> ModelWatcher:
@@ -63,6 +86,8 @@ def production_watcher(settings: Settings, metrics: ServingMetrics) -> ModelWatc
         metrics.model_version.set(served.version)
 
     def load(settings: Settings, version: int) -> LoadedModel:
+        if settings.failpoint == SLOW_LOAD_FAILPOINT:
+            _slow_load_unless_first()
         keep = functools.partial(cache.keep, settings) if settings.serve_cache else None
         return loading.load_version(settings, version, keep=keep)
 
@@ -219,7 +244,7 @@ def add_probes(app: FastAPI, flow: ScoringFlow) -> None:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: 200 once a model is loaded, 503 before")
+    @app.get("/ready", summary="Readiness: 200 once every worker has a model loaded, 503 before")
     async def ready() -> dict[str, object]:
         return ready_answer(flow)
 

@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import os
 
+from churnops.errors import WorkersNotReadyError
 from churnops.serving.flow import ScoringFlow
 from churnops.serving.schemas import ChallengerState, ModelResponse, StoreState
 
 
 def ready_answer(flow: ScoringFlow) -> dict[str, object]:
-    """/ready's body: the version serving and, with the store on, its writer's state."""
+    """/ready's body: the version serving and, with the store on, its writer's state; a 503
+    until every worker of this server serves a model."""
     served = flow.serving()
+    # NB: whichever worker takes the probe's connection answers it; one that is ready must not
+    # speak for another still loading, whose next /predict would fail.
+    loaded = flow.metrics.workers_serving()
+    if loaded is not None and loaded < flow.settings.workers:
+        raise WorkersNotReadyError(
+            f"{loaded} of {flow.settings.workers} workers serve a model; the others are still "
+            "loading it"
+        )
     answer: dict[str, object] = {
         "status": "ready",
         "model_version": served.version,
