@@ -22,17 +22,38 @@ def two_models(rows: int, seed: int, gap: float) -> tuple[np.ndarray, ...]:
     return truth, prob_a, prob_b
 
 
+def bootstrap_rows(rng: np.random.Generator, rows: int, resamples: int = 1000) -> np.ndarray:
+    """Row indices of ``resamples`` bootstrap resamples, one per line."""
+    return rng.integers(0, rows, (resamples, rows))
+
+
+def f1_per_line(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """F1 of each line of 0/1 matrices (scikit-learn's, checked on the first lines below)."""
+    tp = (truth & predicted).sum(axis=1)
+    return 2 * tp / (truth.sum(axis=1) + predicted.sum(axis=1))
+
+
+def auc_per_line(truth: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """ROC AUC of each line by the rank-sum formula, ties as midranks (scikit-learn's, checked
+    on the first lines below)."""
+    ranks = stats.rankdata(probability, axis=1)
+    positives = truth.sum(axis=1)
+    negatives = truth.shape[1] - positives
+    return ((ranks * truth).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 def test_paired_f1_equals_scikit_learn_and_its_interval_a_row_bootstrap() -> None:
     truth, prob_a, prob_b = two_models(3000, 1, 0.3)
     a, b = (prob_a >= 0.4).astype(int), (prob_b >= 0.4).astype(int)
     found = paired.paired_f1(truth, a, b)
     assert found.a == pytest.approx(f1_score(truth, a))
     assert found.b == pytest.approx(f1_score(truth, b))
-    rng = np.random.default_rng(7)
-    diffs = []
-    for _ in range(1000):
-        rows = rng.integers(0, len(truth), len(truth))
-        diffs.append(f1_score(truth[rows], b[rows]) - f1_score(truth[rows], a[rows]))
+    rows = bootstrap_rows(np.random.default_rng(7), len(truth))
+    diffs = f1_per_line(truth[rows], b[rows]) - f1_per_line(truth[rows], a[rows])
+    for line in rows[:5]:
+        assert f1_per_line(truth[line][None], b[line][None])[0] == pytest.approx(
+            f1_score(truth[line], b[line])
+        )
     low, high = np.percentile(diffs, [2.5, 97.5])
     assert found.low == pytest.approx(low, abs=0.01)
     assert found.high == pytest.approx(high, abs=0.01)
@@ -75,12 +96,11 @@ def test_delong_equals_its_definition_and_a_bootstrap_of_the_auc_difference() ->
     assert found.b == pytest.approx(roc_auc_score(truth, prob_b))
     assert found.se is not None
     assert found.se**2 == pytest.approx(delong_by_definition(truth, prob_a, prob_b), rel=1e-9)
-    rng = np.random.default_rng(5)
-    diffs = []
-    for _ in range(1000):
-        rows = rng.integers(0, len(truth), len(truth))
-        diffs.append(
-            roc_auc_score(truth[rows], prob_b[rows]) - roc_auc_score(truth[rows], prob_a[rows])
+    rows = bootstrap_rows(np.random.default_rng(5), len(truth))
+    diffs = auc_per_line(truth[rows], prob_b[rows]) - auc_per_line(truth[rows], prob_a[rows])
+    for line in rows[:5]:
+        assert auc_per_line(truth[line][None], prob_b[line][None])[0] == pytest.approx(
+            roc_auc_score(truth[line], prob_b[line])
         )
     assert found.se == pytest.approx(np.std(diffs, ddof=1), rel=0.15)
 

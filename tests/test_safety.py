@@ -22,6 +22,9 @@ from churnops.errors import UnsafeModelError
 from churnops.registry import loading, versions
 from tests.conftest import start_api, stop_api, wait_for
 
+# NB: named, so MLflow does not infer them by loading the model in a subprocess (3.8 s a save).
+REQUIREMENTS = ["scikit-learn"]
+
 
 def _with_gaps() -> data.Dataset:
     frame = data.generate(rows=1200, seed=3)
@@ -44,6 +47,7 @@ def test_every_model_churnops_trains_loads_within_the_pinned_allow_list(
         tmp_path / "model",
         serialization_format="skops",
         skops_trusted_types=needed,
+        pip_requirements=REQUIREMENTS,
     )
     loaded = safety.load_sklearn(tmp_path / "model", version=1)
     rows = result.holdout_features
@@ -52,7 +56,12 @@ def test_every_model_churnops_trains_loads_within_the_pinned_allow_list(
 
 def test_a_pickled_model_is_refused_before_it_is_read(tmp_path: Path) -> None:
     model = LogisticRegression().fit(np.arange(20.0).reshape(-1, 1), np.arange(20) % 2)
-    mlflow.sklearn.save_model(model, tmp_path / "model", serialization_format="cloudpickle")
+    mlflow.sklearn.save_model(
+        model,
+        tmp_path / "model",
+        serialization_format="cloudpickle",
+        pip_requirements=REQUIREMENTS,
+    )
     with pytest.raises(UnsafeModelError, match=r"saved as cloudpickle.*unpickling"):
         safety.load_sklearn(tmp_path / "model", version=4)
 
@@ -63,7 +72,11 @@ def test_a_model_approving_its_own_extra_types_is_refused_by_name(tmp_path: Path
     model.fit(np.arange(1.0, 21.0).reshape(-1, 1), np.arange(20) % 2)
     own_list = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     mlflow.sklearn.save_model(
-        model, tmp_path / "model", serialization_format="skops", skops_trusted_types=own_list
+        model,
+        tmp_path / "model",
+        serialization_format="skops",
+        skops_trusted_types=own_list,
+        pip_requirements=REQUIREMENTS,
     )
     # MLflow would load it: the model's MLmodel file approves its own types.
     assert mlflow.sklearn.load_model(str(tmp_path / "model")) is not None
@@ -89,6 +102,7 @@ def test_the_api_never_swaps_in_a_pickled_version_and_says_why(
             name="model",
             serialization_format="cloudpickle",
             input_example=features.head(3),
+            pip_requirements=REQUIREMENTS,
         )
     bad = int(mlflow.register_model(info.model_uri, name).version)
     with pytest.raises(UnsafeModelError, match="unpickling"):
@@ -117,7 +131,11 @@ def test_a_small_archive_that_unpacks_past_the_limit_is_refused_unread(tmp_path:
     model = StandardScaler().fit(np.arange(20.0).reshape(-1, 2))
     model.mean_ = np.zeros(5_000_000)  # 40 MB of zeros, a few kB compressed
     mlflow.sklearn.save_model(
-        model, tmp_path / "model", serialization_format="skops", skops_trusted_types=[]
+        model,
+        tmp_path / "model",
+        serialization_format="skops",
+        skops_trusted_types=[],
+        pip_requirements=REQUIREMENTS,
     )
     skops_file = safety.skops_file(tmp_path / "model", version=6)
     # As a crafted upload would be: the same archive, deflated.
