@@ -98,3 +98,8 @@ def test_every_image_the_pages_show_is_in_the_repository() -> None:
     for page in PAGES:
         for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
             assert (page.parent / image).is_file(), f"{page.name} shows a missing {image}"
+
+
+def test_the_sites_benchmarks_page_is_the_repositorys_benchmarks_file() -> None:
+    # NB: the site cannot link outside docs/, so it carries a copy: `cp BENCHMARKS.md docs/`.
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == (ROOT / "BENCHMARKS.md").read_text()
