@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from churnops import tracking_server
 from churnops.config import Settings
@@ -61,7 +62,14 @@ def plain_mlflow_server(folder: Path) -> Iterator[str]:
             "--artifacts-destination",
             str(folder / "artifacts"),
         ],
-        env={**tracking_server.child_env(), **WEBHOOK_ENV},
+        # NB: as MLflow's docs say for several workers: one webhook encryption key for all of
+        # them. Without it each worker draws its own, and a hook created through one worker
+        # and tested through another fails with INTERNAL_ERROR (seen once in CI).
+        env={
+            **tracking_server.child_env(),
+            **WEBHOOK_ENV,
+            tracking_server.WEBHOOK_KEY_ENV: Fernet.generate_key().decode(),
+        },
         stdout=(folder / "server.log").open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
