@@ -171,6 +171,22 @@ class Settings(BaseSettings):
         "this many days before it, and 'retained' counts only once this long has passed since "
         "the prediction (CHURNOPS_CHURN_HORIZON_DAYS).",
     )
+    engine: Literal["duckdb", "spark", "pandas"] = Field(
+        default="duckdb",
+        description="The query engine `monitor`, `compare` and `labels add` read the prediction "
+        "store with (CHURNOPS_ENGINE): duckdb (embedded; memory bounded by the summaries), "
+        "spark (a cluster: see CHURNOPS_SPARK_MASTER) or pandas (every row in memory).",
+    )
+    spark_master: str = Field(
+        default="local[2]",
+        description="The Spark master the spark engine connects to (CHURNOPS_SPARK_MASTER), "
+        "e.g. local[4], spark://host:7077, yarn, k8s://https://host:443.",
+    )
+    spark_conf: str = Field(
+        default="",
+        description="Extra Spark settings as comma-separated key=value pairs "
+        "(CHURNOPS_SPARK_CONF), e.g. spark.executor.memory=4g,spark.sql.shuffle.partitions=64.",
+    )
     backend_store_uri: str | None = Field(
         default=None,
         description="Database of `churnops server` (CHURNOPS_BACKEND_STORE_URI), e.g. "

@@ -44,6 +44,11 @@ class DataError(ChurnopsError):
     """Input data cannot be used for training or scoring."""
 
 
+class EngineError(ChurnopsError):
+    """A query engine cannot run here (Spark not installed, no Java, a bad master); the message
+    names the fix."""
+
+
 class VersionNotFoundError(ChurnopsError):
     """The requested model version does not exist in the registry."""
 
