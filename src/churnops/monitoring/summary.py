@@ -153,7 +153,7 @@ class Scope:
     model: str
     alias: str
     since: datetime | None
-    until: datetime
+    until: datetime | None
     now: datetime
     horizon: timedelta
 
@@ -163,8 +163,9 @@ def _us(moment: datetime) -> int:
     return delta // timedelta(microseconds=1)
 
 
-def rows_sql(scope: Scope, columns: Iterable[str]) -> str:
-    """The scope's rows (``p``): the fixed columns a report needs and ``columns``."""
+def rows_sql(scope: Scope, columns: Iterable[str], where: str | None = None) -> str:
+    """The scope's rows (``p``): the fixed columns a report needs and ``columns``; ``where``
+    replaces the alias condition."""
     wanted = ", ".join(
         quoted(c)
         for c in dict.fromkeys(
@@ -172,9 +173,11 @@ def rows_sql(scope: Scope, columns: Iterable[str]) -> str:
         )
     )
     since = "" if scope.since is None else f" AND t_us >= {_us(scope.since)}"
+    until = "" if scope.until is None else f" AND t_us < {_us(scope.until)}"
+    chosen = f"alias = {text(scope.alias)}" if where is None else where
     return (
         f"SELECT {wanted} FROM predictions WHERE model = {text(scope.model)} "
-        f"AND alias = {text(scope.alias)} AND t_us < {_us(scope.until)}{since}"
+        f"AND {chosen}{until}{since}"
     )
 
 
@@ -195,7 +198,7 @@ def conflicts_sql() -> str:
     )
 
 
-def joined_sql(scope: Scope, columns: Iterable[str] = ()) -> str:
+def joined_sql(scope: Scope, columns: Iterable[str] = (), where: str | None = None) -> str:
     """``joined``: the scope's rows with ``outcome`` (NULL: none counts yet) and ``immature``,
     as labels.join defines them: by prediction id, else by customer within the horizon."""
     horizon = scope.horizon // timedelta(microseconds=1)
@@ -206,7 +209,7 @@ byid AS (SELECT key, max(outcome) AS outcome FROM o WHERE key_kind = 'prediction
          GROUP BY key),
 churn AS (SELECT key, t_us FROM o WHERE key_kind = 'customer_id' AND outcome = 1),
 stay AS (SELECT key, t_us FROM o WHERE key_kind = 'customer_id' AND outcome = 0),
-p AS ({rows_sql(scope, columns)}),
+p AS ({rows_sql(scope, columns, where)}),
 j AS (
   SELECT p.*, byid.outcome AS id_outcome,
     EXISTS (SELECT 1 FROM churn c WHERE c.key = p.customer_id AND c.t_us >= p.t_us
