@@ -185,7 +185,7 @@ def latest_outcomes_sql() -> str:
     """One outcome per (key kind, key, time): the latest added wins."""
     return (
         "SELECT key_kind, key, outcome, t_us FROM (SELECT key_kind, key, outcome, t_us, "
-        "row_number() OVER (PARTITION BY key_kind, key, t_us ORDER BY added_at DESC, "
+        "row_number() OVER (PARTITION BY key_kind, key, t_us ORDER BY added_us DESC, "
         '"row" DESC) AS rn FROM outcomes) AS ranked WHERE rn = 1'
     )
 
