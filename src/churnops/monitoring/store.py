@@ -665,4 +665,3 @@ def read_labels(store: Store) -> pa.Table | None:
     if not tables:
         return None
     return pa.concat_tables(tables)
-
