@@ -190,6 +190,25 @@ def test_a_reader_listing_at_every_step_sees_each_row_exactly_once(tmp_path: Pat
     exactly_once(target, ids)
 
 
+def test_the_duckdb_engine_counts_each_row_once_at_every_step(tmp_path: Path) -> None:
+    from churnops.monitoring.engine import open_engine
+
+    target = store.open_store(str(tmp_path / "store"))
+    ids = fill(target, DAY, files=10)
+    counts = []
+
+    def count(at: str) -> None:
+        with open_engine(Settings(data_dir=tmp_path), "duckdb", target) as engine:
+            sql = "SELECT count(*) AS n, count(DISTINCT prediction_id) AS d FROM predictions"
+            answer = engine.query(sql)
+        counts.append((at, int(answer["n"][0]), int(answer["d"][0])))
+
+    compaction.compact(target, days=[DAY], grace_seconds=0, observe=count)
+
+    assert {(n, d) for _, n, d in counts} == {(len(ids), len(ids))}
+    assert [at for at, _, _ in counts][:3] == ["record", "partial", "merged"]
+
+
 def test_a_reader_that_listed_before_compaction_can_read_its_files_for_the_grace_period(
     tmp_path: Path,
 ) -> None:
