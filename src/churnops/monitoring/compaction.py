@@ -46,6 +46,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -55,10 +56,11 @@ from churnops.monitoring.store import COMPACTED_SUFFIX, RECORD_SUFFIX, RECORDS, 
 
 log = logging.getLogger(__name__)
 
-# NB: Arrow memory of the rows one merged file takes, read and sorted at once (the sort's copy
-# doubles it): a run's memory is bounded by this, not by the day. Stored rows take ~200 bytes in
+# NB: Arrow memory of the rows one merged file takes, read at once and written sorted a row group
+# at a time: a run's memory is bounded by this, not by the day. Stored rows take ~200 bytes in
 # Arrow and ~15-40 on disk, so a merged file holds ~1.3M rows and 20-50 MB: large enough that
-# per-file costs (a listing entry, a footer, an S3 request) vanish, small enough for a 1 GiB job.
+# per-file costs (a listing entry, a footer, an S3 request) vanish, small enough for a 1 GiB job
+# (measured: 2,000 files of 1,000 rows compacted at a peak of 660 MiB RSS, the process included).
 MERGE_ARROW_BYTES = 256 * 1024 * 1024
 # NB: 2^18 rows: above DuckDB's own 122,880-row groups, so an engine parallelises and prunes by
 # time per group without a group's overhead (its footer entry, its statistics) showing.
@@ -284,7 +286,7 @@ def _compact_day(target: Store, day: _Day, step: Observer) -> tuple[str, DayRepo
                 if record is not None:
                     replaces |= record.replaces
             table = pa.concat_tables([t for _, t in group], promote_options="permissive")
-            _write_merged(target, day.folder, table.sort_by("time"), replaces, step)
+            _write_merged(target, day.folder, table, replaces, step)
             rows += table.num_rows
             merged += 1
             del table, group
@@ -345,22 +347,32 @@ def _place(
 def _write_merged(
     target: Store, folder: str, table: pa.Table, replaces: set[str], step: Observer
 ) -> str:
-    """Steps 1 and 2 of the protocol for one merged file; its path."""
+    """Steps 1 and 2 of the protocol for one merged file (``table``'s rows sorted by time);
+    its path."""
     name = f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:12]}{COMPACTED_SUFFIX}"
     record = store.Record(name, frozenset(replaces), table.num_rows)
     _write_record(target, store.record_path(folder, name), record)
     step("record")
     path = f"{folder}/{name}"
-    options = store.parquet_options(table) | {"row_group_size": ROW_GROUP_ROWS}
     if isinstance(target.fs, pafs.LocalFileSystem):
-        pq.write_table(table, path + PARTIAL, filesystem=target.fs, **options)
+        _write_sorted(target, path + PARTIAL, table)
         step("partial")
         target.fs.move(path + PARTIAL, path)
     else:
-        pq.write_table(table, path, filesystem=target.fs, **options)
+        _write_sorted(target, path, table)
     step("merged")
     log.info("prediction store: %d files merged into %s", len(replaces), path)
     return path
+
+
+def _write_sorted(target: Store, path: str, table: pa.Table) -> None:
+    """Write ``table`` sorted by time (a stable sort), one row group at a time: the sorted copy
+    is made a group at a time, so memory holds the rows once, not twice."""
+    order = pc.sort_indices(table, sort_keys=[("time", "ascending")])
+    options = store.parquet_options(table)
+    with pq.ParquetWriter(path, table.schema, filesystem=target.fs, **options) as writer:
+        for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+            writer.write_table(table.take(order.slice(start, ROW_GROUP_ROWS)))
 
 
 def _write_record(target: Store, path: str, record: store.Record) -> None:
