@@ -501,40 +501,90 @@ def test_compacting_again_and_again_while_the_api_writes_loses_and_doubles_no_ro
     assert len(store.prediction_files(target)) == 2
 
 
-@pytest.mark.slow
-def test_an_s3_store_compacts_with_each_row_once_at_every_step_and_after_a_crash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tests.backends import S3, S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SeaweedFS S3 endpoint for the module, its keys in the environment."""
+    from tests.backends import S3, S3_ACCESS_KEY, S3_SECRET_KEY
 
-    s3 = S3.start(tmp_path)
+    s3 = S3.start(tmp_path_factory.mktemp("s3"))
     try:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
-        target = store.open_store(f"s3://{S3_BUCKET}/compact", s3.endpoint)
-        ids = fill(target, DAY, files=15)
-        steps: list[str] = []
-
-        def crash(at: str) -> None:
-            raise Crash(at)
-
-        def read(at: str) -> None:
-            exactly_once(target, ids)
-            steps.append(at)
-
-        with pytest.raises(Crash):
-            compaction.compact(target, days=[DAY], grace_seconds=0, observe=crash)
-        exactly_once(target, ids)
-
-        report = compaction.compact(target, days=[DAY], grace_seconds=0, observe=read)
-
-        # NB: pyarrow leaves an empty "folder/" marker where it deleted a folder's last file.
-        keys = [k for k in s3.objects(f"compact/predictions/date={DAY}/") if not k.endswith("/")]
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+            env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+            yield s3.endpoint
     finally:
         s3.stop()
+
+
+def s3_store(endpoint: str) -> store.Store:
+    from tests.backends import S3_BUCKET
+
+    return store.open_store(f"s3://{S3_BUCKET}/{uuid.uuid4().hex[:8]}", endpoint)
+
+
+def s3_day_keys(target: store.Store, day: date = DAY) -> list[str]:
+    """The objects of a day partition, as names under it (pyarrow leaves an empty "folder/"
+    marker where it deleted a folder's last file: not an object a reader reads)."""
+    folder = target.path("predictions", f"date={day}")
+    selector = pafs.FileSelector(folder, allow_not_found=True, recursive=True)
+    return sorted(
+        i.path.removeprefix(folder + "/")
+        for i in target.fs.get_file_info(selector)
+        if i.type == pafs.FileType.File
+    )
+
+
+@pytest.mark.slow
+def test_an_s3_store_compacts_with_each_row_once_at_every_step_and_after_a_crash(
+    s3_endpoint: str,
+) -> None:
+    target = s3_store(s3_endpoint)
+    ids = fill(target, DAY, files=15)
+    steps: list[str] = []
+
+    def crash(at: str) -> None:
+        raise Crash(at)
+
+    def read(at: str) -> None:
+        exactly_once(target, ids)
+        steps.append(at)
+
+    with pytest.raises(Crash):
+        compaction.compact(target, days=[DAY], grace_seconds=0, observe=crash)
+    exactly_once(target, ids)
+
+    report = compaction.compact(target, days=[DAY], grace_seconds=0, observe=read)
+
     # NB: S3 has no rename: the merged object appears whole, after its record.
     assert steps == ["record", "merged", *["deleted"] * 15]
     assert (report.days[0].files_before, report.days[0].files_after) == (15, 1)
-    [merged] = [k for k in keys if k.endswith(store.COMPACTED_SUFFIX)]
-    record = merged.rpartition("/")[2].removesuffix(store.COMPACTED_SUFFIX) + ".json"
-    assert sorted(keys) == sorted([merged, f"compact/predictions/date={DAY}/_compacted/{record}"])
+    [merged] = [k for k in s3_day_keys(target) if k.endswith(store.COMPACTED_SUFFIX)]
+    record = merged.removesuffix(store.COMPACTED_SUFFIX) + ".json"
+    assert s3_day_keys(target) == sorted([merged, f"_compacted/{record}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_grace", [900, 0])
+def test_two_compactions_of_an_s3_store_at_once_never_both_merge_a_file(
+    s3_endpoint: str, second_grace: float
+) -> None:
+    target = s3_store(s3_endpoint)
+    ids = fill(target, DAY, files=6)
+    second: list[compaction.CompactionReport] = []
+
+    def another_run_meanwhile(at: str) -> None:
+        # NB: the second run lists the files the first is merging, its record already written
+        # (with no grace, the second takes that record for a dead run's and deletes it).
+        if at == "record" and not second:
+            second.append(compaction.compact(target, days=[DAY], grace_seconds=second_grace))
+            exactly_once(target, ids)
+
+    first = compaction.compact(target, days=[DAY], grace_seconds=900, observe=another_run_meanwhile)
+
+    merged = [d.merged for r in (first, second[0]) for d in r.days]
+    assert sum(merged) == 1
+    exactly_once(target, ids)
+    assert len(store.prediction_files(target)) == 1
+    compaction.compact(target, days=[], grace_seconds=0)
+    exactly_once(target, ids)
+    assert len([k for k in s3_day_keys(target) if not k.startswith("_")]) == 1

@@ -19,15 +19,22 @@ they list they read its record and drop every file it names. A reader listing be
 and 3 therefore reads each row once (the merged file, not its sources); one listing before step
 2 reads the sources, which stay for ``grace_seconds`` so that it can finish. A crash leaves one
 of these states, and the next run finishes it: a record without its merged file (readers never
-read it: the next run deletes it and any ``.partial``, and merges the sources again), a merged
-file with its sources (readers read the merged file only; the next run deletes the sources),
-some sources deleted (the same). Records stay until retention deletes their day, after the data
-files: a spool takeover (:mod:`churnops.serving.spool`) reads them to know which spooled files
-are already stored, and a record only names files, so it costs ~60 bytes per merged file.
+read it; the next run deletes it and any ``.partial``, on S3 once it is ``grace_seconds`` old,
+and merges the sources again), a merged file beside its sources (readers read the merged file
+only; the next run deletes the sources), some sources deleted (the same). Records stay until
+retention deletes their day, after its data files: a spool takeover
+(:mod:`churnops.serving.spool`) reads them to know which spooled files are already stored. A
+record costs ~60 bytes per file it names.
 
-One compaction runs at a time per store: on a local store a lock file enforces it (a second run
-is refused; the kernel releases the lock when a run dies); on S3 there is no lock, so schedule
-it from one place (the Kubernetes CronJob has ``concurrencyPolicy: Forbid``).
+Two runs at once never merge the same file twice. On a local store a lock file keeps a second
+run out (it is refused; the kernel releases the lock when a run dies). S3 has no lock, so between
+steps 1 and 2 a run lists the day's records and steps back (deleting its record) when another
+record names a file it merges, or when its own record is gone: each run writes before it
+looks, so of two overlapping runs at least one sees the other. A record without its merged file
+counts as a dead run's, and is deleted, only once it is ``grace_seconds`` old (at once on a
+local store, under the lock), so ``grace_seconds`` must also exceed the time a run takes
+between its record and its merged file (seconds). Schedule it from one place all the same (the
+Kubernetes CronJob has ``concurrencyPolicy: Forbid``).
 """
 
 from __future__ import annotations
@@ -174,7 +181,7 @@ def compact(
     step = observe or (lambda _: None)
     with _exclusive(target):
         listed = _list(target)
-        _clean_up(target, listed)
+        _clean_up(target, listed, grace_seconds)
         if days is not None:
             chosen = set(days)
             selected = [d for d in listed.values() if d.day in chosen]
@@ -246,14 +253,19 @@ def _list(target: Store) -> dict[str, _Day]:
     return days
 
 
-def _clean_up(target: Store, listed: dict[str, _Day]) -> None:
+def _clean_up(target: Store, listed: dict[str, _Day], grace_seconds: float) -> None:
     """Finish what a crashed run left: records whose merged file never appeared (or was itself
-    merged and deleted since: a later record names what it held) and half-written files."""
+    merged and deleted since: a later record names what it held) and half-written files. On S3,
+    where no lock keeps another run out, only records older than ``grace_seconds``: a younger
+    one may be a live run's, about to upload its merged file."""
+    locked = isinstance(target.fs, pafs.LocalFileSystem)
+    now_ns = time.time_ns()
     for day in listed.values():
         present = {i.base_name for i in day.data}
         for info in day.records:
             merged = info.base_name.removesuffix(RECORD_SUFFIX) + COMPACTED_SUFFIX
-            if merged not in present:
+            age = (now_ns - (info.mtime_ns or now_ns)) / 1e9
+            if merged not in present and (locked or age >= grace_seconds):
                 _delete(target, info.path)
         for info in day.partials:
             _delete(target, info.path)
@@ -286,9 +298,9 @@ def _compact_day(target: Store, day: _Day, step: Observer) -> tuple[str, DayRepo
                 if record is not None:
                     replaces |= record.replaces
             table = pa.concat_tables([t for _, t in group], promote_options="permissive")
-            _write_merged(target, day.folder, table, replaces, step)
-            rows += table.num_rows
-            merged += 1
+            if _write_merged(target, day.folder, table, replaces, step) is not None:
+                rows += table.num_rows
+                merged += 1
             del table, group
             pa.default_memory_pool().release_unused()
     size = sum(i.size or 0 for i in readable)
@@ -346,13 +358,17 @@ def _place(
 
 def _write_merged(
     target: Store, folder: str, table: pa.Table, replaces: set[str], step: Observer
-) -> str:
+) -> str | None:
     """Steps 1 and 2 of the protocol for one merged file (``table``'s rows sorted by time);
-    its path."""
+    its path, or None when another run merges some of the same files."""
     name = f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:12]}{COMPACTED_SUFFIX}"
     record = store.Record(name, frozenset(replaces), table.num_rows)
     _write_record(target, store.record_path(folder, name), record)
     step("record")
+    if not _alone(target, folder, name, replaces):
+        _delete(target, store.record_path(folder, name))
+        log.warning("prediction store: another compaction merges files of %s; left to it", folder)
+        return None
     path = f"{folder}/{name}"
     if isinstance(target.fs, pafs.LocalFileSystem):
         _write_sorted(target, path + PARTIAL, table)
@@ -363,6 +379,19 @@ def _write_merged(
     step("merged")
     log.info("prediction store: %d files merged into %s", len(replaces), path)
     return path
+
+
+def _alone(target: Store, folder: str, name: str, replaces: set[str]) -> bool:
+    """Whether the merged file ``name`` may appear: its record is still there and no other
+    record names any file it holds (but records of the compacted files it merges). Each run
+    writes its record before it looks, so of two runs merging the same file at least one sees
+    the other's record and steps back (S3 lists what was written before, strongly)."""
+    found = store.records(target, folder)
+    if not any(r.merged == name for r in found):
+        return False  # NB: taken for a dead run's and deleted: step back too
+    return not any(
+        r.merged != name and r.merged not in replaces and r.replaces & replaces for r in found
+    )
 
 
 def _write_sorted(target: Store, path: str, table: pa.Table) -> None:
