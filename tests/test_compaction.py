@@ -28,9 +28,10 @@ from churnops.config import Settings
 from churnops.errors import DataError, StoreBusyError
 from churnops.monitoring import compaction, store
 from churnops.serving import spool
+from churnops.serving import writer as writer_module
 from tests.conftest import ApiProcess, run_churnops, start_api, stop_api, wait_for
 from tests.test_api import CUSTOMER
-from tests.test_store import batch
+from tests.test_store import batch, dead, take_over
 
 DAY = date(2026, 11, 30)
 
@@ -288,6 +289,30 @@ def test_a_dead_writers_spooled_rows_that_were_compacted_are_not_written_again(
 
     assert stored(spool.Entry("host_a-1-abcd", day, 2))
     assert not stored(spool.Entry("host_a-1-abcd", day, 4))
+
+
+def test_a_worker_killed_before_deleting_its_spool_whose_file_was_compacted_stores_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, spooled = store.open_store(str(tmp_path / "store")), tmp_path / "spool"
+    first = writer_module.BufferedWriter(target, 600, 10**6, 400, spool_dir=spooled)
+    first.start()
+    first.add(batch(["a", "b"]))
+    first._convert()
+    first.add(batch(["c"]))
+    # NB: the file is written, then the process "dies" before its spool entries are deleted.
+    with monkeypatch.context() as patched:
+        patched.setattr(writer_module.Spool, "discard", staticmethod(lambda _paths: None))
+        assert first.flush() == 3
+    dead(first)
+    today = datetime.now(UTC).date()
+    ids = ["a", "b", "c", *fill(target, today, files=3)]
+    compaction.compact(target, days=[today], grace_seconds=0)
+    assert not any(f.endswith(spool.SPOOLED_SUFFIX) for f in day_files(tmp_path / "store", today))
+
+    assert take_over(target, spooled) == 0
+
+    exactly_once(target, ids)
 
 
 def test_a_second_compaction_of_a_local_store_is_refused_while_one_runs(tmp_path: Path) -> None:
