@@ -441,11 +441,15 @@ def _delete_replaced(
                 waiting += len(present)
             else:
                 doomed += present
-        for path in sorted(set(doomed)):
-            _delete(target, path)
-            deleted += 1
-            step("deleted")
+        with ThreadPoolExecutor(IO_THREADS) as pool:
+            for _ in pool.map(lambda path: _delete_one(target, path, step), sorted(set(doomed))):
+                deleted += 1
     return deleted, waiting
+
+
+def _delete_one(target: Store, path: str, step: Observer) -> None:
+    _delete(target, path)
+    step("deleted")
 
 
 def _with_after(
