@@ -13,8 +13,9 @@ threads (--threads, default 1: on a shared 2-core machine OpenMP's spinning thre
 gradient-boosting fit several times slower).
 
 `--encoding` adds the measurement behind the high-cardinality rule: `auto` on the bank table
-with its Surname one-hot encoded (before), target-encoded, or dropped, and the same on a
-variant whose 1,500-value Branch column carries signal.
+with its Surname as an ordinary category (before: one-hot for logreg, ordinal codes for hgb),
+target-encoded, or dropped, and the same on a variant whose 1,500-value Branch column carries
+signal.
 
     .venv/bin/python -m bench.search [--budgets 60,300] [--tables telecom,bank] [--encoding]
 """
@@ -168,7 +169,7 @@ def flaml_row(
 
 
 def encoding_study(folder: Path) -> list[dict[str, Any]]:
-    """`auto` with each high-cardinality column one-hot encoded, target-encoded or dropped."""
+    """`auto` with each high-cardinality column as a category, target-encoded or dropped."""
     rows = []
     for name, column, frame in (
         ("bank", "Surname", bank_table()),
@@ -179,7 +180,7 @@ def encoding_study(folder: Path) -> list[dict[str, Any]]:
         kept = [c for c in loaded.categorical if c != column]
         features = pd.read_csv(train)[column].astype(str)
         variants = {
-            "one-hot (before)": dataclasses.replace(
+            "category (before)": dataclasses.replace(
                 loaded,
                 features=loaded.features.assign(**{column: features}),
                 categorical=(*kept, column),
