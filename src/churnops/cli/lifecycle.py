@@ -14,6 +14,22 @@ from churnops.errors import GateRefusedError, TrackingUnavailableError
 from churnops.gate import DEFAULT_GATE_F1
 
 
+class SearchBudget(click.ParamType):
+    """A search's time budget (60s, 5m, 1h) as seconds, or None for auto."""
+
+    name = "budget"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, float):
+            return value
+        from churnops.search import parse_budget
+
+        try:
+            return parse_budget(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.command()
 @command
 def status() -> tuple[dict[str, Any], str]:
@@ -63,7 +79,19 @@ def status() -> tuple[dict[str, Any], str]:
     default=None,
     help="logreg (the course's logistic regression), hgb (histogram gradient boosting) or auto "
     "(whichever has the better cross-validated F1 on the training split). "
-    "[default: logreg on the built-in data, auto with --data]",
+    "[default: logreg on the built-in data, auto with --data or --search]",
+)
+@click.option(
+    "--search",
+    "search_budget",
+    type=SearchBudget(),
+    default="auto",
+    show_default=True,
+    metavar="BUDGET",
+    help="Time budget such as 60s or 5m: search model families (logistic regression, gradient "
+    "boosting, random forest; only --model's if given) and their hyper-parameters by "
+    "cross-validation on the training split, the defaults first, so the model kept is never "
+    "worse on cross-validation than --model auto's. auto: no search, the fast default.",
 )
 @command
 def train(
@@ -74,6 +102,7 @@ def train(
     seed: int,
     gate_f1: float,
     kind: ModelKind | None,
+    search_budget: float | None,
 ) -> tuple[dict[str, Any], str]:
     """Train a churn model, log the run and register a new version of the model.
 
@@ -97,6 +126,7 @@ def train(
         target=target,
         positive_label=positive_label,
         kind=kind,
+        search_budget=search_budget,
     )
     return report.to_dict(), report.render(settings.model_name)
 
