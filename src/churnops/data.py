@@ -21,6 +21,10 @@ CATEGORICAL_FEATURES = ("plan_type", "region")
 PLAN_TYPES = ("basic", "standard", "premium")
 REGIONS = ("NA", "EU", "AF", "AS")
 IDENTIFIER = "identifier: every value distinct"
+NAMED_IDENTIFIER = "identifier: the customer id the table names"
+# NB: a Parquet table can name its customer id column in its schema's metadata (tables built
+# from the prediction store do: a customer appears once per outcome, so its ids repeat).
+ID_COLUMN_METADATA = b"churnops.id_column"
 ROW_NUMBER = "row number: every value distinct, increasing in table order"
 # NB: a text column with more distinct values than this is not one-hot encoded: surnames and
 # free text (thousands of values) would become thousands of sparse, mostly-noise columns. The
@@ -33,6 +37,9 @@ SIGNAL_Z = 3.0
 TARGET_ENCODED = "categorical, target-encoded"
 BUILTIN_SOURCE = "built-in synthetic data"
 log = logging.getLogger(__name__)
+
+# NB: the event time of each row of a table built from the prediction store; not a feature.
+TIME_COLUMN = "__time__"
 
 # NB: label spellings seen in real churn tables; anything else needs an explicit mapping.
 _POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "t", "churn", "churned"})
@@ -56,6 +63,9 @@ class Dataset:
     report: DataReport
     # NB: high-cardinality text columns that carry signal: target-encoded, never one-hot.
     encoded: tuple[str, ...] = ()
+    # NB: when the table has TIME_COLUMN (a table `train --from-store` built), each row's
+    # event time: training then holds out the newest rows instead of a random share.
+    times: pd.Series | None = None
 
     @property
     def table(self) -> pd.DataFrame:
@@ -73,7 +83,7 @@ class Dataset:
         identifier before a row number (a table with RowNumber and CustomerId is keyed by the
         customer, whose outcomes arrive later under that id)."""
         dropped = self.report.dropped_columns
-        for reason in (IDENTIFIER, ROW_NUMBER):
+        for reason in (NAMED_IDENTIFIER, IDENTIFIER, ROW_NUMBER):
             found = [c for c, why in dropped.items() if why == reason]
             if found:
                 return str(found[0])
@@ -307,6 +317,7 @@ def from_frame(
     target: str = TARGET,
     source: str = "<frame>",
     positive_label: str | None = None,
+    identifier: str | None = None,
 ) -> Dataset:
     """Split a table into features and a 0/1 target, refusing data that cannot train a model."""
     if target not in frame.columns:
@@ -319,6 +330,9 @@ def from_frame(
     labelled = labels.notna()
     features = frame.loc[labelled].drop(columns=[target]).reset_index(drop=True)
     y = labels[labelled].astype(int).reset_index(drop=True)
+    times = None
+    if TIME_COLUMN in features.columns:
+        times = pd.to_datetime(features.pop(TIME_COLUMN), utc=True).reset_index(drop=True)
     if len(y) < MIN_TRAINING_ROWS:
         raise DataError(
             f"{source}: only {len(y)} labelled rows; at least {MIN_TRAINING_ROWS} are needed"
@@ -329,6 +343,8 @@ def from_frame(
             "a churn model needs both churned and retained customers"
         )
     dropped = _dropped_columns(features)
+    if identifier is not None and identifier in features.columns:
+        dropped[identifier] = NAMED_IDENTIFIER
     features = features.drop(columns=list(dropped))
     if features.shape[1] == 0:
         raise DataError(
@@ -363,7 +379,7 @@ def from_frame(
         positive_rate=float(y.mean()),
         missing_values={str(c): int(n) for c, n in features.isna().sum().items() if n},
     )
-    return Dataset(features, y, numeric, categorical, source, report, tuple(encode))
+    return Dataset(features, y, numeric, categorical, source, report, tuple(encode), times)
 
 
 # NB: "NA" is not among them: it is a region code (North America) in churn data. A single space
@@ -402,9 +418,15 @@ def load(
 
 def load_table(path: Path, target: str = TARGET, positive_label: str | None = None) -> Dataset:
     """Read a churn table (CSV, or Parquet by its suffix) and validate it for training."""
+    identifier = None
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             frame = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(path).metadata or {}
+            named = metadata.get(ID_COLUMN_METADATA)
+            identifier = None if named is None else named.decode()
         else:
             frame = pd.read_csv(path, keep_default_na=False, na_values=list(MISSING_MARKERS))
     except FileNotFoundError:
@@ -418,5 +440,9 @@ def load_table(path: Path, target: str = TARGET, positive_label: str | None = No
     ) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     return from_frame(
-        _coerce_numeric_text(frame), target=target, source=str(path), positive_label=positive_label
+        _coerce_numeric_text(frame),
+        target=target,
+        source=str(path),
+        positive_label=positive_label,
+        identifier=identifier,
     )

@@ -7,7 +7,7 @@ picks, whether the gate lets a version through) are pure functions beside them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,7 @@ def train(
     positive_label: str | None = None,
     kind: training.ModelKind | None = None,
     search_budget: float | None = None,
+    extra_params: dict[str, str] | None = None,
 ) -> TrainReport:
     """Train on a table (or the built-in synthetic data) and register the result as a new
     version, with its evidence. ``kind`` defaults to the course's logistic regression on the
@@ -197,6 +198,8 @@ def train(
     result = training.train(
         dataset, seed=seed, gate_f1=gate_f1, kind=kind, search_budget=search_budget
     )
+    if extra_params:
+        result = replace(result, params={**result.params, **extra_params})
     proof = evidence.build(
         result.model,
         result.holdout_features,

@@ -40,6 +40,7 @@ from churnops import compiled
 from churnops import search as search_module
 from churnops.config import ModelKind
 from churnops.data import Dataset
+from churnops.errors import DataError
 from churnops.gate import DEFAULT_GATE_F1, GateVerdict, decide
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,33 @@ def baseline_f1(y_train: pd.Series, X_test: pd.DataFrame, y_test: pd.Series) -> 
     return float(f1_score(y_test, dummy.predict(np.zeros((len(X_test), 1))), zero_division=0))
 
 
+def split(dataset: Dataset, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
+    """Training and held-out rows: a stratified random quarter held out, or, for a table with
+    event times (built from the store), the newest quarter: the gate then compares candidate
+    and champion on the most recent customers, as a churn team would, and the model never
+    learns from rows served after the ones it is judged on."""
+    if dataset.times is None:
+        parts = train_test_split(
+            dataset.features,
+            dataset.target,
+            test_size=TEST_SIZE,
+            stratify=dataset.target,
+            random_state=seed,
+        )
+        return parts[0], parts[1], parts[2], parts[3]
+    order = np.argsort(dataset.times.to_numpy(), kind="stable")
+    cut = len(order) - int(np.ceil(len(order) * TEST_SIZE))
+    older, newer = order[:cut], order[cut:]
+    y_train, y_test = dataset.target.iloc[older], dataset.target.iloc[newer]
+    for part, name in ((y_train, "training"), (y_test, "held-out (newest)")):
+        if part.nunique() < 2:
+            raise DataError(
+                f"{dataset.source}: the {name} rows of the out-of-time split have one outcome "
+                f"only ({int(part.iloc[0])}); widen --since/--until"
+            )
+    return dataset.features.iloc[older], dataset.features.iloc[newer], y_train, y_test
+
+
 def train(
     dataset: Dataset,
     seed: int = 42,
@@ -228,13 +256,7 @@ def train(
     ``config`` (a family and its parameters, as a search recorded them), that one is refitted.
     """
     started = time.perf_counter()
-    X_train, X_test, y_train, y_test = train_test_split(
-        dataset.features,
-        dataset.target,
-        test_size=TEST_SIZE,
-        stratify=dataset.target,
-        random_state=seed,
-    )
+    X_train, X_test, y_train, y_test = split(dataset, seed)
     defaults = tuple(k for k in CANDIDATES if kind in (k, "auto"))
     record = None
     if config is not None:
@@ -285,6 +307,7 @@ def train(
         "model_requested": kind,
         "model_type": chosen,
         "test_size": TEST_SIZE,
+        "split": "random" if dataset.times is None else "out of time (newest rows held out)",
         "cv_folds": CV_FOLDS,
         "threshold": threshold,
         **({"target_encoded": ", ".join(dataset.encoded)} if dataset.encoded else {}),
