@@ -55,7 +55,8 @@ def test_a_version_trained_from_the_store_after_a_concept_drift_beats_the_servin
         )
         ok(cli("labels", "add", "--json", str(tmp_path / "drifted.csv")))
 
-        early = (drift_end - timedelta(days=15)).isoformat()
+        # NB: the first four hours of traffic: about 25 rows, fewer than training needs.
+        early = (drift_end - timedelta(days=16) + timedelta(hours=4)).isoformat()
         refused = cli("train", "--from-store", "--until", early, "--json")
         assert refused.exit_code == 1, refused.output
         message = json.loads(refused.stdout)["error"]

@@ -117,9 +117,9 @@ def train(
     stamp = until.strftime("%Y%m%dT%H%M%SZ")
     with tempfile.TemporaryDirectory(prefix="churnops-from-store-") as folder:
         path = Path(folder) / f"from-store-{stamp}.parquet"
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        metadata = {**(table.schema.metadata or {}), ID_COLUMN_METADATA: id_column.encode()}
-        pq.write_table(table.replace_schema_metadata(metadata), path)
+        arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        metadata = {**(arrow.schema.metadata or {}), ID_COLUMN_METADATA: id_column.encode()}
+        pq.write_table(arrow.replace_schema_metadata(metadata), path)
         return lifecycle.train(
             settings,
             data_file=path,
