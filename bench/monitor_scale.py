@@ -14,8 +14,8 @@ horizon), and a share keyed by prediction id. A store is made once per parameter
 `<data root>/store-<rows>/manifest.json` says what it holds.
 
 `run` starts the tracking server on the same registry and runs each command as a user runs it, a
-separate process per engine and size (`--engine` given explicitly; an engine this checkout does
-not offer is skipped with a note), measuring wall time and the peak RSS of the whole process
+separate process per engine and size (`--engine` given explicitly, and CHURNOPS_ENGINE set to
+the same; an engine this checkout does not offer is skipped with a note), measuring wall time and the peak RSS of the whole process
 tree (sampled from /proc, so a Spark JVM counts), each run bounded in time and memory (a run past
 a bound is stopped and recorded as such). Evidently's DataDriftPreset runs from the bench-only
 venv (`make bench-peers`) on the same rows (the store's production inputs vs the version's
@@ -25,7 +25,7 @@ the cells it measured), rendered as a markdown table and a log-log chart beside 
     .venv/bin/python -m bench.monitor_scale generate --rows 10000000 100000000
     .venv/bin/python -m bench.monitor_scale run --rows 1000000 10000000 100000000 \\
         [--engines pandas duckdb spark] [--tasks monitor compare evidently] \\
-        [--timeout 900] [--memory-limit-gib 12] [--data-root ../scale-data]
+        [--timeout 900] [--memory-limit-gib 12] [--data-root ../scale-data] [--by-setting]
     .venv/bin/python -m bench.monitor_scale report   # table and chart from the results file
 """
 
@@ -556,15 +556,21 @@ def engine_choices(command: str, env: dict[str, str]) -> tuple[str, ...] | None:
 
 
 def command_for(
-    task: str, engine: str, choices: tuple[str, ...] | None, challenger: int
+    task: str, engine: str, choices: tuple[str, ...] | None, challenger: int, by_setting: bool
 ) -> list[str] | str:
     """The command line of one run, or why it is skipped."""
     arguments = ["monitor", "--no-log", "--json"]
     if task == "compare":
         arguments = ["compare", "--version", str(challenger), "--no-log", "--json"]
     if choices is None:
+        if by_setting:
+            # NB: only CHURNOPS_ENGINE (set for every run) chooses; trusted as told.
+            return [sys.executable, "-m", "churnops", *arguments]
         if engine != "pandas":
-            return f"`churnops {task}` has no --engine option in this checkout yet"
+            return (
+                f"`churnops {task}` has no --engine option in this checkout yet "
+                "(--by-setting selects engines through CHURNOPS_ENGINE instead)"
+            )
         # NB: before the engines, the command's one code path is the pandas one.
         return [sys.executable, "-m", "churnops", *arguments]
     if engine not in choices:
@@ -669,11 +675,15 @@ def one_run(
             "evidently",
         ]
     else:
-        command = command_for(task, engine, choices[task], models.challenger)
+        command = command_for(task, engine, choices[task], models.challenger, args.by_setting)
     if isinstance(command, str):
         print(f"{name}: skipped: {command}")
         return None
     print(f"{name}: running {' '.join(command)}")
+    # NB: the setting too: a checkout whose command reads CHURNOPS_ENGINE before it has the
+    # option must not run the default engine under another engine's name.
+    if task != "evidently":
+        env = {**env, "CHURNOPS_ENGINE": engine}
     done = measure(command, env, args.timeout, args.memory_limit_gib * 1024)
     detail = seen(task, done.stdout) if task != "evidently" else _evidently(done.stdout)
     print(f"  {done.status}: {done.seconds:.1f} s, peak {done.peak_mib:,.0f} MiB {detail}")
@@ -687,7 +697,9 @@ def one_run(
         "peak_mib": round(done.peak_mib),
         "status": done.status,
         "seen": detail,
-        "command": " ".join(command[3:] if task != "evidently" else command[1:]),
+        "command": " ".join(command[1:])
+        if task == "evidently"
+        else f"CHURNOPS_ENGINE={engine} churnops " + " ".join(command[3:]),
         "commit": _commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -856,6 +868,12 @@ def main() -> None:
     runner.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     runner.add_argument("--memory-limit-gib", type=float, default=12.0)
     runner.add_argument("--evidently-max-rows", type=int, default=10_000_000)
+    runner.add_argument(
+        "--by-setting",
+        action="store_true",
+        help="where a command has no --engine option yet, choose the engine through "
+        "CHURNOPS_ENGINE alone (only for a command known to read it)",
+    )
     commands.add_parser("report")
     args = parser.parse_args()
     if args.command == "generate":
