@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 
 from churnops.config import Settings
-from churnops.monitoring import drift, labels, monitor, store
+from churnops.monitoring import compare, compare_summaries, drift, labels, monitor, store
 from churnops.monitoring import summary as summaries
 from churnops.monitoring.estimate import Calibration
 from churnops.registry.runs import Reference
@@ -66,6 +67,48 @@ def _store(root: Path, rows: int = 6_000, seed: int = 7) -> tuple[Settings, Refe
     )
     settings = Settings(data_dir=root, prediction_store=str(root / "store"))
     target = store.settings_store(settings)
+    shadowed = table.filter(pa.compute.equal(table["alias"], "production")).slice(0, rows // 3)
+    noise = rng.normal(0, 0.05, shadowed.num_rows)
+    shadow_probability = np.clip(shadowed["probability"].to_numpy() + noise, 0, 1)
+    canary = table.slice(rows // 2, rows // 10)
+    challenger = pa.concat_tables(
+        [
+            shadowed.set_column(
+                shadowed.schema.get_field_index("probability"),
+                "probability",
+                pa.array(shadow_probability),
+            )
+            .set_column(
+                shadowed.schema.get_field_index("label"),
+                "label",
+                pa.array((shadow_probability >= 0.4).astype(np.int8)),
+            )
+            .set_column(
+                shadowed.schema.get_field_index("role"),
+                "role",
+                pa.array(["shadow"] * shadowed.num_rows),
+            ),
+            canary.set_column(
+                canary.schema.get_field_index("role"),
+                "role",
+                pa.array(["canary"] * canary.num_rows),
+            ).set_column(
+                canary.schema.get_field_index("prediction_id"),
+                "prediction_id",
+                pa.array([f"k{i}" for i in range(canary.num_rows)]),
+            ),
+        ]
+    )
+    challenger = challenger.set_column(
+        challenger.schema.get_field_index("version"),
+        "version",
+        pa.array(np.full(challenger.num_rows, 3, dtype=np.int64)),
+    ).set_column(
+        challenger.schema.get_field_index("alias"),
+        "alias",
+        pa.array(["challenger"] * challenger.num_rows),
+    )
+    store.write_predictions(target, challenger)
     # NB: several files a day, as the API writes them.
     for part in range(0, rows, 700):
         store.write_predictions(target, table.slice(part, 700))
@@ -217,3 +260,67 @@ def test_a_continuous_column_beyond_the_distinct_limit_is_summarised_within_its_
 def test_spark_gives_the_in_memory_report_from_the_store(tmp_path: Path) -> None:
     settings, reference = _store(tmp_path, rows=3_000)
     _agree(settings, reference, "spark")
+
+
+def _comparison(settings: Settings, engine: str) -> dict:
+    scope = summaries.Scope("churn_model", "production", None, None, NOW, timedelta(days=30))
+    with compare_summaries.open_found(settings, engine, 3, None, NOW, scope) as found:
+        assert found.pairs is not None and found.canary is not None
+        assert found.production is not None
+        return {
+            "versions": found.production_versions,
+            "shadow": compare._shadow(found.pairs, 0).to_dict(),
+            "canary": compare._canary(found.production, found.canary, 0).to_dict(),
+        }
+
+
+def _binned_away(document: dict) -> dict:
+    """The figures binning may move (rank correlation, ROC AUC) out of a comparison."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in document.items()}
+    out["shadow"].pop("rank_correlation")
+    for section in ("shadow", "canary"):
+        out[section].pop("roc_auc")
+    return out
+
+
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.slow)])
+def test_compare_reads_the_same_pairs_and_counts_through_every_engine(
+    tmp_path: Path, engine: str
+) -> None:
+    settings, _ = _store(tmp_path, rows=3_000)
+    exact, found = _comparison(settings, "pandas"), _comparison(settings, engine)
+    assert found["shadow"]["labelled"] > 0 and found["canary"]["labelled"]["challenger"] > 0
+    assert _binned_away(found) == _approx(_binned_away(exact))
+    assert found["shadow"]["rank_correlation"] == pytest.approx(
+        exact["shadow"]["rank_correlation"], abs=1e-2
+    )
+    for section in ("shadow", "canary"):
+        test = found[section]["roc_auc"]["test"]
+        bound = float(test.rsplit("within ", 1)[1].rstrip(")"))
+        for side in ("a", "b"):
+            gap = found[section]["roc_auc"][side] - exact[section]["roc_auc"][side]
+            assert abs(gap) <= bound
+
+
+def test_labels_add_counts_the_same_unknown_keys_through_every_engine(tmp_path: Path) -> None:
+    settings, _ = _store(tmp_path, rows=1_000)
+    outcomes = tmp_path / "outcomes.csv"
+    pd.DataFrame(
+        {
+            "customer_id": ["c1", "c2", "nobody", "nobody", "c3", "ghost"],
+            "churn": ["yes", "no", "yes", "yes", "no", "no"],
+            "time": "2026-11-20",
+        }
+    ).to_csv(outcomes, index=False)
+    target = store.settings_store(settings)
+    counted = {
+        engine: labels.add(
+            target,
+            "churn_model",
+            outcomes,
+            "churn",
+            settings=settings.model_copy(update={"engine": engine}),
+        ).unknown
+        for engine in ("pandas", "duckdb")
+    }
+    assert counted == {"pandas": 2, "duckdb": 2}

@@ -68,6 +68,10 @@ class Engine(Protocol):
         """The columns of ``predictions`` (every file's, by name)."""
         ...
 
+    def register(self, name: str, frame: pd.DataFrame) -> None:
+        """Make a small table of the caller's a relation ``name`` beside the store's."""
+        ...
+
     def column_type(self, name: str) -> str:
         """``numeric``, ``text`` or ``other``: how ``predictions`` holds the column."""
         ...
@@ -154,6 +158,10 @@ class DuckDBEngine:
         """The rows of ``sql``."""
         return self._connection.execute(sql).fetch_df()
 
+    def register(self, name: str, frame: pd.DataFrame) -> None:
+        """Make ``frame`` the relation ``name``."""
+        self._connection.register(name, pa.Table.from_pandas(frame, preserve_index=False))
+
     def columns(self) -> list[str]:
         """The columns of ``predictions``."""
         return list(self._types)
@@ -223,6 +231,10 @@ class SparkEngine:
     def columns(self) -> list[str]:
         """The columns of ``predictions``."""
         return list(self._types)
+
+    def register(self, name: str, frame: pd.DataFrame) -> None:
+        """Make ``frame`` the relation ``name``."""
+        self._spark.createDataFrame(frame).createOrReplaceTempView(name)
 
     def column_type(self, name: str) -> str:
         """How ``predictions`` holds the column."""

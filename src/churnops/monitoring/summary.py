@@ -153,7 +153,7 @@ class Scope:
     model: str
     alias: str
     since: datetime | None
-    until: datetime
+    until: datetime | None
     now: datetime
     horizon: timedelta
 
@@ -163,8 +163,9 @@ def _us(moment: datetime) -> int:
     return delta // timedelta(microseconds=1)
 
 
-def rows_sql(scope: Scope, columns: Iterable[str]) -> str:
-    """The scope's rows (``p``): the fixed columns a report needs and ``columns``."""
+def rows_sql(scope: Scope, columns: Iterable[str], where: str | None = None) -> str:
+    """The scope's rows (``p``): the fixed columns a report needs and ``columns``; ``where``
+    replaces the alias condition."""
     wanted = ", ".join(
         quoted(c)
         for c in dict.fromkeys(
@@ -172,9 +173,11 @@ def rows_sql(scope: Scope, columns: Iterable[str]) -> str:
         )
     )
     since = "" if scope.since is None else f" AND t_us >= {_us(scope.since)}"
+    until = "" if scope.until is None else f" AND t_us < {_us(scope.until)}"
+    chosen = f"alias = {text(scope.alias)}" if where is None else where
     return (
         f"SELECT {wanted} FROM predictions WHERE model = {text(scope.model)} "
-        f"AND alias = {text(scope.alias)} AND t_us < {_us(scope.until)}{since}"
+        f"AND {chosen}{until}{since}"
     )
 
 
@@ -195,7 +198,7 @@ def conflicts_sql() -> str:
     )
 
 
-def joined_sql(scope: Scope, columns: Iterable[str] = ()) -> str:
+def joined_sql(scope: Scope, columns: Iterable[str] = (), where: str | None = None) -> str:
     """``joined``: the scope's rows with ``outcome`` (NULL: none counts yet) and ``immature``,
     as labels.join defines them: by prediction id, else by customer within the horizon."""
     horizon = scope.horizon // timedelta(microseconds=1)
@@ -206,7 +209,7 @@ byid AS (SELECT key, max(outcome) AS outcome FROM o WHERE key_kind = 'prediction
          GROUP BY key),
 churn AS (SELECT key, t_us FROM o WHERE key_kind = 'customer_id' AND outcome = 1),
 stay AS (SELECT key, t_us FROM o WHERE key_kind = 'customer_id' AND outcome = 0),
-p AS ({rows_sql(scope, columns)}),
+p AS ({rows_sql(scope, columns, where)}),
 j AS (
   SELECT p.*, byid.outcome AS id_outcome,
     EXISTS (SELECT 1 FROM churn c WHERE c.key = p.customer_id AND c.t_us >= p.t_us
@@ -259,24 +262,28 @@ def from_engine(
     joined = joined_sql(scope)
     calibrated = calibrated_sql(calibrations)
     window_us = window // timedelta(microseconds=1)
-    cells = engine.query(
-        f"""{joined}
-SELECT version, t_us - (t_us % {window_us}) AS window_us,
-  CAST(LEAST(FLOOR(probability * {realised.BINS}), {realised.BINS - 1}) AS BIGINT) AS bin,
-  CAST(COALESCE(outcome, -1) AS BIGINT) AS outcome, immature, CAST(label AS BIGINT) AS label,
-  count(*) AS n,
-  sum(CASE WHEN outcome IS NULL THEN CAST(0 AS DOUBLE)
-      ELSE (probability - outcome) * (probability - outcome) END) AS sq,
-  sum({calibrated}) AS c, min(t_us) AS first_us, max(t_us) AS last_us
-FROM joined GROUP BY 1, 2, 3, 4, 5, 6"""
+    # NB: one pass over the joined rows for both summaries (the join is the expensive part).
+    both = engine.query(
+        f"""{joined},
+keyed AS (
+  SELECT version, t_us - (t_us % {window_us}) AS window_us,
+    CAST(LEAST(FLOOR(probability * {realised.BINS}), {realised.BINS - 1}) AS BIGINT) AS bin,
+    CAST(LEAST(FLOOR(probability * {FINE_BINS}), {FINE_BINS - 1}) AS BIGINT) AS fine,
+    CAST(COALESCE(outcome, -1) AS BIGINT) AS outcome, immature, CAST(label AS BIGINT) AS label,
+    CASE WHEN outcome IS NULL THEN CAST(0 AS DOUBLE)
+         ELSE (probability - outcome) * (probability - outcome) END AS sq,
+    {calibrated} AS c, t_us
+  FROM joined
+)
+SELECT version, window_us, bin, fine, outcome, immature, label, count(*) AS n, sum(sq) AS sq,
+  sum(c) AS c, min(t_us) AS first_us, max(t_us) AS last_us, GROUPING(fine) AS by_window
+FROM keyed
+GROUP BY GROUPING SETS ((version, window_us, bin, outcome, immature, label),
+                        (version, fine, outcome))"""
     )
-    fine = engine.query(
-        f"""{joined}
-SELECT version,
-  CAST(LEAST(FLOOR(probability * {FINE_BINS}), {FINE_BINS - 1}) AS BIGINT) AS fine,
-  CAST(COALESCE(outcome, -1) AS BIGINT) AS outcome, count(*) AS n, sum({calibrated}) AS c
-FROM joined GROUP BY 1, 2, 3"""
-    )
+    by_window = both["by_window"].astype(bool)
+    cells = both[by_window].drop(columns=["fine", "by_window"])
+    fine = both[~by_window][["version", "fine", "outcome", "n", "c"]]
     out = {}
     for version in sorted(int(v) for v in cells["version"].unique()):
         v = version
@@ -331,74 +338,90 @@ def _column_summaries(
         f"approx_count_distinct({quoted(column)}) AS d{i}" for i, (_, column) in enumerate(stored)
     )
     counts = engine.query(f"WITH p AS ({rows}) SELECT version, {distinct} FROM p GROUP BY 1")
-    for i, (key, column) in enumerate(stored):
+    many = {
+        column
+        for i, (_, column) in enumerate(stored)
+        if counts[f"d{i}"].fillna(0).max() > MAX_DISTINCT
+        and engine.column_type(column) == "numeric"
+    }
+    # NB: a column's values are counted once for every version, all columns in one pass.
+    results = _value_counts(engine, rows, [c for _, c in stored if c not in many])
+    results |= _histograms(engine, rows, [c for _, c in stored if c in many])
+    for key, column in stored:
         versions = list(found) if key is None else wanted[key]
-        many = [
-            int(v)
-            for v, d in zip(counts["version"], counts[f"d{i}"], strict=True)
-            if int(v) in versions and not pd.isna(d) and int(d) > MAX_DISTINCT
-        ]
-        summaries = _value_counts(engine, rows, column, [v for v in versions if v not in many])
-        if many and engine.column_type(column) == "numeric":
-            summaries |= _histograms(engine, rows, column, many)
-        elif many:
-            summaries |= _value_counts(engine, rows, column, many)
-        for version, summary in summaries.items():
+        for version in versions:
+            summary = results[column].get(version, Weighted(pd.Series([], dtype=object), _NONE))
             if key is None:
                 found[version].probability = summary
             else:
                 found[version].columns[key] = summary
 
 
-def _in(versions: Sequence[int]) -> str:
-    return ", ".join(str(v) for v in versions)
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def _sets(columns: Sequence[str]) -> str:
+    return ", ".join(f"(version, {quoted(c)})" for c in columns)
 
 
 def _value_counts(
-    engine: Engine, rows: str, column: str, versions: Sequence[int]
-) -> dict[int, Weighted]:
-    if not versions:
+    engine: Engine, rows: str, columns: Sequence[str]
+) -> dict[str, dict[int, Weighted]]:
+    if not columns:
         return {}
+    flags = ", ".join(f"GROUPING({quoted(c)}) AS g{i}" for i, c in enumerate(columns))
+    picked = ", ".join(quoted(c) for c in columns)
     answer = engine.query(
-        f"WITH p AS ({rows}) SELECT version, {quoted(column)} AS value, count(*) AS n FROM p "
-        f"WHERE {quoted(column)} IS NOT NULL AND version IN ({_in(versions)}) GROUP BY 1, 2"
+        f"WITH p AS ({rows}) SELECT version, {picked}, count(*) AS n, {flags} FROM p "
+        f"GROUP BY GROUPING SETS ({_sets(columns)})"
     )
-    out = {}
-    for version in versions:
-        part = answer[answer["version"] == version]
-        out[version] = Weighted(
-            pd.Series(part["value"].to_numpy(), dtype=object), part["n"].to_numpy(dtype=np.int64)
-        )
+    out: dict[str, dict[int, Weighted]] = {}
+    for i, column in enumerate(columns):
+        part = answer[(answer[f"g{i}"] == 0) & answer[column].notna()]
+        out[column] = {}
+        for version in sorted(int(v) for v in part["version"].unique()):
+            group = part[part["version"] == version]
+            out[column][version] = Weighted(
+                pd.Series(group[column].to_numpy(), dtype=object),
+                group["n"].to_numpy(dtype=np.int64),
+            )
     return out
 
 
 def _histograms(
-    engine: Engine, rows: str, column: str, versions: Sequence[int]
-) -> dict[int, Weighted]:
-    value = f"CAST({quoted(column)} AS DOUBLE)"
-    edges = engine.query(
-        f"WITH p AS ({rows}) SELECT version, min({value}) AS lo, max({value}) AS hi FROM p "
-        f"WHERE version IN ({_in(versions)}) GROUP BY 1"
+    engine: Engine, rows: str, columns: Sequence[str]
+) -> dict[str, dict[int, Weighted]]:
+    if not columns:
+        return {}
+    values = [f"CAST({quoted(c)} AS DOUBLE)" for c in columns]
+    ends = ", ".join(f"min({v}) AS lo{i}, max({v}) AS hi{i}" for i, v in enumerate(values))
+    edges = engine.query(f"WITH p AS ({rows}) SELECT {ends} FROM p").iloc[0]
+    cells, aggregates, flags = [], [], []
+    for i, value in enumerate(values):
+        lo, hi = float(edges[f"lo{i}"]), float(edges[f"hi{i}"])
+        width = (hi - lo) / GRID_CELLS or 1.0
+        cells.append(
+            f"CAST(LEAST(FLOOR(({value} - {lit(lo)}) / {lit(width)}), {GRID_CELLS - 1}) "
+            f"AS BIGINT) AS cell{i}"
+        )
+        aggregates.append(f"sum({value}) AS total{i}, min({value}) AS lo{i}, max({value}) AS hi{i}")
+        flags.append(f"GROUPING(cell{i}) AS g{i}")
+    sets = ", ".join(f"(version, cell{i})" for i in range(len(columns)))
+    answer = engine.query(
+        f"WITH p AS ({rows}), c AS (SELECT *, {', '.join(cells)} FROM p) "
+        f"SELECT version, {', '.join(f'cell{i}' for i in range(len(columns)))}, count(*) AS n, "
+        f"{', '.join(aggregates)}, {', '.join(flags)} FROM c GROUP BY GROUPING SETS ({sets})"
     )
-    out = {}
-    for version, lo, hi in zip(edges["version"], edges["lo"], edges["hi"], strict=True):
-        width = (float(hi) - float(lo)) / GRID_CELLS or 1.0
-        cell = (
-            f"CAST(LEAST(FLOOR(({value} - {lit(float(lo))}) / {lit(width)}), "
-            f"{GRID_CELLS - 1}) AS BIGINT)"
-        )
-        answer = engine.query(
-            f"WITH p AS ({rows}) SELECT {cell} AS cell, count(*) AS n, sum({value}) AS total, "
-            f"min({value}) AS lo, max({value}) AS hi FROM p "
-            f"WHERE {quoted(column)} IS NOT NULL AND version = {int(version)} GROUP BY 1"
-        )
-        n = answer["n"].to_numpy(dtype=np.int64)
-        means = np.clip(answer["total"].to_numpy(dtype=float) / n, answer["lo"], answer["hi"])
-        out[int(version)] = Weighted(
-            pd.Series(means, dtype=object),
-            n,
-            (answer["hi"] - answer["lo"]).to_numpy(dtype=float),
-        )
+    out: dict[str, dict[int, Weighted]] = {}
+    for i, column in enumerate(columns):
+        part = answer[(answer[f"g{i}"] == 0) & answer[f"cell{i}"].notna()]
+        out[column] = {}
+        for version in sorted(int(v) for v in part["version"].unique()):
+            group = part[part["version"] == version]
+            lows, highs = group[f"lo{i}"].to_numpy(float), group[f"hi{i}"].to_numpy(float)
+            n = group["n"].to_numpy(dtype=np.int64)
+            means = np.clip(group[f"total{i}"].to_numpy(float) / n, lows, highs)
+            out[column][version] = Weighted(pd.Series(means, dtype=object), n, highs - lows)
     return out
 
 
