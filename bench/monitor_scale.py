@@ -14,18 +14,19 @@ horizon), and a share keyed by prediction id. A store is made once per parameter
 `<data root>/store-<rows>/manifest.json` says what it holds.
 
 `run` starts the tracking server on the same registry and runs each command as a user runs it, a
-separate process per engine and size (`--engine` given explicitly, and CHURNOPS_ENGINE set to
-the same; an engine this checkout does not offer is skipped with a note), measuring wall time and the peak RSS of the whole process
-tree (sampled from /proc, so a Spark JVM counts), each run bounded in time and memory (a run past
-a bound is stopped and recorded as such). Evidently's DataDriftPreset runs from the bench-only
-venv (`make bench-peers`) on the same rows (the store's production inputs vs the version's
-reference). Results accumulate in bench/results/monitor_scale.json (a later run replaces only
-the cells it measured), rendered as a markdown table and a log-log chart beside it.
+separate process per engine and size (`--engine` given explicitly, and CHURNOPS_ENGINE set to the
+same; an engine this checkout does not offer is skipped with a note), measuring wall time, the
+peak RSS of the whole process tree (sampled from /proc, so a Spark JVM counts) and its CPU
+seconds (steadier than wall time on a shared machine), each run bounded in time and memory (a run
+past a bound is stopped and recorded as such). Evidently's DataDriftPreset runs from the
+bench-only venv (`make bench-peers`) on the same rows (the store's production inputs vs the
+version's reference). Results accumulate in bench/results/monitor_scale.json (a later run
+replaces only the cells it measured), rendered as a markdown table and a log-log chart beside it.
 
     .venv/bin/python -m bench.monitor_scale generate --rows 10000000 100000000
     .venv/bin/python -m bench.monitor_scale run --rows 1000000 10000000 100000000 \\
         [--engines pandas duckdb spark] [--tasks monitor compare evidently] \\
-        [--timeout 900] [--memory-limit-gib 12] [--data-root ../scale-data] [--by-setting]
+        [--timeout 900] [--memory-limit-gib 12] [--data-root ../scale-data]
     .venv/bin/python -m bench.monitor_scale report   # table and chart from the results file
 """
 
@@ -466,13 +467,17 @@ class Measured:
 
     seconds: float
     peak_mib: float
+    cpu_seconds: float
+    load: float
     status: str
     stdout: str
     stderr: str
 
 
-def _process_tree(root: int) -> list[int]:
+def _process_tree(root: int) -> dict[int, int]:
+    """The processes of ``root``'s tree and the CPU time each has used so far, in clock ticks."""
     children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -482,12 +487,14 @@ def _process_tree(root: int) -> list[int]:
         except OSError:
             continue
         # NB: the command name may hold spaces and parentheses; the fields after it do not.
-        parent = int(stat.rpartition(b")")[2].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [root]
+        fields = stat.rpartition(b")")[2].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        # NB: utime + stime of the process itself; its reaped children's are counted as theirs.
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    found, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        found.append(pid)
+        found[pid] = ticks.get(pid, 0)
         todo += children.get(pid, [])
     return found
 
@@ -506,17 +513,25 @@ def _memory_kib(pid: int) -> tuple[int, int]:
 def measure(
     command: Sequence[str], env: dict[str, str], timeout: float, memory_limit_mib: float
 ) -> Measured:
-    """Run ``command``; its wall time and the peak RSS of its process tree (the sum over the
+    """Run ``command``; its wall time, the peak RSS of its process tree (the sum over the
     tree, sampled every 0.1 s, or the largest single process's own high-water mark if higher),
-    stopped when it passes ``timeout`` seconds or ``memory_limit_mib``."""
+    the tree's CPU seconds (what a shared machine's other load changes least) and the mean
+    1-minute load average meanwhile; stopped when it passes ``timeout`` seconds or
+    ``memory_limit_mib``."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         # NB: a session of its own, so a stop ends every process it started (a Spark JVM too).
         child = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
         peak_sum = peak_single = 0
+        cpu: dict[int, int] = {}
+        loads = []
         status = "ok"
         while child.poll() is None:
-            tree = [_memory_kib(pid) for pid in _process_tree(child.pid)]
+            processes = _process_tree(child.pid)
+            for pid, used in processes.items():
+                cpu[pid] = max(cpu.get(pid, 0), used)
+            loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
+            tree = [_memory_kib(pid) for pid in processes]
             peak_sum = max(peak_sum, sum(rss for rss, _ in tree))
             peak_single = max([peak_single, *(hwm for _, hwm in tree)])
             elapsed = time.perf_counter() - started
@@ -536,7 +551,10 @@ def measure(
     if status == "ok" and child.returncode not in (0, 3):
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         status = f"failed (exit {child.returncode}): " + (lines[-1] if lines else "no message")
-    return Measured(seconds, max(peak_sum, peak_single) / 1024, status, stdout, stderr)
+    cpu_seconds = sum(cpu.values()) / os.sysconf("SC_CLK_TCK")
+    load = sum(loads) / len(loads) if loads else 0.0
+    peak = max(peak_sum, peak_single) / 1024
+    return Measured(seconds, peak, cpu_seconds, load, status, stdout, stderr)
 
 
 def engine_choices(command: str, env: dict[str, str]) -> tuple[str, ...] | None:
@@ -556,21 +574,15 @@ def engine_choices(command: str, env: dict[str, str]) -> tuple[str, ...] | None:
 
 
 def command_for(
-    task: str, engine: str, choices: tuple[str, ...] | None, challenger: int, by_setting: bool
+    task: str, engine: str, choices: tuple[str, ...] | None, challenger: int
 ) -> list[str] | str:
     """The command line of one run, or why it is skipped."""
     arguments = ["monitor", "--no-log", "--json"]
     if task == "compare":
         arguments = ["compare", "--version", str(challenger), "--no-log", "--json"]
     if choices is None:
-        if by_setting:
-            # NB: only CHURNOPS_ENGINE (set for every run) chooses; trusted as told.
-            return [sys.executable, "-m", "churnops", *arguments]
         if engine != "pandas":
-            return (
-                f"`churnops {task}` has no --engine option in this checkout yet "
-                "(--by-setting selects engines through CHURNOPS_ENGINE instead)"
-            )
+            return f"`churnops {task}` has no --engine option in this checkout yet"
         # NB: before the engines, the command's one code path is the pandas one.
         return [sys.executable, "-m", "churnops", *arguments]
     if engine not in choices:
@@ -675,7 +687,7 @@ def one_run(
             "evidently",
         ]
     else:
-        command = command_for(task, engine, choices[task], models.challenger, args.by_setting)
+        command = command_for(task, engine, choices[task], models.challenger)
     if isinstance(command, str):
         print(f"{name}: skipped: {command}")
         return None
@@ -686,7 +698,10 @@ def one_run(
         env = {**env, "CHURNOPS_ENGINE": engine}
     done = measure(command, env, args.timeout, args.memory_limit_gib * 1024)
     detail = seen(task, done.stdout) if task != "evidently" else _evidently(done.stdout)
-    print(f"  {done.status}: {done.seconds:.1f} s, peak {done.peak_mib:,.0f} MiB {detail}")
+    print(
+        f"  {done.status}: {done.seconds:.1f} s, peak {done.peak_mib:,.0f} MiB, CPU "
+        f"{done.cpu_seconds:.1f} s, load {done.load:.1f} {detail}"
+    )
     if done.status.startswith("failed"):
         print(done.stderr[-3000:], file=sys.stderr)
     return {
@@ -695,6 +710,8 @@ def one_run(
         "rows": rows,
         "seconds": round(done.seconds, 2),
         "peak_mib": round(done.peak_mib),
+        "cpu_seconds": round(done.cpu_seconds, 1),
+        "load": round(done.load, 1),
         "status": done.status,
         "seen": detail,
         "command": " ".join(command[1:])
@@ -736,7 +753,8 @@ def _cell(entry: dict[str, Any] | None) -> str:
         return "not run"
     if entry["status"] != "ok":
         return f"{entry['status']} (after {entry['seconds']:.0f} s, {entry['peak_mib']:,} MiB)"
-    return f"{entry['seconds']:.1f} s, {entry['peak_mib']:,} MiB"
+    cpu = f" (CPU {entry['cpu_seconds']:.0f} s)" if "cpu_seconds" in entry else ""
+    return f"{entry['seconds']:.1f} s{cpu}, {entry['peak_mib']:,} MiB"
 
 
 def table(results: dict[tuple[str, str, int], dict[str, Any]]) -> str:
@@ -868,12 +886,6 @@ def main() -> None:
     runner.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     runner.add_argument("--memory-limit-gib", type=float, default=12.0)
     runner.add_argument("--evidently-max-rows", type=int, default=10_000_000)
-    runner.add_argument(
-        "--by-setting",
-        action="store_true",
-        help="where a command has no --engine option yet, choose the engine through "
-        "CHURNOPS_ENGINE alone (only for a command known to read it)",
-    )
     commands.add_parser("report")
     args = parser.parse_args()
     if args.command == "generate":
