@@ -748,6 +748,11 @@ def save_results(results: dict[tuple[str, str, int], dict[str, Any]]) -> None:
     write_results(RESULTS, {"cells": [results[k] for k in sorted(results)]})
 
 
+def _order(column: tuple[str, str]) -> tuple[int, int]:
+    task, engine = column
+    return TASKS.index(task), ENGINES.index(engine) if engine in ENGINES else 0
+
+
 def _cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "not run"
@@ -759,7 +764,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
 
 def table(results: dict[tuple[str, str, int], dict[str, Any]]) -> str:
     """The markdown table: a row per store size, a column per command and engine."""
-    columns = sorted({(t, e) for t, e, _ in results}, key=lambda c: (TASKS.index(c[0]), c[1]))
+    columns = sorted({(t, e) for t, e, _ in results}, key=_order)
     sizes = sorted({r for _, _, r in results})
     names = [
         "Evidently DataDriftPreset" if t == "evidently" else f"`{t} --engine {e}`"
@@ -789,21 +794,25 @@ def chart(results: dict[tuple[str, str, int], dict[str, Any]], path: Path) -> No
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    lines = sorted({(t, e) for t, e, _ in results}, key=lambda c: (TASKS.index(c[0]), c[1]))
+    lines = sorted({(t, e) for t, e, _ in results}, key=_order)
     for task, engine in lines:
         cells = sorted((r, c) for (t, e, r), c in results.items() if (t, e) == (task, engine))
         label = "Evidently DataDriftPreset" if task == "evidently" else f"{task} ({engine})"
         done = [(r, c) for r, c in cells if c["status"] == "ok"]
         stopped = [(r, c) for r, c in cells if c["status"] != "ok"]
         for axis, key in ((left, "seconds"), (right, "peak_mib")):
-            drawn = axis.plot([r for r, _ in done], [c[key] for _, c in done], "o-", label=label)
+            # NB: a colour per engine, a line style per command.
+            color = f"C{(*ENGINES, 'evidently').index(engine)}"
+            style = {"monitor": "-", "compare": "--", "evidently": ":"}[task]
+            xs, ys = [r for r, _ in done], [c[key] for _, c in done]
+            axis.plot(xs, ys, marker="o", ls=style, color=color, label=label)
             if stopped:
                 axis.plot(
                     [r for r, _ in stopped],
                     [c[key] for _, c in stopped],
                     "o",
                     mfc="none",
-                    color=drawn[0].get_color(),
+                    color=color,
                 )
     for axis, level, style, text in (
         (left, 120, "--", "monitor target at 100M: 120 s"),
