@@ -133,6 +133,14 @@ def _store(root: Path, rows: int = 6_000, seed: int = 7) -> tuple[Settings, Refe
         flipped = frame.assign(outcome=1 - frame["outcome"]) if name == "c" else frame
         outcomes = labels.Outcomes(frame["key_kind"].iloc[0], flipped.reset_index(drop=True), 0)
         labels.keep(target, outcomes)
+    # NB: an outcome file as an earlier churnops wrote it: a time without a zone, in ms.
+    legacy = by_customer.iloc[1::40].assign(
+        time=lambda f: f["time"].dt.tz_localize(None).astype("datetime64[ms]"),
+        added_at=pd.Timestamp("2026-11-01", tz="UTC"),
+        row=lambda f: np.arange(len(f)),
+        outcome=lambda f: 1 - f["outcome"],
+    )
+    legacy.to_parquet(Path(target.path(store.LABELS, "legacy.parquet")), index=False)
     reference_rows = pd.DataFrame(_inputs(np.random.default_rng(1), 900, shift=0.0))
     scores = pd.DataFrame(
         {

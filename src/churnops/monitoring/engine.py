@@ -142,15 +142,31 @@ class DuckDBEngine:
             "CREATE VIEW predictions AS SELECT *, epoch_us(time) AS t_us FROM raw_predictions"
         )
         labels = _label_files(target)
-        if not labels:
-            con.register("raw_outcomes", store.conform_labels(pa.table({})))
+        if labels and local:
+            # NB: read by DuckDB in place, never whole in memory (outcomes keyed by prediction
+            # id are as many as the predictions); files from earlier versions differ in types
+            # (a time without a zone is UTC, as churnops always wrote it), which the casts and
+            # epoch_us absorb.
+            listed = ", ".join(text(f) for f in labels)
+            con.execute(
+                "CREATE VIEW outcomes AS SELECT CAST(key_kind AS VARCHAR) AS key_kind, "
+                "CAST(key AS VARCHAR) AS key, CAST(outcome AS TINYINT) AS outcome, "
+                "epoch_us(time) AS t_us, epoch_us(added_at) AS added_us, "
+                f'CAST("row" AS BIGINT) AS "row" FROM read_parquet([{listed}], '
+                "union_by_name = true)"
+            )
         else:
-            # NB: few, small files; conformed one by one (files from earlier versions differ).
             tables = [
                 store.conform_labels(pq.read_table(path, filesystem=target.fs)) for path in labels
             ]
-            con.register("raw_outcomes", pa.concat_tables(tables))
-        con.execute("CREATE VIEW outcomes AS SELECT *, epoch_us(time) AS t_us FROM raw_outcomes")
+            con.register(
+                "raw_outcomes",
+                pa.concat_tables(tables) if tables else store.conform_labels(pa.table({})),
+            )
+            con.execute(
+                "CREATE VIEW outcomes AS SELECT key_kind, key, outcome, epoch_us(time) AS t_us, "
+                'epoch_us(added_at) AS added_us, "row" FROM raw_outcomes'
+            )
         described = con.execute("DESCRIBE predictions").fetchall()
         self._types = {str(row[0]): str(row[1]) for row in described}
 
@@ -215,7 +231,8 @@ class SparkEngine:
         )
         session.createDataFrame(outcomes, schema=schema).createOrReplaceTempView("raw_outcomes")
         session.sql(
-            "SELECT *, unix_micros(time) AS t_us FROM raw_outcomes"
+            "SELECT key_kind, key, outcome, unix_micros(time) AS t_us, "
+            "unix_micros(added_at) AS added_us, `row` FROM raw_outcomes"
         ).createOrReplaceTempView("outcomes")
         self._types = {
             f.name: f.dataType.simpleString() for f in session.table("predictions").schema
