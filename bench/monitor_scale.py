@@ -550,7 +550,10 @@ def measure(
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if status == "ok" and child.returncode not in (0, 3):
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
-        status = f"failed (exit {child.returncode}): " + (lines[-1] if lines else "no message")
+        # NB: a traceback's own line, not the advice some libraries print after it.
+        errors = [line for line in lines if "Error" in line or "Exception" in line]
+        shown = (errors or lines or ["no message"])[-1].replace("|", "/")
+        status = f"failed (exit {child.returncode}): {shown}"
     cpu_seconds = sum(cpu.values()) / os.sysconf("SC_CLK_TCK")
     load = sum(loads) / len(loads) if loads else 0.0
     peak = max(peak_sum, peak_single) / 1024
