@@ -790,7 +790,7 @@ def table(results: dict[tuple[str, str, int], dict[str, Any]]) -> str:
 
 def chart(results: dict[tuple[str, str, int], dict[str, Any]], path: Path) -> None:
     """Seconds and peak MiB against stored rows, log-log, a line per command and engine; a run
-    stopped at a bound is a hollow marker at what it had reached."""
+    stopped at a bound (or failed) is a hollow marker at what it had reached."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -834,7 +834,7 @@ def chart(results: dict[tuple[str, str, int], dict[str, Any]], path: Path) -> No
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
     right.legend(fontsize=8, loc="upper left")
-    figure.suptitle("churnops monitor / compare vs stored rows (hollow: stopped at a bound)")
+    figure.suptitle("churnops monitor / compare vs stored rows (hollow: stopped at a bound, or failed)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
