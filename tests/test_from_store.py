@@ -94,6 +94,8 @@ def test_a_version_trained_from_the_store_after_a_concept_drift_beats_the_servin
         stop_api(api)
     ok(cli("labels", "add", "--json", str(tmp_path / "next.csv")))
     compared = ok(cli("compare", "--no-log", "--json"))
+    # NB: kept beside the test's files: the README's loop section quotes a run of this test.
+    (tmp_path / "compare.json").write_text(json.dumps(compared, indent=1))
     shadow = compared["shadow"]
     assert shadow["labelled"] >= 500
     assert shadow["f1"]["b"] > shadow["f1"]["a"]
