@@ -834,7 +834,7 @@ def chart(results: dict[tuple[str, str, int], dict[str, Any]], path: Path) -> No
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
     right.legend(fontsize=8, loc="upper left")
-    figure.suptitle("churnops monitor / compare vs stored rows (hollow: stopped at a bound, or failed)")
+    figure.suptitle("churnops monitor / compare vs stored rows (hollow: stopped or failed)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
