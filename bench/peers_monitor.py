@@ -4,7 +4,9 @@ Reads the Parquet files bench/monitor.py wrote to FOLDER, runs Evidently's DataD
 reference vs current rows and NannyML's binary CBPE per day, and prints one JSON line: their
 times, Evidently's per-column verdicts and NannyML's per-day estimated F1.
 
-    .venv-peers/bin/python bench/peers_monitor.py FOLDER
+    .venv-peers/bin/python bench/peers_monitor.py FOLDER [evidently]
+
+With ``evidently`` only Evidently runs (bench/monitor_scale.py, which has no NannyML files).
 """
 
 from __future__ import annotations
@@ -75,7 +77,10 @@ def nannyml_cbpe(folder: Path) -> dict:
 
 def main() -> None:
     folder = Path(sys.argv[1])
-    print(json.dumps({"evidently": evidently_drift(folder), "nannyml": nannyml_cbpe(folder)}))
+    found = {"evidently": evidently_drift(folder)}
+    if sys.argv[2:] != ["evidently"]:
+        found["nannyml"] = nannyml_cbpe(folder)
+    print(json.dumps(found))
 
 
 if __name__ == "__main__":
