@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         "store with (CHURNOPS_ENGINE): duckdb (embedded; memory bounded by the summaries), "
         "spark (a cluster: see CHURNOPS_SPARK_MASTER) or pandas (every row in memory).",
     )
+    duckdb_memory: str = Field(
+        default="512MB",
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$",
+        description="The most memory the duckdb engine's buffers take (CHURNOPS_DUCKDB_MEMORY, "
+        "e.g. 768MB, 4GB); a larger sort or join spills to a temporary folder instead.",
+    )
     spark_master: str = Field(
         default="local[2]",
         description="The Spark master the spark engine connects to (CHURNOPS_SPARK_MASTER), "

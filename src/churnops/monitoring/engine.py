@@ -33,9 +33,6 @@ from churnops.errors import EngineError
 from churnops.monitoring import store
 
 ENGINES = ("duckdb", "spark", "pandas")
-# NB: DuckDB's own default is 80% of the machine's memory; the monitor's summaries need far
-# less, and a larger sort or join spills to the temporary folder instead of growing the process.
-DUCKDB_MEMORY_LIMIT = "512MB"
 
 
 def lit(value: float) -> str:
@@ -107,12 +104,14 @@ class DuckDBEngine:
 
     name = "duckdb"
 
-    def __init__(self, target: store.Store, files: Sequence[str], spill: str) -> None:
+    def __init__(self, target: store.Store, files: Sequence[str], spill: str, memory: str) -> None:
         import duckdb
 
         self._connection = duckdb.connect(
             config={
-                "memory_limit": DUCKDB_MEMORY_LIMIT,
+                # NB: DuckDB's own default is 80% of the machine; the summaries need far less,
+                # and a larger sort or join spills to ``spill`` instead of growing the process.
+                "memory_limit": memory,
                 "temp_directory": spill,
                 "threads": os.cpu_count() or 1,
                 # NB: extensions come from nowhere: a locked-down host has no network.
@@ -282,7 +281,7 @@ def open_engine(
     if name != "duckdb":
         raise EngineError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
     with tempfile.TemporaryDirectory(prefix="churnops-duckdb-") as spill:
-        engine = DuckDBEngine(target, files, spill)
+        engine = DuckDBEngine(target, files, spill, settings.duckdb_memory)
         try:
             yield engine
         finally:
