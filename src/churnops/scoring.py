@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,12 @@ from churnops.errors import DataError, NoProductionModelError
 from churnops.inputs import MAX_TEXT_LENGTH, InputField, out_of_range, range_rule
 from churnops.monitoring import store
 from churnops.predict import Engine, Predictions
-from churnops.registry import connection, loading, versions
+
+if TYPE_CHECKING:
+    from churnops.registry import versions
+
+# NB: the registry (and MLflow, ~2 s to import) is imported by the functions that use it, so a
+# Spark worker applying validate() to its batches never loads it.
 
 # NB: DEFAULT_CHUNK_ROWS (config) is large, because a gradient-boosting predict_proba costs ~35 ms
 # per call whatever the rows (100 trees, one parallel region each): 10,000-row chunks scored at
@@ -325,6 +330,8 @@ def resolve_id_column(
                 f"--id-column {wanted!r} is not a column of the input; columns: {', '.join(header)}"
             )
         return wanted
+    from churnops.registry import loading
+
     report = loading.load_data_report(settings, info) or {}
     dropped = report.get("dropped_columns", {})
     found = [c for c, why in dropped.items() if why == IDENTIFIER and c in header]
@@ -347,6 +354,8 @@ def check_columns(
 
 def resolve_version(settings: Settings, version: int | None) -> int:
     """``version`` itself, or where the alias points; a clear error when it points nowhere."""
+    from churnops.registry import versions
+
     if version is not None:
         return versions.get_version(settings, version).version
     aliased = versions.alias_version(settings)
@@ -572,6 +581,8 @@ def score_file(
             f"churnops score writes CSV; name the output e.g. {output.with_suffix('.csv')}"
         )
     writable_destination(output)
+    from churnops.registry import connection, loading, versions
+
     connection.ping(settings)
     number = resolve_version(settings, version)
     info = versions.get_version(settings, number)
