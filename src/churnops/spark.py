@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,6 +196,9 @@ def session(settings: Settings) -> SparkSession:
     """The SparkSession for ``settings`` (the running one if this process has one already);
     EngineError naming the fix when pyspark, Java or the master is missing or wrong."""
     conf = check(settings)
+    # NB: pyspark 4.3 warns at start and on every Arrow/pandas function that it "does not yet
+    # fully support pandas >= 3"; churnops' Spark paths exchange Arrow batches, tested here.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()

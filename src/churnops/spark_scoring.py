@@ -415,14 +415,6 @@ def _publish(target: store.Store, staged: str, day: int) -> int:
     return len(files)
 
 
-def _quiet_pandas_warning() -> None:
-    import warnings
-
-    # NB: pyspark 4.3 warns on every pandas/Arrow function that it "does not yet fully support
-    # pandas >= 3"; the Arrow path used here does not go through pandas' conversions.
-    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
-
-
 def score_dataset(
     settings: Settings,
     source: str,
@@ -450,7 +442,6 @@ def score_dataset(
         settings, number, keep=lambda model, _, local: payloads.append(model_payload(model, local))
     )
     spark = engines.session(settings)
-    _quiet_pandas_warning()
     started = time.perf_counter()
     files = _Files(spark)
     frame, csv = read_input(spark, files, source)
