@@ -123,9 +123,11 @@ def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
         found = versions[version]["realised"]
         assert versions[version]["labelled"] == len(mine)
         assert found["f1"]["value"] == pytest.approx(f1_score(mine["outcome"], mine["label"]))
-        assert found["roc_auc"]["value"] == pytest.approx(
-            roc_auc_score(mine["outcome"], mine["probability"])
-        )
+        # NB: the default engine's ROC AUC comes from probability bins, within its bound.
+        exact_auc = roc_auc_score(mine["outcome"], mine["probability"])
+        within = versions[version]["roc_auc_within"]["realised"]
+        assert 0 < within < 1e-3
+        assert abs(found["roc_auc"]["value"] - exact_auc) <= within
     kinds = {a["kind"] for a in report["alerts"]}
     assert "realised_f1_below_gate" in kinds
     assert report["advice"]["rollback_to"] == first

@@ -175,7 +175,7 @@ def _report(**extra: object) -> findings.MonitorReport:
     )
 
 
-def test_a_monitor_report_prints_the_keys_monitor_json_always_had_and_only_what_it_did() -> None:
+def test_a_monitor_report_prints_the_keys_monitor_json_always_had_and_the_auc_bound() -> None:
     document = _report().to_dict()
     assert list(document) == [
         "model",
@@ -213,6 +213,7 @@ def test_a_monitor_report_prints_the_keys_monitor_json_always_had_and_only_what_
         "calibrated",
         "drift",
         "windows",
+        "roc_auc_within",
     ]
     assert version["realised"] == {"f1": {"value": 0.7, "low": 0.65, "high": 0.75}}
     assert version["drift"]["dataset_drift"] is True and "note" not in version["drift"]

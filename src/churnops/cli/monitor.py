@@ -49,7 +49,7 @@ def labels_add(source: Path, target: str, id_column: str | None) -> tuple[dict[s
 
     settings = read_settings()
     where = store.settings_store(settings)
-    report = labels.add(where, settings.model_name, source, target, id_column)
+    report = labels.add(where, settings.model_name, source, target, id_column, settings)
     return report.to_dict(), report.render()
 
 
@@ -67,6 +67,16 @@ def _window(text: str) -> timedelta:
     return timedelta(**{units[unit]: value})
 
 
+ENGINE_OPTION = click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark", "pandas"]),
+    default=None,
+    help="The query engine that reads the prediction store: duckdb (embedded, memory bounded "
+    "by the summaries), spark (CHURNOPS_SPARK_MASTER) or pandas (every row in memory).  "
+    "[default: CHURNOPS_ENGINE, else duckdb]",
+)
+
+
 @click.command()
 @click.option("--since", default=None, help="Start of the range (ISO 8601).  [default: all]")
 @click.option("--until", default=None, help="End of the range (ISO 8601).  [default: now]")
@@ -78,9 +88,15 @@ def _window(text: str) -> timedelta:
     "churnops-monitor, with the numbers as the reason).",
 )
 @click.option("--no-log", is_flag=True, help="Do not log the run to MLflow or tag versions.")
+@ENGINE_OPTION
 @command
 def monitor(
-    since: str | None, until: str | None, window: str, auto_rollback: bool, no_log: bool
+    since: str | None,
+    until: str | None,
+    window: str,
+    auto_rollback: bool,
+    no_log: bool,
+    engine: str | None,
 ) -> None:
     """How each version is really doing: realised quality from the late outcomes (with 95%
     intervals, beside the gate's F1), estimated quality before outcomes (CBPE), drift of every
@@ -99,6 +115,7 @@ def monitor(
         window=_window(window),
         auto_rollback=auto_rollback,
         log_to_mlflow=not no_log,
+        engine=engine,
     )
     result = monitoring.run(settings, options)
     announce(result.to_dict(), result.render())
@@ -182,7 +199,9 @@ def simulate(
         f"{report.labels_file}"
     )
     if add_labels:
-        added = labels.add(store.settings_store(settings), settings.model_name, out, TARGET)
+        added = labels.add(
+            store.settings_store(settings), settings.model_name, out, TARGET, settings=settings
+        )
         document["labels"] = added.to_dict()
         text += f"\nadded them to the store ({added.unknown} not matched yet)"
     text += (
@@ -202,8 +221,11 @@ def simulate(
 )
 @click.option("--until", default=None, help="Only rows served before this (ISO 8601).")
 @click.option("--no-log", is_flag=True, help="Do not log the comparison to MLflow.")
+@ENGINE_OPTION
 @command
-def compare(version: int | None, until: str | None, no_log: bool) -> tuple[dict[str, Any], str]:
+def compare(
+    version: int | None, until: str | None, no_log: bool, engine: str | None
+) -> tuple[dict[str, Any], str]:
     """Compare the challenger with production on the same live customers.
 
     Before outcomes: how often their labels agree, the rank correlation of their probabilities,
@@ -221,5 +243,6 @@ def compare(version: int | None, until: str | None, no_log: bool) -> tuple[dict[
         version,
         until=moment(until, "--until") if until else None,
         log_to_mlflow=not no_log,
+        engine=engine,
     )
     return result.to_dict(), result.render()

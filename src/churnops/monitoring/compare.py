@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
-from scipy import stats
 
 from churnops.config import Settings
 from churnops.errors import ChurnopsError
-from churnops.monitoring import bootstrap, labels, paired, store
+from churnops.monitoring import bootstrap, compare_summaries, paired
+from churnops.monitoring.summary import Scope
 from churnops.registry import loading, monitoring_log, versions
 from churnops.serving import routing
 
@@ -267,75 +266,120 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _rows(settings: Settings, version: int, until: datetime | None) -> pd.DataFrame:
-    table = store.read_predictions(
-        store.settings_store(settings), settings.model_name, until=until, columns=COLUMNS
+def _churn_share(side: compare_summaries.Side) -> float | None:
+    counts = side.counts
+    rows = counts["n"].sum()
+    return bootstrap.rounded((counts["label"] * counts["n"]).sum() / rows, 6) if rows else None
+
+
+def _binned(test: str, truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> str:
+    bound = max(paired.tie_bound(truth, row, weights) for row in np.atleast_2d(scores))
+    return (
+        f"{test}, on 1/{compare_summaries.SCORE_BINS} probability bins "
+        f"(each ROC AUC within {bound:.2g})"
     )
-    if "role" not in table.column_names:
-        return pd.DataFrame(columns=list(COLUMNS))
-    role = pc.fill_null(table["role"], "production")
-    challenger = pc.and_(pc.equal(table["version"], version), pc.not_equal(role, "production"))
-    production = pc.and_(pc.equal(table["alias"], settings.alias), pc.equal(role, "production"))
-    frame = table.filter(pc.or_(challenger, production)).to_pandas()
-    frame["role"] = frame["role"].fillna("production")
-    return frame
 
 
-def _churn_share(rows: pd.DataFrame) -> float | None:
-    return bootstrap.rounded(rows["label"].mean(), 6) if len(rows) else None
-
-
-def _shadow(pairs: pd.DataFrame, seed: int) -> Shadow:
+def _shadow(pairs: compare_summaries.Pairs, seed: int) -> Shadow:
     """Paired: production (a) and challenger (b) on the same rows (the F1 difference and the
     tests only once there are outcomes)."""
-    agree = float((pairs["label_a"] == pairs["label_b"]).mean())
-    rho = stats.spearmanr(pairs["probability_a"], pairs["probability_b"]).statistic
+    counts = pairs.counts
+    n = counts["n"].to_numpy(dtype=np.int64)
+    rows = int(n.sum())
+    agree = float(n[(counts["label_a"] == counts["label_b"]).to_numpy()].sum() / rows)
+    scored = counts.groupby(["score_a", "score_b"], as_index=False)["n"].sum()
+    rho = paired.spearman_weighted(
+        scored["score_a"].to_numpy(), scored["score_b"].to_numpy(), scored["n"].to_numpy()
+    )
     section = Shadow(
-        rows=len(pairs),
+        rows=rows,
         agreement=bootstrap.rounded(agree, 6),
-        rank_correlation=bootstrap.rounded(float(rho), 6) if len(pairs) > 2 else None,
+        rank_correlation=bootstrap.rounded(rho, 6) if rows > 2 else None,
         predicted_churn=Sides(
-            bootstrap.rounded(pairs["label_a"].mean(), 6),
-            bootstrap.rounded(pairs["label_b"].mean(), 6),
+            bootstrap.rounded(float((counts["label_a"] * n).sum() / rows), 6),
+            bootstrap.rounded(float((counts["label_b"] * n).sum() / rows), 6),
         ),
         labelled=0,
     )
-    known = pairs[pairs["outcome"].notna()]
+    known = counts[counts["outcome"] >= 0]
     if not len(known):
         return section
     truth = known["outcome"].to_numpy(int)
     a, b = known["label_a"].to_numpy(int), known["label_b"].to_numpy(int)
+    weights = known["n"].to_numpy(np.int64)
+    cells = np.bincount(truth * 4 + a * 2 + b, weights=weights, minlength=8)
+    a_only = int(weights[(a == truth) & (b != truth)].sum())
+    b_only = int(weights[(a != truth) & (b == truth)].sum())
     return replace(
         section,
-        labelled=len(known),
-        f1=paired.paired_f1(truth, a, b, seed),
-        mcnemar=paired.mcnemar(truth, a, b),
-        roc_auc=paired.paired_auc(
-            truth, known["probability_a"].to_numpy(), known["probability_b"].to_numpy()
-        ),
+        labelled=int(weights.sum()),
+        f1=paired.paired_f1_counts(cells, seed),
+        mcnemar=paired.mcnemar_counts(a_only, b_only),
+        roc_auc=_paired_auc(truth, known, weights, pairs.binned),
     )
 
 
-def _canary(production: pd.DataFrame, canary: pd.DataFrame, seed: int) -> Canary:
+def _paired_auc(
+    truth: np.ndarray, known: pd.DataFrame, weights: np.ndarray, binned: bool
+) -> paired.Difference:
+    if len(np.unique(truth)) < 2:
+        return paired.Difference(None, None, None, None, None, None, None, "DeLong")
+    scores = np.vstack([known["score_a"].to_numpy(float), known["score_b"].to_numpy(float)])
+    aucs, cov = paired.delong_weighted(truth, scores, weights)
+    variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    test = _binned("DeLong", truth, scores, weights) if binned else "DeLong"
+    return paired._normal_test(float(aucs[0]), float(aucs[1]), float(variance), test)
+
+
+def _right(known: pd.DataFrame) -> int:
+    return int(known.loc[known["label"] == known["outcome"], "n"].sum())
+
+
+def _canary(
+    production: compare_summaries.Side, canary: compare_summaries.Side, seed: int
+) -> Canary:
     """Unpaired: production's customers (a) and the canary's (b) over the same period (the F1
     difference and the tests only once both sides have outcomes)."""
-    a, b = production[production["outcome"].notna()], canary[canary["outcome"].notna()]
+    a = production.counts[production.counts["outcome"] >= 0]
+    b = canary.counts[canary.counts["outcome"] >= 0]
+    labelled_a, labelled_b = int(a["n"].sum()), int(b["n"].sum())
     section = Canary(
-        rows=Sides(len(production), len(canary)),
+        rows=Sides(production.rows, canary.rows),
         predicted_churn=Sides(_churn_share(production), _churn_share(canary)),
-        labelled=Sides(len(a), len(b)),
+        labelled=Sides(labelled_a, labelled_b),
     )
-    if not (len(a) and len(b)):
+    if not (labelled_a and labelled_b):
         return section
-    ta, tb = a["outcome"].to_numpy(int), b["outcome"].to_numpy(int)
-    la, lb = a["label"].to_numpy(int), b["label"].to_numpy(int)
+
+    def cells(side: pd.DataFrame) -> np.ndarray:
+        index = (side["outcome"] * 2 + side["label"]).to_numpy(np.int64)
+        return np.bincount(index, weights=side["n"].to_numpy(float), minlength=4)
+
     return replace(
         section,
-        f1=paired.unpaired_f1(ta, la, tb, lb, seed),
-        fisher=paired.fisher(ta, la, tb, lb),
-        roc_auc=paired.unpaired_auc(
-            ta, a["probability"].to_numpy(), tb, b["probability"].to_numpy()
-        ),
+        f1=paired.unpaired_f1_counts(cells(a), cells(b), seed),
+        fisher=paired.fisher_counts(_right(a), labelled_a, _right(b), labelled_b),
+        roc_auc=_unpaired_auc(a, b, production.binned),
+    )
+
+
+def _unpaired_auc(a: pd.DataFrame, b: pd.DataFrame, binned: bool) -> paired.Difference:
+    sides = [
+        (side["outcome"].to_numpy(int), side["score"].to_numpy(float), side["n"].to_numpy())
+        for side in (a, b)
+    ]
+    if not all(len(np.unique(truth)) == 2 for truth, _, _ in sides):
+        return paired.Difference(None, None, None, None, None, None, None, "DeLong, unpaired")
+    (auc_a, var_a), (auc_b, var_b) = (paired.delong_weighted(*side) for side in sides)
+    test = "DeLong, unpaired"
+    if binned:
+        bound = max(paired.tie_bound(*side) for side in sides)
+        test += (
+            f", on 1/{compare_summaries.SCORE_BINS} probability bins "
+            f"(each ROC AUC within {bound:.2g})"
+        )
+    return paired._normal_test(
+        float(auc_a[0]), float(auc_b[0]), float(var_a[0, 0] + var_b[0, 0]), test
     )
 
 
@@ -418,6 +462,7 @@ def compare(
     log_to_mlflow: bool = True,
     seed: int = 0,
     measure_latency: bool = True,
+    engine: str | None = None,
 ) -> Comparison:
     """Compare challenger ``version`` (default: the one in the slot) with production."""
     now = now or datetime.now(UTC)
@@ -429,37 +474,24 @@ def compare(
                 "with --version N"
             )
         version = found.version
-    frame = _rows(settings, version, until)
-    stored = store.read_labels(store.settings_store(settings))
-    joined = labels.join(
-        frame,
-        None if stored is None else stored.to_pandas(),
-        pd.Timedelta(days=settings.churn_horizon_days),
-        pd.Timestamp(now),
-    ).frame
-    production = joined[joined["role"] == "production"]
-    shadow_rows = joined[joined["role"] == "shadow"]
-    canary_rows = joined[joined["role"] == "canary"]
-    production_versions = sorted(int(v) for v in production["version"].unique())
-    shadow: Shadow | None = None
-    canary: Canary | None = None
-    if len(shadow_rows):
-        pairs = production[["prediction_id", "probability", "label", "outcome"]].merge(
-            shadow_rows[["prediction_id", "probability", "label"]],
-            on="prediction_id",
-            suffixes=("_a", "_b"),
+    scope = Scope(
+        settings.model_name,
+        settings.alias,
+        None,
+        until,
+        now,
+        timedelta(days=settings.churn_horizon_days),
+    )
+    with compare_summaries.open_found(
+        settings, engine or settings.engine, version, until, now, scope
+    ) as rows:
+        production_versions = rows.production_versions
+        shadow = None if rows.pairs is None else _shadow(rows.pairs, seed)
+        canary = (
+            None
+            if rows.canary is None or rows.production is None
+            else _canary(rows.production, rows.canary, seed)
         )
-        shadow = _shadow(pairs, seed)
-        production_versions = sorted(
-            int(v)
-            for v in production.loc[
-                production["prediction_id"].isin(pairs["prediction_id"]), "version"
-            ].unique()
-        )
-    if len(canary_rows):
-        start, end = canary_rows["time"].min(), canary_rows["time"].max()
-        period = production[(production["time"] >= start) & (production["time"] <= end)]
-        canary = _canary(period, canary_rows, seed)
     if shadow is not None and shadow.labelled:
         verdict = _verdict(shadow.f1, shadow.labelled, "paired, shadow rows")
     elif canary is not None and min(canary.labelled.production, canary.labelled.challenger):

@@ -117,6 +117,17 @@ def estimate(calibrated: np.ndarray, predicted: np.ndarray, score: np.ndarray) -
     return values
 
 
+def from_sums(tp: float, flagged: float, fn: float) -> dict[str, float]:
+    """Estimated precision, recall and F1 from the summed calibrated probabilities of the rows
+    predicted churn (``tp``, of ``flagged`` rows) and of the others (``fn``)."""
+    fp = flagged - tp
+    return {
+        "precision": tp / (tp + fp) if tp + fp > 0 else 0.0,
+        "recall": tp / (tp + fn) if tp + fn > 0 else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn > 0 else 0.0,
+    }
+
+
 def f1_band(
     truth: np.ndarray, predicted: np.ndarray, rows: int, seed: int = 0
 ) -> tuple[float, float, float]:

@@ -7,7 +7,7 @@ churnops.monitoring.monitor; this module only holds and shows them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from churnops.monitoring.drift import ColumnDrift
@@ -99,6 +99,9 @@ class VersionReport:
     calibrated: bool | None
     drift: Drift
     windows: tuple[Window, ...]
+    # NB: the most each ROC AUC (realised, estimated) can differ from the rows' own, when it
+    # comes from an engine's probability bins; empty when computed from the rows themselves.
+    roc_auc_within: dict[str, float] = field(default_factory=dict)
 
     @property
     def realised_f1(self) -> Interval | None:
@@ -124,6 +127,7 @@ class VersionReport:
             "calibrated": self.calibrated,
             "drift": self.drift.to_dict(),
             "windows": [w.to_dict() for w in self.windows],
+            "roc_auc_within": self.roc_auc_within,
         }
 
     def row(self) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from churnops.config import Settings
 from churnops.data import normalise_target
 from churnops.errors import DataError
 from churnops.monitoring import store
@@ -290,14 +291,24 @@ def join(
 
 
 def add(
-    where: store.Store, model: str, path: Path, target: str, id_column: str | None = None
+    where: store.Store,
+    model: str,
+    path: Path,
+    target: str,
+    id_column: str | None = None,
+    settings: Settings | None = None,
 ) -> AddReport:
     """`churnops labels add`: check an outcome file, keep it in the store ``where`` (once:
-    adding it again changes nothing) and count the outcomes no stored prediction matches."""
+    adding it again changes nothing) and count the outcomes no stored prediction matches
+    (through the settings' engine when ``settings`` are given, else in memory)."""
     outcomes = read_outcomes(path, target, id_column)
-    known = store.read_predictions(
-        where, model, columns=["prediction_id", "customer_id", "model", "time"]
-    ).to_pandas()
+    if settings is None or settings.engine == "pandas":
+        known = store.read_predictions(
+            where, model, columns=["prediction_id", "customer_id", "model", "time"]
+        ).to_pandas()
+        unknown = unknown_keys(outcomes, known)
+    else:
+        unknown = _unknown_through(settings, where, model, outcomes)
     written, added = keep(where, outcomes)
     return AddReport(
         source=str(path),
@@ -306,6 +317,23 @@ def add(
         churned=int(outcomes.frame["outcome"].sum()),
         added=added,
         conflicts=outcomes.conflicts,
-        unknown=unknown_keys(outcomes, known),
+        unknown=unknown,
         path=written,
     )
+
+
+def _unknown_through(settings: Settings, where: store.Store, model: str, outcomes: Outcomes) -> int:
+    """:func:`unknown_keys` as a query over the store."""
+    from churnops.monitoring import engine as engines
+
+    column = PREDICTION_ID if outcomes.keyed_by == PREDICTION_ID else CUSTOMER_ID
+    keys = pd.DataFrame({"key": outcomes.frame["key"].drop_duplicates().astype(str)})
+    with engines.open_engine(settings, settings.engine, where) as engine:
+        if column not in engine.columns():
+            return len(keys)
+        engine.register("new_keys", keys)
+        answer = engine.query(
+            "SELECT count(*) AS unknown FROM new_keys k WHERE NOT EXISTS (SELECT 1 FROM "
+            f"predictions p WHERE p.model = {engines.text(model)} AND p.{column} = k.key)"
+        )
+    return int(answer["unknown"].iloc[0])

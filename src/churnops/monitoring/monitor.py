@@ -19,12 +19,18 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
 
 from churnops import ledger
 from churnops.config import Settings
 from churnops.errors import StaleMoveError, VersionNotFoundError
-from churnops.monitoring import bootstrap, drift, estimate, labels, realised, report, store
+from churnops.monitoring import (
+    bootstrap,
+    drift,
+    estimate,
+    realised,
+    report,
+)
+from churnops.monitoring import summary as summaries
 from churnops.monitoring.estimate import Calibration
 from churnops.monitoring.findings import (
     Advice,
@@ -40,6 +46,7 @@ from churnops.monitoring.findings import (
     Window,
 )
 from churnops.monitoring.realised import Interval
+from churnops.monitoring.summary import VersionSummary
 from churnops.registry import loading, monitoring_log, runs, versions
 from churnops.times import parse_time
 
@@ -70,30 +77,56 @@ class Options:
     window: timedelta = timedelta(days=1)
     auto_rollback: bool = False
     log_to_mlflow: bool = True
+    # NB: None: the setting's (CHURNOPS_ENGINE).
+    engine: str | None = None
 
 
-def _realised(rows: pd.DataFrame, seed: int) -> dict[str, Interval]:
-    labelled = rows[rows["outcome"].notna()]
-    if len(labelled) < bootstrap.MIN_LABELLED:
-        return {}
-    return dict(
-        realised.with_intervals(
-            labelled["outcome"].to_numpy(dtype=int),
-            labelled["label"].to_numpy(dtype=int),
-            labelled["probability"].to_numpy(dtype=float),
-            seed=seed,
-        )
+def _realised(
+    cells: pd.DataFrame,
+    seed: int,
+    fine: pd.DataFrame | None = None,
+    exact: dict[str, float] | None = None,
+) -> tuple[dict[str, Interval], float | None]:
+    """Realised quality with intervals from a summary's cells (and, for ROC AUC, its fine bins
+    or the rows' exact figures), and the most ROC AUC can be off (None: exact)."""
+    labelled = cells[cells["outcome"] >= 0]
+    if labelled["n"].sum() < bootstrap.MIN_LABELLED:
+        return {}, None
+    counts, squared = realised.vectors(labelled)
+    found, bound = realised.point_from_cells(
+        counts, squared, None if fine is None else fine[fine["outcome"] >= 0]
     )
+    if exact is not None:
+        found, bound = exact, None
+    return dict(realised.intervals(found, counts, squared, seed=seed)), bound
 
 
-def _estimated(rows: pd.DataFrame, calibration: Calibration | None) -> dict[str, float] | None:
-    if calibration is None or rows.empty:
-        return None
-    probability = rows["probability"].to_numpy(dtype=float)
-    values = estimate.estimate(
-        calibration.apply(probability), rows["label"].to_numpy(dtype=int), probability
+def _estimated(
+    cells: pd.DataFrame,
+    calibration: Calibration | None,
+    fine: pd.DataFrame | None = None,
+    exact_auc: float | None = None,
+) -> tuple[dict[str, float] | None, float | None]:
+    """CBPE's estimate from a summary's calibrated sums (ROC AUC from the fine bins, or exact),
+    and the most its ROC AUC can be off."""
+    if calibration is None or cells.empty:
+        return None, None
+    flagged = cells[cells["label"] == 1]
+    values = estimate.from_sums(
+        float(flagged["c"].sum()),
+        float(flagged["n"].sum()),
+        float(cells.loc[cells["label"] == 0, "c"].sum()),
     )
-    return {k: round(v, 4) for k, v in values.items()}
+    bound = None
+    if exact_auc is not None:
+        values["roc_auc"] = exact_auc
+    elif fine is not None and len(fine):
+        by_bin = fine.groupby("fine", sort=True)[["n", "c"]].sum()
+        positives = by_bin["c"].to_numpy(dtype=float)
+        auc, bound = realised.ranked(positives, by_bin["n"].to_numpy(dtype=float) - positives)
+        if auc is not None:
+            values["roc_auc"] = auc
+    return {k: round(v, 4) for k, v in values.items()}, bound
 
 
 @dataclass
@@ -134,98 +167,105 @@ def _band(known: _Version, rows: int) -> Band | None:
     return Band(round(reference, 4), round(low, 4), round(high, 4))
 
 
-def _drift(known: _Version, rows: pd.DataFrame) -> Drift:
+def _drift(known: _Version, summary: VersionSummary) -> Drift:
     if known.reference is None:
         return Drift((), None, None, note="no reference")
     reference = known.reference.rows
-    columns = [c for c in reference.columns if f"{store.INPUT_PREFIX}{c}" in rows.columns]
-    current = rows[[f"{store.INPUT_PREFIX}{c}" for c in columns]]
-    current.columns = columns
-    results, dataset = drift.table_drift(reference, current, columns, known.reference.kinds)
+    columns = [c for c in reference.columns if c in summary.columns]
+    results, dataset = drift.table_drift(reference, summary.columns, columns, known.reference.kinds)
     prediction = None
-    if known.scores is not None:
+    if known.scores is not None and summary.probability is not None:
         prediction = drift.column_drift(
-            "probability", known.scores["probability"], rows["probability"], "numeric"
+            "probability", known.scores["probability"], summary.probability, "numeric"
         )
     return Drift(tuple(results), dataset, prediction)
 
 
 def _windows(
-    rows: pd.DataFrame, known: _Version, window: timedelta, matured: pd.Timestamp, seed: int
+    summary: VersionSummary, known: _Version, window: timedelta, matured: pd.Timestamp, seed: int
 ) -> tuple[Window, ...]:
     """Per window: rows, outcomes, realised and estimated F1. A window is *mature* once the churn
     horizon has passed since its end: every outcome about it has had time to arrive, so its
     realised quality no longer leans towards the churners, whose outcomes come first."""
     out = []
-    starts = rows["time"].dt.floor(pd.Timedelta(window))
-    for start, group in rows.groupby(starts, sort=True):
+    cells = summary.cells
+    for start_us in sorted(int(w) for w in cells["window_us"].unique()):
+        group = cells[cells["window_us"] == start_us]
+        start = pd.Timestamp(start_us, unit="us", tz="UTC")
         end = start + pd.Timedelta(window)
-        few = len(group) < MIN_WINDOW_ROWS
-        f1 = None if few else _realised(group, seed).get("f1")
-        estimated = None if few else _estimated(group, known.calibration)
-        labelled = int(group["outcome"].notna().sum())
+        rows = int(group["n"].sum())
+        few = rows < MIN_WINDOW_ROWS
+        f1 = None if few else _realised(group, seed)[0].get("f1")
+        estimated = None if few else _estimated(group, known.calibration)[0]
         out.append(
             Window(
                 start=start.isoformat(),
                 end=end.isoformat(),
-                rows=len(group),
-                labelled=labelled,
-                immature=int(group["immature"].sum()),
+                rows=rows,
+                labelled=int(group.loc[group["outcome"] >= 0, "n"].sum()),
+                immature=int(group.loc[group["immature"], "n"].sum()),
                 mature=bool(end <= matured),
                 realised_f1=None if f1 is None else bootstrap.rounded(f1.value),
                 realised_f1_low=None if f1 is None else bootstrap.rounded(f1.low),
                 realised_f1_high=None if f1 is None else bootstrap.rounded(f1.high),
                 estimated_f1=None if estimated is None else estimated["f1"],
-                band=None if few else _band(known, len(group)),
+                band=None if few else _band(known, rows),
                 note=TOO_FEW_ROWS if few else "",
             )
         )
     return tuple(out)
 
 
-def _estimate_error(rows: pd.DataFrame, known: _Version) -> float | None:
+def _estimate_error(summary: VersionSummary, known: _Version) -> float | None:
     """Estimated minus realised F1 on the rows that have outcomes."""
-    labelled = rows[rows["outcome"].notna()]
-    if len(labelled) < bootstrap.MIN_LABELLED:
+    labelled = summary.cells[summary.cells["outcome"] >= 0]
+    if labelled["n"].sum() < bootstrap.MIN_LABELLED:
         return None
-    estimated = _estimated(labelled, known.calibration)
+    estimated, _ = _estimated(labelled, known.calibration)
     if estimated is None:
         return None
-    actual = realised.point(
-        labelled["outcome"].to_numpy(dtype=int),
-        labelled["label"].to_numpy(dtype=int),
-        labelled["probability"].to_numpy(dtype=float),
-    )
+    actual, _ = realised.point_from_cells(*realised.vectors(labelled))
     return round(estimated["f1"] - actual["f1"], 4)
 
 
 def _version_report(
-    version: int,
-    rows: pd.DataFrame,
+    summary: VersionSummary,
     known: _Version,
     options: Options,
     matured: pd.Timestamp,
     seed: int,
 ) -> VersionReport:
-    labelled = int(rows["outcome"].notna().sum())
     info = known.info
+    realised_now, auc_realised = _realised(
+        summary.cells, seed, summary.fine, summary.exact_realised
+    )
+    estimated, auc_estimated = _estimated(
+        summary.cells, known.calibration, summary.fine, summary.exact_estimated_auc
+    )
+    within = {
+        name: round(bound, 6)
+        for name, bound in (("realised", auc_realised), ("estimated", auc_estimated))
+        if bound is not None
+    }
+    labelled = summary.labelled
     return VersionReport(
-        version=version,
-        rows=len(rows),
+        version=summary.version,
+        rows=summary.rows,
         labelled=labelled,
-        immature=int(rows["immature"].sum()),
-        coverage=labelled / len(rows) if len(rows) else 0.0,
-        first=rows["time"].min().isoformat(),
-        last=rows["time"].max().isoformat(),
+        immature=summary.immature,
+        coverage=labelled / summary.rows if summary.rows else 0.0,
+        first=pd.Timestamp(summary.first_us, unit="us", tz="UTC").isoformat(),
+        last=pd.Timestamp(summary.last_us, unit="us", tz="UTC").isoformat(),
         gate_f1=None if info is None else info.metrics.get("f1"),
         gate_f1_sd=round(known.gate_sd, 4),
-        realised=_realised(rows, seed),
-        estimated=_estimated(rows, known.calibration),
-        estimate_error=_estimate_error(rows, known),
-        band=_band(known, len(rows)),
+        realised=realised_now,
+        estimated=estimated,
+        estimate_error=_estimate_error(summary, known),
+        band=_band(known, summary.rows),
         calibrated=None if known.calibration is None else known.calibration.used,
-        drift=_drift(known, rows),
-        windows=_windows(rows, known, options.window, matured, seed),
+        drift=_drift(known, summary),
+        windows=_windows(summary, known, options.window, matured, seed),
+        roc_auc_within=within,
     )
 
 
@@ -240,7 +280,13 @@ def assess(
     """One serving version's report over its joined rows, and the alerts it raises: the pure
     core of :func:`run` (no store, no registry), which bench/monitor_quality.py measures."""
     known = _Version(info, reference)
-    document = _version_report(version, rows, known, Options(window=window), matured, 0)
+    found = summaries.from_frame(
+        rows.assign(version=version),
+        window,
+        {version: known.calibration},
+        {version: [] if reference is None else list(reference.rows.columns)},
+    )
+    document = _version_report(found[version], known, Options(window=window), matured, 0)
     return document, _alerts(document)
 
 
@@ -497,46 +543,39 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Mo
     versions.require_model(settings)
     now = now or datetime.now(UTC)
     until = options.until or now
-    target = store.settings_store(settings)
-    table = store.read_predictions(
-        target,
+    scope = summaries.Scope(
         settings.model_name,
+        settings.alias,
         options.since,
         until,
-        # NB: what monitoring never reads stays on disk (measured: 1,000,000 rows with every
-        # column peaked at 1.2 GiB).
-        skip=("served_at", "source", "model", "request_id", "threshold", "role"),
-        ordered=False,
+        now,
+        timedelta(days=settings.churn_horizon_days),
     )
-    table = table.filter(pc.equal(table["alias"], settings.alias)).drop_columns(["alias"])
-    frame = table.to_pandas()
-    del table
-    stored_labels = store.read_labels(target)
-    joined = labels.join(
-        frame,
-        None if stored_labels is None else stored_labels.to_pandas(),
-        pd.Timedelta(days=settings.churn_horizon_days),
-        pd.Timestamp(now),
-    )
-    del stored_labels
-    frame = joined.frame
     serving_version = versions.alias_version(settings)
     matured = pd.Timestamp(now) - pd.Timedelta(days=settings.churn_horizon_days)
     moves, stack = _moves(settings)
-    reports = []
     recorded: dict[int, float] = {}
-    for version in sorted(int(v) for v in frame["version"].unique()):
-        try:
-            info: versions.VersionInfo | None = versions.get_version(settings, version)
-        except VersionNotFoundError:
-            info = None
-        if info is not None and HORIZON_TAG in info.tags:
-            recorded[version] = float(info.tags[HORIZON_TAG])
-        reference = None if info is None else loading.load_reference(settings, info)
-        rows = frame[frame["version"] == version]
-        reports.append(
-            _version_report(version, rows, _Version(info, reference), options, matured, 0)
+    known: dict[int, _Version] = {}
+    with summaries.open_source(settings, options.engine or settings.engine, scope) as source:
+        for version in source.versions():
+            try:
+                info: versions.VersionInfo | None = versions.get_version(settings, version)
+            except VersionNotFoundError:
+                info = None
+            if info is not None and HORIZON_TAG in info.tags:
+                recorded[version] = float(info.tags[HORIZON_TAG])
+            reference = None if info is None else loading.load_reference(settings, info)
+            known[version] = _Version(info, reference)
+        found = source.summaries(
+            options.window,
+            {v: k.calibration for v, k in known.items()},
+            {
+                v: [] if k.reference is None else [str(c) for c in k.reference.rows.columns]
+                for v, k in known.items()
+            },
         )
+        conflicts = source.conflicts()
+    reports = [_version_report(found[v], known[v], options, matured, 0) for v in sorted(found)]
     by_version = {v.version: v for v in reports}
     serving = by_version.get(serving_version) if serving_version else None
     previous_version = stack[-2] if len(stack) >= 2 and stack[-1] == serving_version else None
@@ -567,9 +606,9 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Mo
         horizon=horizon,
         serving_version=serving_version,
         previous_version=previous_version,
-        rows=len(frame),
-        label_conflicts=joined.conflicts,
-        immature=joined.immature,
+        rows=sum(v.rows for v in reports),
+        label_conflicts=conflicts,
+        immature=sum(v.immature for v in reports),
         versions=tuple(reports),
         alerts=tuple(alerts),
         advice=advice,

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from churnops.monitoring import bootstrap
@@ -61,7 +62,12 @@ def paired_f1(
     """F1 of labels ``b`` minus F1 of ``a`` on the same rows, with a paired bootstrap interval
     (rows resampled together, so both versions always see the same resample)."""
     cell = np.asarray(truth, int) * 4 + np.asarray(a, int) * 2 + np.asarray(b, int)
-    counts = np.bincount(cell, minlength=8).astype(float)
+    return paired_f1_counts(np.bincount(cell, minlength=8).astype(float), seed, resamples)
+
+
+def paired_f1_counts(counts: np.ndarray, seed: int = 0, resamples: int = RESAMPLES) -> Difference:
+    """:func:`paired_f1` from the rows per (outcome, label a, label b) cell."""
+    counts = np.asarray(counts, dtype=float)
     n = int(counts.sum())
     if n == 0:
         return Difference(None, None, None, None, None, None, None, "paired bootstrap")
@@ -88,8 +94,11 @@ def mcnemar(truth: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, float 
     truth = np.asarray(truth, int)
     right_a = np.asarray(a, int) == truth
     right_b = np.asarray(b, int) == truth
-    a_only = int((right_a & ~right_b).sum())
-    b_only = int((~right_a & right_b).sum())
+    return mcnemar_counts(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum()))
+
+
+def mcnemar_counts(a_only: int, b_only: int) -> dict[str, float | int]:
+    """:func:`mcnemar` from the two discordant counts."""
     discordant = a_only + b_only
     p = 1.0 if discordant == 0 else float(stats.binomtest(a_only, discordant, 0.5).pvalue)
     return {"a_only": a_only, "b_only": b_only, "p_value": p}
@@ -123,6 +132,66 @@ def delong_covariance(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
     return aucs, covariance
 
 
+def _midranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each value's average rank among the weighted sample (ties share their ranks)."""
+    order = np.unique(values, return_inverse=True)
+    totals = np.bincount(order[1], weights=weights)
+    below = np.cumsum(totals) - totals
+    return (below + (totals + 1) / 2)[order[1]]
+
+
+def _below(values: np.ndarray, others: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """For each value, the weight of ``others`` below it plus half the weight equal to it."""
+    order = np.argsort(others, kind="stable")
+    sorted_values, cumulative = others[order], np.concatenate([[0.0], np.cumsum(weights[order])])
+    lower = cumulative[np.searchsorted(sorted_values, values, side="left")]
+    upper = cumulative[np.searchsorted(sorted_values, values, side="right")]
+    return lower + 0.5 * (upper - lower)
+
+
+def delong_weighted(
+    truth: np.ndarray, scores: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`delong_covariance` for rows given once with a count each (``weights``): the same
+    figures as on the rows repeated."""
+    truth = np.asarray(truth, int)
+    scores = np.atleast_2d(np.asarray(scores, float))
+    weights = np.asarray(weights, dtype=np.int64)
+    positive = truth == 1
+    wp, wn = weights[positive], weights[~positive]
+    m, n = float(wp.sum()), float(wn.sum())
+    aucs, v10, v01 = [], [], []
+    for k in range(len(scores)):
+        x, y = scores[k, positive], scores[k, ~positive]
+        v10.append(_below(x, y, wn.astype(float)) / n)
+        v01.append(1.0 - _below(y, x, wp.astype(float)) / m)
+        aucs.append(float((v10[-1] * wp).sum() / m))
+    covariance = (
+        np.atleast_2d(np.cov(np.array(v10), fweights=wp)) / m
+        + np.atleast_2d(np.cov(np.array(v01), fweights=wn)) / n
+    )
+    return np.array(aucs), covariance
+
+
+def tie_bound(truth: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """The most a ROC AUC over binned scores can differ from the rows' own: half the share of
+    (churner, stayer) pairs that share a bin."""
+    truth = np.asarray(truth, int)
+    table = pd.DataFrame({"score": scores, "truth": truth, "n": weights})
+    counts = table.pivot_table(index="score", columns="truth", values="n", aggfunc="sum")
+    counts = counts.reindex(columns=[0, 1], fill_value=0).fillna(0)
+    pairs = counts[0].sum() * counts[1].sum()
+    return 0.0 if pairs == 0 else float(0.5 * (counts[0] * counts[1]).sum() / pairs)
+
+
+def spearman_weighted(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> float:
+    """Spearman's rank correlation of rows given once with a count each."""
+    w = np.asarray(weights, dtype=np.int64)
+    ranks = np.vstack([_midranks(np.asarray(a, float), w), _midranks(np.asarray(b, float), w)])
+    covariance = np.cov(ranks, fweights=w)
+    return float(covariance[0, 1] / np.sqrt(covariance[0, 0] * covariance[1, 1]))
+
+
 def _both_outcomes(truth: np.ndarray) -> bool:
     return 0 < int(np.asarray(truth, int).sum()) < len(truth)
 
@@ -153,12 +222,22 @@ def unpaired_f1(
 ) -> Difference:
     """F1 of group B minus group A (different rows), with an interval from independent
     bootstraps of each group."""
+    counts = [
+        np.bincount(np.asarray(truth, int) * 2 + np.asarray(labels, int), minlength=4)
+        for truth, labels in ((truth_a, labels_a), (truth_b, labels_b))
+    ]
+    return unpaired_f1_counts(counts[0], counts[1], seed, resamples)
+
+
+def unpaired_f1_counts(
+    counts_a: np.ndarray, counts_b: np.ndarray, seed: int = 0, resamples: int = RESAMPLES
+) -> Difference:
+    """:func:`unpaired_f1` from each group's rows per (outcome, label) cell."""
     rng = np.random.default_rng(seed)
     points: list[np.ndarray] = []
     samples: list[np.ndarray] = []
-    for truth, labels in ((truth_a, labels_a), (truth_b, labels_b)):
-        cell = np.asarray(truth, int) * 2 + np.asarray(labels, int)
-        counts = np.bincount(cell, minlength=4).astype(float)
+    for cells in (counts_a, counts_b):
+        counts = np.asarray(cells, dtype=float)
         n = int(counts.sum())
         if n == 0:
             return Difference(None, None, None, None, None, None, None, "unpaired bootstrap")
@@ -176,13 +255,18 @@ def fisher(
     """Fisher's exact test on right/wrong in the two groups."""
     right_a = int((np.asarray(labels_a, int) == np.asarray(truth_a, int)).sum())
     right_b = int((np.asarray(labels_b, int) == np.asarray(truth_b, int)).sum())
-    table = [[right_a, len(truth_a) - right_a], [right_b, len(truth_b) - right_b]]
-    p = float(stats.fisher_exact(table).pvalue) if len(truth_a) and len(truth_b) else 1.0
+    return fisher_counts(right_a, len(truth_a), right_b, len(truth_b))
+
+
+def fisher_counts(right_a: int, rows_a: int, right_b: int, rows_b: int) -> dict[str, float | int]:
+    """:func:`fisher` from each group's right answers and rows."""
+    table = [[right_a, rows_a - right_a], [right_b, rows_b - right_b]]
+    p = float(stats.fisher_exact(table).pvalue) if rows_a and rows_b else 1.0
     return {
         "right_a": right_a,
-        "rows_a": len(truth_a),
+        "rows_a": rows_a,
         "right_b": right_b,
-        "rows_b": len(truth_b),
+        "rows_b": rows_b,
         "p_value": p,
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score
 
 from churnops.monitoring import bootstrap
@@ -76,6 +77,51 @@ def _from_counts(counts: np.ndarray, mean_squared: np.ndarray) -> dict[str, np.n
     return {"precision": precision, "recall": recall, "f1": f1, "roc_auc": auc, "brier": brier}
 
 
+def vectors(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row counts and summed squared errors per (bin, outcome, predicted) cell, from a summary's
+    cells of labelled rows (columns bin, outcome, label, n, sq)."""
+    index = ((cells["bin"] * 2 + cells["outcome"]) * 2 + cells["label"]).to_numpy(dtype=np.int64)
+    counts = np.bincount(index, weights=cells["n"].to_numpy(dtype=float), minlength=BINS * 4)
+    squared = np.bincount(index, weights=cells["sq"].to_numpy(dtype=float), minlength=BINS * 4)
+    return counts, squared
+
+
+def ranked(positives: np.ndarray, negatives: np.ndarray) -> tuple[float | None, float]:
+    """ROC AUC from positives and negatives per score bin, in score order, pairs inside a bin
+    counted half right (as ties are), and the most that can differ from the rows' own AUC: half
+    the share of pairs inside one bin."""
+    pairs = positives.sum() * negatives.sum()
+    if pairs <= 0:
+        return None, 0.0
+    below = np.cumsum(negatives) - negatives
+    value = float((positives * (below + 0.5 * negatives)).sum() / pairs)
+    return value, float(0.5 * (positives * negatives).sum() / pairs)
+
+
+def point_from_cells(
+    counts: np.ndarray, squared: np.ndarray, fine: pd.DataFrame | None = None
+) -> tuple[dict[str, float], float | None]:
+    """The metrics :func:`point` gives, from cell counts: exact but ROC AUC, which comes from
+    ``fine`` (labelled rows per fine bin: columns fine, outcome, n) with its error bound."""
+    cells = counts.reshape(BINS, 2, 2)
+    tp, fp, fn = cells[:, 1, 1].sum(), cells[:, 0, 1].sum(), cells[:, 1, 0].sum()
+    n = counts.sum()
+    values = {
+        "precision": float(tp / (tp + fp)) if tp + fp > 0 else 0.0,
+        "recall": float(tp / (tp + fn)) if tp + fn > 0 else 0.0,
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn > 0 else 0.0,
+        "brier": float(squared.sum() / n),
+    }
+    bound = None
+    if fine is not None and len(fine):
+        table = fine.pivot_table(index="fine", columns="outcome", values="n", aggfunc="sum")
+        table = table.reindex(columns=[0, 1], fill_value=0).fillna(0).sort_index()
+        auc, bound = ranked(table[1].to_numpy(dtype=float), table[0].to_numpy(dtype=float))
+        if auc is not None:
+            values["roc_auc"] = auc
+    return values, bound
+
+
 def with_intervals(
     truth: np.ndarray,
     predicted: np.ndarray,
@@ -89,13 +135,24 @@ def with_intervals(
     probability = np.asarray(probability, dtype=float)
     if len(truth) == 0:
         return {}
-    exact = point(truth, predicted, probability)
     counts, squared = _cells(truth, predicted, probability)
+    return intervals(point(truth, predicted, probability), counts, squared, seed, resamples)
+
+
+def intervals(
+    exact: dict[str, float],
+    counts: np.ndarray,
+    squared: np.ndarray,
+    seed: int = 0,
+    resamples: int = bootstrap.RESAMPLES,
+) -> dict[str, Interval]:
+    """Each metric's ``exact`` value with its bootstrap interval from the rows' cell counts."""
+    n = int(np.rint(counts.sum()))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_squared = np.where(counts > 0, squared / counts, 0.0)
     binned = _from_counts(counts[None, :], mean_squared)
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(truth), counts / counts.sum(), size=resamples).astype(float)
+    draws = rng.multinomial(n, counts / counts.sum(), size=resamples).astype(float)
     resampled = _from_counts(draws, mean_squared)
     out = {}
     for name in METRICS:

@@ -547,3 +547,21 @@ def read_labels(store: Store) -> pa.Table | None:
     if not tables:
         return None
     return pa.concat_tables(tables)
+
+
+def prediction_files(
+    store: Store, since: datetime | None = None, until: datetime | None = None
+) -> list[str]:
+    """The paths of the prediction files a reader of ``since <= time < until`` must read (whole
+    days: the rows are filtered by time after)."""
+    found = []
+    for info in sorted(_files(store, PREDICTIONS), key=lambda f: f.path):
+        day = _day_of(info)
+        if day is None:
+            continue
+        if since is not None and day < since.astimezone(UTC).date():
+            continue
+        if until is not None and day > until.astimezone(UTC).date():
+            continue
+        found.append(info.path)
+    return found

@@ -1,0 +1,90 @@
+"""`train --from-store`'s table: the production rows with mature outcomes, one per customer per
+outcome (the latest prediction before it), built by the engine exactly as by hand."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops.monitoring import engine as engines
+from churnops.monitoring import labels, store, training_table
+from churnops.monitoring.summary import Scope
+from tests.test_engines import COLUMNS, NOW, _store
+
+HORIZON = pd.Timedelta(days=30)
+
+
+def _by_hand(settings) -> pd.DataFrame:
+    """The definition, row by row."""
+    target = store.settings_store(settings)
+    rows = store.read_predictions(target, "churn_model").to_pandas()
+    rows = rows[(rows["alias"] == "production") & (rows["role"] == "production")]
+    outcomes, _ = labels.latest(store.read_labels(target).to_pandas())
+    by_id = outcomes[outcomes["key_kind"] == labels.PREDICTION_ID].groupby("key")["outcome"].max()
+    events = outcomes[outcomes["key_kind"] == labels.CUSTOMER_ID]
+    now = pd.Timestamp(NOW)
+    kept: dict[tuple, tuple] = {}
+    for row in rows.itertuples():
+        t, customer = row.time, row.customer_id
+        if row.prediction_id in by_id.index:
+            outcome, event = int(by_id[row.prediction_id]), ("id", t.floor(HORIZON))
+        else:
+            mine = events[(events["key"] == customer) & (events["time"] >= t)]
+            mine = mine[mine["time"] <= t + HORIZON]
+            churned = mine[mine["outcome"] == 1]["time"]
+            retained = mine[mine["outcome"] == 0]["time"]
+            if len(churned):
+                outcome, event = 1, ("customer", churned.min())
+            elif len(retained) and t + HORIZON <= now:
+                outcome, event = 0, ("customer", retained.min())
+            else:
+                continue
+        key = (row.prediction_id if pd.isna(customer) else customer, *event)
+        if key not in kept or (t, row.prediction_id) > kept[key][:2]:
+            kept[key] = (t, row.prediction_id, outcome)
+    return pd.DataFrame(
+        [(p, o) for _, p, o in kept.values()], columns=["prediction_id", "churn"]
+    ).sort_values("prediction_id", ignore_index=True)
+
+
+def _built(settings, engine: str) -> training_table.Table:
+    scope = Scope("churn_model", "production", None, NOW, NOW, timedelta(days=30))
+    target = store.settings_store(settings)
+    with engines.open_engine(settings, engine, target, None, NOW) as opened:
+        return training_table.build(opened, scope, COLUMNS, needed=5)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.slow)])
+def test_the_training_table_from_the_store_equals_the_one_built_by_hand(
+    tmp_path: Path, engine: str
+) -> None:
+    settings, _ = _store(tmp_path, rows=2_000)
+    table = _built(settings, engine)
+    expected = _by_hand(settings)
+    found = table.rows[["prediction_id", "churn"]].sort_values("prediction_id", ignore_index=True)
+    assert len(expected) > 100 and expected["churn"].nunique() == 2
+    pd.testing.assert_frame_equal(found, expected, check_dtype=False)
+    assert list(table.rows.columns) == [*COLUMNS, "churn", "time", "customer_id", "prediction_id"]
+    assert table.rows["time"].is_monotonic_increasing
+    # NB: one row per customer per outcome: no customer twice for one outcome event.
+    assert table.labelled == len(expected) < table.served
+
+
+def test_immature_outcomes_are_left_out_and_listed_by_when_they_mature(tmp_path: Path) -> None:
+    settings, _ = _store(tmp_path, rows=2_000)
+    table = _built(settings, "duckdb")
+    assert len(table.immature_until) == 5
+    assert table.immature_until == sorted(table.immature_until)
+    assert all(moment > pd.Timestamp(NOW) for moment in table.immature_until)
+    stored = store.read_predictions(store.settings_store(settings), "churn_model").to_pandas()
+    outcomes = store.read_labels(store.settings_store(settings)).to_pandas()
+    by_id = set(outcomes.loc[outcomes["key_kind"] == labels.PREDICTION_ID, "key"])
+    young = set(stored[stored["time"] + HORIZON > pd.Timestamp(NOW)]["prediction_id"]) - by_id
+    retained = set(table.rows.loc[table.rows["churn"] == 0, "prediction_id"])
+    # NB: a "retained" keyed by customer counts only once its horizon has passed.
+    assert young and not young & retained
+    assert np.isin(table.rows["churn"], [0, 1]).all()
