@@ -164,6 +164,34 @@ def test_a_csv_dataset_on_spark_rejects_text_in_numbers_like_local_score(
     np.testing.assert_allclose(got["probability"], expected["probability"], atol=1e-6)
 
 
+@pytest.mark.slow
+def test_a_failed_spark_job_is_one_line_and_leaves_no_output_and_no_stored_rows(
+    cli: Callable[..., Result],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    train = tmp_path / "train.csv"
+    data.generate(rows=600, seed=4).to_csv(train, index=False)
+    lifecycle.train(
+        settings, data_file=train, version_label="v1", seed=4, gate_f1=0.5, kind="logreg"
+    )
+    dataset = tmp_path / "customers.parquet"
+    data.generate(rows=300, seed=8).to_parquet(dataset, index=False)
+    # A store Spark cannot write: its folder would be inside a regular file.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("CHURNOPS_PREDICTION_STORE", str(blocker / "store"))
+    output = tmp_path / "out"
+    result = cli("score", "--engine", "spark", "--version", "1", str(dataset), str(output))
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the Spark job failed: "), lines
+    assert "not-a-folder" in lines[0]  # the JVM's root cause, not py4j's "calling o339"
+    assert not output.exists() or not any(output.iterdir())
+    assert blocker.read_text() == ""
+
+
 def _without_java(tmp_path: Path) -> dict[str, str]:
     """The environment with no java anywhere: JAVA_HOME points nowhere, PATH has no java."""
     bin_dir = tmp_path / "bin"

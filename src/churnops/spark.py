@@ -10,6 +10,7 @@ imports pyspark until :func:`session` is called.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -220,4 +221,6 @@ def session(settings: Settings) -> SparkSession:
             f"Spark did not start with CHURNOPS_SPARK_MASTER={master!r}: {first[:300]}"
         ) from None
     spark.sparkContext.setLogLevel("ERROR")
+    # NB: py4j logs every connection it closes at INFO, which churnops' INFO log would show.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     return spark

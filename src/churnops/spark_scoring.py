@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 from churnops import scoring
 from churnops.config import Settings
 from churnops.data import MISSING_MARKERS, PARQUET_SUFFIXES
-from churnops.errors import DataError, EngineError
+from churnops.errors import ChurnopsError, DataError, EngineError
 from churnops.inputs import InputField
 from churnops.monitoring import store
 from churnops.predict import Engine
@@ -345,6 +345,23 @@ class _Files:
             fs.delete(path, True)
 
 
+def _first_line(exc: BaseException) -> str:
+    """What failed, in one line: a JVM exception's root cause (py4j's own text only names the
+    call), the last line of a Python worker's traceback, else the first line."""
+    text = str(exc).strip()
+    java: Any = getattr(exc, "java_exception", None)
+    if java is not None:
+        with contextlib.suppress(Exception):
+            while java.getCause() is not None:
+                java = java.getCause()
+            text = str(java.toString()).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Traceback (most recent call last):" in text:
+        python = text.split("JVM stacktrace:")[0].strip().splitlines()
+        lines = [python[-1].strip()] if python else lines
+    return (lines[0] if lines else type(exc).__name__)[:500]
+
+
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
@@ -358,7 +375,7 @@ def read_input(spark: SparkSession, files: _Files, source: str) -> tuple[DataFra
     try:
         present = files.exists(source)
     except Exception as exc:  # noqa: BLE001 - a scheme Spark has no filesystem for, say
-        raise DataError(f"cannot read {source}: {str(exc).splitlines()[0][:300]}") from None
+        raise DataError(f"cannot read {source}: {_first_line(exc)}") from None
     if not present:
         raise DataError(f"input dataset {source} does not exist")
     name = files.first_data_file(source)
@@ -379,7 +396,7 @@ def read_input(spark: SparkSession, files: _Files, source: str) -> tuple[DataFra
         else:
             frame = reader.parquet(source)
     except Exception as exc:  # noqa: BLE001 - Spark's AnalysisException and friends
-        raise DataError(f"cannot read {source}: {str(exc).splitlines()[0][:300]}") from None
+        raise DataError(f"cannot read {source}: {_first_line(exc)}") from None
     return frame, csv
 
 
@@ -482,21 +499,29 @@ def score_dataset(
     if batch_rows is not None:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     try:
-        read, scored, rejected = _run(
-            spark,
-            frame,
-            book,
-            context.broadcast(payloads[0]),
-            temporary=temporary,
-            staged=_store_uri(target, staged) if book.store_rows else None,
-        )
+        try:
+            read, scored, rejected = _run(
+                spark,
+                frame,
+                book,
+                context.broadcast(payloads[0]),
+                temporary=temporary,
+                staged=_store_uri(target, staged) if book.store_rows else None,
+            )
+        except Exception as exc:
+            if isinstance(exc, ChurnopsError):
+                raise
+            # NB: py4j hands over the JVM's whole stack; its first line says what failed.
+            log.debug("the Spark job failed", exc_info=True)
+            raise EngineError(f"the Spark job failed: {_first_line(exc)}") from None
+        finally:
+            if previous is not None:
+                spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
         files.rename(_join(temporary, PREDICTIONS), target_predictions)
         files.rename(_join(temporary, REJECTS), target_rejects)
         if book.store_rows:
             _publish(target, staged, int(moment // 86_400))
     finally:
-        if previous is not None:
-            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
         files.delete(temporary)
         if book.store_rows:
             with contextlib.suppress(OSError):
