@@ -131,6 +131,6 @@ def score(
 
 def _local_paths(source: Path, output: Path) -> None:
     """The local engine's paths: an input file that exists, an output that is no folder."""
+    input_file(source)
     if output.is_dir():
         raise click.BadParameter(f"{output} is a folder; name the output file", param_hint="OUTPUT")
-    input_file(source)
