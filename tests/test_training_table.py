@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnops.config import Settings
 from churnops.monitoring import engine as engines
 from churnops.monitoring import labels, store, training_table
 from churnops.monitoring.summary import Scope
@@ -18,12 +19,14 @@ from tests.test_engines import COLUMNS, NOW, _store
 HORIZON = pd.Timedelta(days=30)
 
 
-def _by_hand(settings) -> pd.DataFrame:
+def _by_hand(settings: Settings) -> pd.DataFrame:
     """The definition, row by row."""
     target = store.settings_store(settings)
     rows = store.read_predictions(target, "churn_model").to_pandas()
     rows = rows[(rows["alias"] == "production") & (rows["role"] == "production")]
-    outcomes, _ = labels.latest(store.read_labels(target).to_pandas())
+    stored = store.read_labels(target)
+    assert stored is not None
+    outcomes, _ = labels.latest(stored.to_pandas())
     by_id = outcomes[outcomes["key_kind"] == labels.PREDICTION_ID].groupby("key")["outcome"].max()
     events = outcomes[outcomes["key_kind"] == labels.CUSTOMER_ID]
     now = pd.Timestamp(NOW)
@@ -51,7 +54,7 @@ def _by_hand(settings) -> pd.DataFrame:
     ).sort_values("prediction_id", ignore_index=True)
 
 
-def _built(settings, engine: str) -> training_table.Table:
+def _built(settings: Settings, engine: str) -> training_table.Table:
     scope = Scope("churn_model", "production", None, NOW, NOW, timedelta(days=30))
     target = store.settings_store(settings)
     with engines.open_engine(settings, engine, target, None, NOW) as opened:
@@ -81,7 +84,9 @@ def test_immature_outcomes_are_left_out_and_listed_by_when_they_mature(tmp_path:
     assert table.immature_until == sorted(table.immature_until)
     assert all(moment > pd.Timestamp(NOW) for moment in table.immature_until)
     stored = store.read_predictions(store.settings_store(settings), "churn_model").to_pandas()
-    outcomes = store.read_labels(store.settings_store(settings)).to_pandas()
+    read = store.read_labels(store.settings_store(settings))
+    assert read is not None
+    outcomes = read.to_pandas()
     by_id = set(outcomes.loc[outcomes["key_kind"] == labels.PREDICTION_ID, "key"])
     young = set(stored[stored["time"] + HORIZON > pd.Timestamp(NOW)]["prediction_id"]) - by_id
     retained = set(table.rows.loc[table.rows["churn"] == 0, "prediction_id"])

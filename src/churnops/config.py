@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Day partitions older than this are deleted (CHURNOPS_STORE_RETENTION_DAYS).",
     )
+    store_compact_grace_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="`churnops store compact` deletes the files it merged only once the merged "
+        "file has been visible this long (CHURNOPS_STORE_COMPACT_GRACE_SECONDS), so a reader "
+        "that listed them before can still read them; a later run deletes what still waits.",
+    )
     churn_horizon_days: float = Field(
         default=30.0,
         gt=0,

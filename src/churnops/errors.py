@@ -18,6 +18,7 @@ what to do next. The CLI prints the message on one line and exits with ``exit_co
     ├── UnsupportedMediaTypeError         a request body that is not JSON          (HTTP 415)
     ├── EventTimeError                    a bad X-Event-Time header                (HTTP 422)
     ├── ConfigurationError        exit 1  a setting (environment variable) is invalid
+    ├── StoreBusyError            exit 1  another compaction runs on the prediction store
     ├── PortInUseError            exit 1  a server cannot bind its port
     ├── ServerStartError          exit 1  a server process died or did not answer in time
     ├── ApiUnavailableError       exit 2  the prediction API does not answer (simulate)
@@ -42,6 +43,10 @@ class ConfigurationError(ChurnopsError):
 
 class DataError(ChurnopsError):
     """Input data cannot be used for training or scoring."""
+
+
+class StoreBusyError(ChurnopsError):
+    """Another `churnops store compact` holds the prediction store's compaction lock."""
 
 
 class EngineError(ChurnopsError):

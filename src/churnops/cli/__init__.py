@@ -4,11 +4,12 @@ Expected failures print one line on stderr and exit non-zero (2 when the trackin
 
 One module per command group: ``group`` (the click group and its exit codes), ``command``
 (what every command shares), ``options`` (the alias movers' options), ``lifecycle``, ``score``,
-``serve``, ``data``, ``monitor``, ``challenger`` and ``reproduce``. The commands import heavy
-libraries (MLflow, scikit-learn, pandas) inside their bodies, so `churnops --help` stays fast.
+``serve``, ``data``, ``monitor``, ``store``, ``challenger`` and ``reproduce``. The commands import
+heavy libraries (MLflow, scikit-learn, pandas) inside their bodies, so `churnops --help` stays
+fast.
 """
 
-from churnops.cli import challenger, data, lifecycle, monitor, reproduce, score, serve
+from churnops.cli import challenger, data, lifecycle, monitor, reproduce, score, serve, store
 from churnops.cli.group import main
 
 for _command in (
@@ -27,6 +28,7 @@ for _command in (
     monitor.monitor,
     monitor.simulate,
     monitor.compare,
+    store.store_group,
     challenger.challenger_group,
     reproduce.reproduce,
 ):

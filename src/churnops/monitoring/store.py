@@ -14,12 +14,18 @@ them every ``flush_seconds`` (so rows are visible within that delay) and on shut
 therefore writes at most ``86400 / flush_seconds`` files a day, plus one per ``buffer_rows`` rows
 under heavy load; batch scoring writes its chunks here directly. Retention is by age: day
 partitions older than ``retention_days`` are deleted.
+
+`churnops store compact` (:mod:`churnops.monitoring.compaction`) merges a day's small files into
+few large ones, ``<id>.compacted.parquet``, each with a record ``_compacted/<id>.json`` naming
+every file whose rows it holds. A reader therefore never lists a folder itself: it calls
+:func:`prediction_files`, which drops the files a visible compacted file replaces.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -40,6 +46,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from churnops.config import Settings
+from churnops.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,11 @@ FIXED_COLUMNS = (
     "request_id",
 )
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+# NB: the names compaction gives its files (see churnops.monitoring.compaction). No writer's name
+# ends like a compacted file's, and "_" hides the records from Spark's and Hive's folder reads.
+COMPACTED_SUFFIX = ".compacted.parquet"
+RECORDS = "_compacted"
+RECORD_SUFFIX = ".json"
 
 
 @dataclass(frozen=True)
@@ -119,12 +131,13 @@ def _dictionary_columns(table: pa.Table) -> list[str]:
     ]
 
 
-def _parquet_options(table: pa.Table) -> dict[str, Any]:
+def parquet_options(table: pa.Table) -> dict[str, Any]:
+    """How every store file is written: zstd, dictionaries only where values repeat."""
     return {"compression": "zstd", "use_dictionary": _dictionary_columns(table)}
 
 
 def _write_table(store: Store, path: str, table: pa.Table) -> None:
-    options = _parquet_options(table)
+    options = parquet_options(table)
     if isinstance(store.fs, pafs.LocalFileSystem):
         # NB: only on disk: on S3 a "directory" would be an empty marker object per folder.
         store.fs.create_dir(path.rpartition("/")[0], recursive=True)
@@ -140,7 +153,7 @@ class DayFile:
     for ``place_file`` once closed."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self._writer = pq.ParquetWriter(path, schema, **_parquet_options(schema.empty_table()))
+        self._writer = pq.ParquetWriter(path, schema, **parquet_options(schema.empty_table()))
         self.rows = 0
 
     def takes(self, table: pa.Table, most_rows: int) -> bool:
@@ -197,6 +210,109 @@ def _day_of(info: pafs.FileInfo) -> date | None:
             with contextlib.suppress(ValueError):
                 return date.fromisoformat(part[5:])
     return None
+
+
+@dataclass(frozen=True)
+class Record:
+    """What compaction wrote beside a compacted file: its name and the name of every file whose
+    rows it holds (the files it merged and, for a compacted one among them, what that held)."""
+
+    merged: str
+    replaces: frozenset[str]
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as its JSON file holds it."""
+        return {
+            "format": 1,
+            "merged": self.merged,
+            "rows": self.rows,
+            "replaces": sorted(self.replaces),
+        }
+
+
+def record_path(folder: str, merged: str) -> str:
+    """Where the record of the compacted file ``merged`` (a name in ``folder``) lives."""
+    return f"{folder}/{RECORDS}/{merged.removesuffix(COMPACTED_SUFFIX)}{RECORD_SUFFIX}"
+
+
+def read_record(target: Store, path: str) -> Record | None:
+    """The record at ``path``; None when there is none."""
+    try:
+        with target.fs.open_input_stream(path) as handle:
+            document = json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+    return Record(document["merged"], frozenset(document["replaces"]), int(document["rows"]))
+
+
+def readable(target: Store, folder: str, infos: Sequence[pafs.FileInfo]) -> list[pafs.FileInfo]:
+    """Of the files listed in one day's ``folder``, those a reader must read: every file but
+    the ones a listed compacted file replaces."""
+    merged = [i for i in infos if i.base_name.endswith(COMPACTED_SUFFIX)]
+    if not merged or len(infos) == 1:
+        return list(infos)  # NB: nothing can be replaced: no record needs reading
+    replaced: set[str] = set()
+    unrecorded = []
+    for info in merged:
+        record = read_record(target, record_path(folder, info.base_name))
+        if record is None:
+            unrecorded.append(info)
+        else:
+            replaced |= record.replaces
+    for info in unrecorded:
+        # NB: a record is written before its compacted file appears and deleted after it goes,
+        # so a missing one means the file went after this listing (unless it was replaced).
+        if info.base_name not in replaced:
+            raise DataError(
+                f"prediction store: {info.path} has no record (it was compacted away while "
+                "this command listed the store: run it again)"
+            )
+    return [i for i in infos if i.base_name not in replaced]
+
+
+def prediction_files(
+    target: Store, since: datetime | None = None, until: datetime | None = None
+) -> list[str]:
+    """The store paths of the prediction files a reader must read for ``since <= time <
+    until`` (whole days: rows still need filtering by time), in path order; each stored row is
+    in exactly one of them, whatever compaction is doing meanwhile."""
+    first = since.astimezone(UTC).date() if since is not None else None
+    last = until.astimezone(UTC).date() if until is not None else None
+    folders: dict[str, list[pafs.FileInfo]] = {}
+    for info in _files(target, PREDICTIONS):
+        day = _day_of(info)
+        if day is None or (first is not None and day < first) or (last is not None and day > last):
+            continue
+        folders.setdefault(info.path.rpartition("/")[0], []).append(info)
+    paths = [i.path for folder, infos in folders.items() for i in readable(target, folder, infos)]
+    return sorted(paths)
+
+
+def records(target: Store, folder: str) -> list[Record]:
+    """Every compaction record of one day's ``folder``."""
+    selector = pafs.FileSelector(f"{folder}/{RECORDS}", allow_not_found=True)
+    found = [
+        read_record(target, info.path)
+        for info in target.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and info.base_name.endswith(RECORD_SUFFIX)
+    ]
+    return [r for r in found if r is not None]
+
+
+def stored_names(target: Store, day: int) -> set[str]:
+    """The name of every file whose rows are in one day's partition (days since 1970): the
+    files there, and those compaction merged into them."""
+    folder = day_folder(target, day)
+    selector = pafs.FileSelector(folder, allow_not_found=True)
+    names = {
+        info.base_name
+        for info in target.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+    }
+    for record in records(target, folder):
+        names |= record.replaces
+    return names
 
 
 @dataclass
@@ -412,16 +528,25 @@ def write_day(store: Store, day: int, table: pa.Table, now: float, name: str | N
 
 
 def apply_retention(store: Store, retention_days: int, today: date | None = None) -> int:
-    """Delete day partitions older than ``retention_days``; return how many files went."""
+    """Delete day partitions older than ``retention_days`` (their compaction records too);
+    return how many data files went."""
     today = today or datetime.now(UTC).date()
     cutoff = today - timedelta(days=retention_days)
-    removed = 0
-    for info in _files(store, PREDICTIONS):
-        day = _day_of(info)
-        if day is not None and day < cutoff:
-            store.fs.delete_file(info.path)
-            removed += 1
-    return removed
+    selector = pafs.FileSelector(store.path(PREDICTIONS), allow_not_found=True, recursive=True)
+    old = [
+        info
+        for info in store.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+        and info.path.endswith((".parquet", RECORD_SUFFIX))
+        and (day := _day_of(info)) is not None
+        and day < cutoff
+    ]
+    # NB: the data files before the compaction records, so no reader ever finds a compacted
+    # file without its record.
+    old.sort(key=lambda info: info.path.endswith(RECORD_SUFFIX))
+    for info in old:
+        store.fs.delete_file(info.path)
+    return sum(1 for info in old if info.path.endswith(".parquet"))
 
 
 def read_predictions(
@@ -438,15 +563,8 @@ def read_predictions(
     wanted = None if columns is None else set(columns)
     skipped = set(skip)
     tables = []
-    for info in sorted(_files(store, PREDICTIONS), key=lambda f: f.path):
-        day = _day_of(info)
-        if day is None:
-            continue
-        if since is not None and day < since.astimezone(UTC).date():
-            continue
-        if until is not None and day > until.astimezone(UTC).date():
-            continue
-        with store.fs.open_input_file(info.path) as handle:
+    for path in prediction_files(store, since, until):
+        with store.fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             names = parquet.schema_arrow.names
             keep = [n for n in names if (wanted is None or n in wanted) and n not in skipped]
@@ -547,21 +665,3 @@ def read_labels(store: Store) -> pa.Table | None:
     if not tables:
         return None
     return pa.concat_tables(tables)
-
-
-def prediction_files(
-    store: Store, since: datetime | None = None, until: datetime | None = None
-) -> list[str]:
-    """The paths of the prediction files a reader of ``since <= time < until`` must read (whole
-    days: the rows are filtered by time after)."""
-    found = []
-    for info in sorted(_files(store, PREDICTIONS), key=lambda f: f.path):
-        day = _day_of(info)
-        if day is None:
-            continue
-        if since is not None and day < since.astimezone(UTC).date():
-            continue
-        if until is not None and day > until.astimezone(UTC).date():
-            continue
-        found.append(info.path)
-    return found

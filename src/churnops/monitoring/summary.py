@@ -182,11 +182,13 @@ def rows_sql(scope: Scope, columns: Iterable[str], where: str | None = None) -> 
 
 
 def latest_outcomes_sql() -> str:
-    """One outcome per (key kind, key, time): the latest added wins."""
+    """One outcome per (key kind, key, time): the latest added wins (the last row of a file
+    within one addition)."""
+    # NB: an aggregate, not a window: one hash pass over outcomes that can be as many as the
+    # predictions.
     return (
-        "SELECT key_kind, key, outcome, t_us FROM (SELECT key_kind, key, outcome, t_us, "
-        "row_number() OVER (PARTITION BY key_kind, key, t_us ORDER BY added_us DESC, "
-        '"row" DESC) AS rn FROM outcomes) AS ranked WHERE rn = 1'
+        "SELECT key_kind, key, t_us, arg_max(outcome, CAST(added_us AS DECIMAL(38, 0)) "
+        '* 1000000000 + "row") AS outcome FROM outcomes GROUP BY key_kind, key, t_us'
     )
 
 
@@ -203,20 +205,33 @@ def joined_sql(scope: Scope, columns: Iterable[str] = (), where: str | None = No
     as labels.join defines them: by prediction id, else by customer within the horizon."""
     horizon = scope.horizon // timedelta(microseconds=1)
     now = _us(scope.now)
+    # NB: "an outcome within [t, t + horizon]" as two equality joins, not a range join (a
+    # correlated EXISTS cost 8.5 us a row at 10M rows): with events bucketed by the horizon, an
+    # event in that range is in t's bucket at or after t, or in the next bucket at most a
+    # horizon after t; so the latest event of t's bucket and the earliest of the next decide.
     return f"""
 WITH o AS ({latest_outcomes_sql()}),
 byid AS (SELECT key, max(outcome) AS outcome FROM o WHERE key_kind = 'prediction_id'
          GROUP BY key),
-churn AS (SELECT key, t_us FROM o WHERE key_kind = 'customer_id' AND outcome = 1),
-stay AS (SELECT key, t_us FROM o WHERE key_kind = 'customer_id' AND outcome = 0),
+ev AS (
+  SELECT key, t_us - (t_us % {horizon}) AS bucket,
+    max(CASE WHEN outcome = 1 THEN t_us END) AS churn_last,
+    min(CASE WHEN outcome = 1 THEN t_us END) AS churn_first,
+    max(CASE WHEN outcome = 0 THEN t_us END) AS stay_last,
+    min(CASE WHEN outcome = 0 THEN t_us END) AS stay_first
+  FROM o WHERE key_kind = 'customer_id' GROUP BY 1, 2
+),
 p AS ({rows_sql(scope, columns, where)}),
 j AS (
   SELECT p.*, byid.outcome AS id_outcome,
-    EXISTS (SELECT 1 FROM churn c WHERE c.key = p.customer_id AND c.t_us >= p.t_us
-            AND c.t_us <= p.t_us + {horizon}) AS churned,
-    EXISTS (SELECT 1 FROM stay s WHERE s.key = p.customer_id AND s.t_us >= p.t_us
-            AND s.t_us <= p.t_us + {horizon}) AS retained
+    (COALESCE(e0.churn_last >= p.t_us, FALSE)
+     OR COALESCE(e1.churn_first <= p.t_us + {horizon}, FALSE)) AS churned,
+    (COALESCE(e0.stay_last >= p.t_us, FALSE)
+     OR COALESCE(e1.stay_first <= p.t_us + {horizon}, FALSE)) AS retained
   FROM p LEFT JOIN byid ON byid.key = p.prediction_id
+  LEFT JOIN ev AS e0 ON e0.key = p.customer_id AND e0.bucket = p.t_us - (p.t_us % {horizon})
+  LEFT JOIN ev AS e1
+    ON e1.key = p.customer_id AND e1.bucket = p.t_us - (p.t_us % {horizon}) + {horizon}
 ),
 joined AS (
   SELECT j.*,

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
-from churnops.monitoring.store import Store, day_folder
+from churnops.monitoring.store import Store, stored_names
 
 log = logging.getLogger(__name__)
 
@@ -205,17 +204,17 @@ def run_name(group: list[Converted]) -> str | None:
 
 def stored_entries(target: Store) -> Callable[[Entry], bool]:
     """Whether a spool entry's rows are in a store file already, by the file names of its day
-    (each day's folder listed once); OSError when the store cannot be listed."""
+    and those compaction merged (each day's folder listed once); OSError when the store cannot
+    be listed."""
     ranges: dict[int, dict[str, list[tuple[int, int]]]] = {}
 
     def stored(entry: Entry) -> bool:
         if entry.day not in ranges:
-            folder = day_folder(target, entry.day)
             found: dict[str, list[tuple[int, int]]] = {}
-            selector = pafs.FileSelector(folder, allow_not_found=True)
-            for info in target.fs.get_file_info(selector):
-                if info.base_name.endswith(SPOOLED_SUFFIX):
-                    token, first, last = info.base_name[: -len(SPOOLED_SUFFIX)].rsplit("-", 2)
+            # NB: with the names compaction merged away, or their rows would be stored twice.
+            for name in stored_names(target, entry.day):
+                if name.endswith(SPOOLED_SUFFIX):
+                    token, first, last = name[: -len(SPOOLED_SUFFIX)].rsplit("-", 2)
                     found.setdefault(token, []).append((int(first), int(last)))
             ranges[entry.day] = found
         spans = ranges[entry.day].get(entry.token, [])
