@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -117,11 +118,16 @@ def test_a_parquet_dataset_scored_on_spark_matches_local_score_and_lands_in_the_
     )
 
     # The monitor counts both runs' rows, in memory and through DuckDB (which reads the
-    # Spark-written files beside the local ones).
-    for engine in ("pandas", "duckdb"):
-        monitored = cli("monitor", "--engine", engine, "--json", "--no-log")
-        assert monitored.exit_code in (0, 3), monitored.output + monitored.stderr
-        assert json.loads(monitored.stdout)["rows"] == 395 * 2
+    # Spark-written files beside the local ones), and again once compaction merged them.
+    today = datetime.now(UTC).date().isoformat()
+    for step in ("as written", "compacted"):
+        if step == "compacted":
+            _json(cli("store", "compact", "--day", today, "--grace", "0", "--json"))
+            assert len(list((Path(settings.store_uri) / "predictions").rglob("*.parquet"))) == 1
+        for engine in ("pandas", "duckdb"):
+            monitored = cli("monitor", "--engine", engine, "--json", "--no-log")
+            assert monitored.exit_code in (0, 3), monitored.output + monitored.stderr
+            assert json.loads(monitored.stdout)["rows"] == 395 * 2, (step, engine)
 
     # A second run into the same OUTPUT is refused before any work.
     again = cli("score", "--engine", "spark", str(dataset), str(output))
