@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnops import from_store
 from churnops.config import Settings
+from churnops.errors import DataError
 from churnops.monitoring import engine as engines
 from churnops.monitoring import labels, store, training_table
 from churnops.monitoring.summary import Scope
@@ -93,3 +95,18 @@ def test_immature_outcomes_are_left_out_and_listed_by_when_they_mature(tmp_path:
     # NB: a "retained" keyed by customer counts only once its horizon has passed.
     assert young and not young & retained
     assert np.isin(table.rows["churn"], [0, 1]).all()
+
+
+def test_too_few_mature_outcomes_is_refused_with_the_count_and_when_more_mature(
+    tmp_path: Path,
+) -> None:
+    settings, _ = _store(tmp_path, rows=2_000)
+    table = _built(settings, "duckdb")
+    few = training_table.Table(table.rows.head(10), table.served, 10, table.immature_until)
+    with pytest.raises(DataError) as refused:
+        from_store._refuse(few, None, NOW)
+    message = str(refused.value)
+    assert f"10 of the {table.served} production rows" in message
+    assert "at least 50" in message
+    assert f"will be mature by {table.immature_until[-1].isoformat()}" in message
+    from_store._refuse(table, None, NOW)  # NB: enough rows: no refusal

@@ -21,8 +21,25 @@ CATEGORICAL_FEATURES = ("plan_type", "region")
 PLAN_TYPES = ("basic", "standard", "premium")
 REGIONS = ("NA", "EU", "AF", "AS")
 IDENTIFIER = "identifier: every value distinct"
+NAMED_IDENTIFIER = "identifier: the customer id the table names"
+# NB: a Parquet table can name its customer id column in its schema's metadata (tables built
+# from the prediction store do: a customer appears once per outcome, so its ids repeat).
+ID_COLUMN_METADATA = b"churnops.id_column"
+ROW_NUMBER = "row number: every value distinct, increasing in table order"
+# NB: a text column with more distinct values than this is not one-hot encoded: surnames and
+# free text (thousands of values) would become thousands of sparse, mostly-noise columns. The
+# telecom table's State (51 values) stays categorical.
+HIGH_CARDINALITY = 100
+# NB: a high-cardinality column is kept (target-encoded) only when its cross-fitted encoding
+# ranks churners above chance by this many standard errors of the AUC under no signal (the
+# Mann-Whitney null, one-sided p ~ 0.001); bench/search.py measures why (see BENCHMARKS.md).
+SIGNAL_Z = 3.0
+TARGET_ENCODED = "categorical, target-encoded"
 BUILTIN_SOURCE = "built-in synthetic data"
 log = logging.getLogger(__name__)
+
+# NB: the event time of each row of a table built from the prediction store; not a feature.
+TIME_COLUMN = "__time__"
 
 # NB: label spellings seen in real churn tables; anything else needs an explicit mapping.
 _POSITIVE_LABELS = frozenset({"1", "1.0", "true", "yes", "y", "t", "churn", "churned"})
@@ -44,6 +61,11 @@ class Dataset:
     categorical: tuple[str, ...]
     source: str
     report: DataReport
+    # NB: high-cardinality text columns that carry signal: target-encoded, never one-hot.
+    encoded: tuple[str, ...] = ()
+    # NB: when the table has TIME_COLUMN (a table `train --from-store` built), each row's
+    # event time: training then holds out the newest rows instead of a random share.
+    times: pd.Series | None = None
 
     @property
     def table(self) -> pd.DataFrame:
@@ -57,9 +79,15 @@ class Dataset:
 
     @property
     def id_column(self) -> str | None:
-        """The customer identifier column training dropped, if the table has one."""
-        found = [c for c, why in self.report.dropped_columns.items() if why == IDENTIFIER]
-        return str(found[0]) if found else None
+        """The customer identifier column training dropped, if the table has one: an
+        identifier before a row number (a table with RowNumber and CustomerId is keyed by the
+        customer, whose outcomes arrive later under that id)."""
+        dropped = self.report.dropped_columns
+        for reason in (NAMED_IDENTIFIER, IDENTIFIER, ROW_NUMBER):
+            found = [c for c, why in dropped.items() if why == reason]
+            if found:
+                return str(found[0])
+        return None
 
 
 @dataclass(frozen=True)
@@ -220,8 +248,14 @@ def _positive_label_target(labels: pd.Series, positive: str) -> pd.Series:
     return mapped
 
 
+def _is_row_number(values: pd.Series) -> bool:
+    """Whether distinct integers increase down the table, as a row number's do."""
+    return pd.api.types.is_integer_dtype(values) and bool(values.is_monotonic_increasing)
+
+
 def _dropped_columns(features: pd.DataFrame) -> dict[str, str]:
-    """Columns that cannot help a model: row identifiers and constants."""
+    """Columns that cannot help a model: row identifiers (row numbers told apart) and
+    constants."""
     dropped = {}
     for column in features.columns:
         values = features[column].dropna()
@@ -233,8 +267,49 @@ def _dropped_columns(features: pd.DataFrame) -> dict[str, str]:
             and values.nunique() == len(values)
         ):
             # NB: never a float column: distinct measurements (a salary) are not identifiers.
-            dropped[column] = IDENTIFIER
+            dropped[column] = ROW_NUMBER if _is_row_number(values) else IDENTIFIER
     return dropped
+
+
+def encoding_signal(values: pd.Series, y: pd.Series) -> tuple[float, float]:
+    """(ROC AUC of the column's cross-fitted target encoding against ``y``, the AUC that many
+    standard errors of no signal above 0.5 would reach): what a model could learn from it.
+
+    NB: cross-fitted (scikit-learn's TargetEncoder, 5 folds): each row's encoding comes from
+    the other folds' rows, so a column of noise scores ~0.5 however many values it has.
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import TargetEncoder
+
+    text = values.astype(object).where(values.notna(), "").to_numpy().reshape(-1, 1)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    encoder = TargetEncoder(target_type="binary", cv=folds)
+    encoded = encoder.fit_transform(text, y.to_numpy())[:, 0]
+    auc = float(roc_auc_score(y, encoded))
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    null_se = float(np.sqrt((positives + negatives + 1) / (12 * positives * negatives)))
+    return auc, 0.5 + SIGNAL_Z * null_se
+
+
+def _high_cardinality(
+    features: pd.DataFrame, categorical: tuple[str, ...], y: pd.Series
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Text columns with more than HIGH_CARDINALITY values: ({column: why} to target-encode,
+    {column: why} to drop), decided by the signal in their cross-fitted encoding."""
+    encode, drop = {}, {}
+    for column in categorical:
+        levels = int(features[column].nunique())
+        if levels <= HIGH_CARDINALITY:
+            continue
+        auc, needed = encoding_signal(features[column], y)
+        measured = f"{levels:,} values, cross-fitted encoding AUC {auc:.3f}"
+        if auc >= needed:
+            encode[column] = f"{TARGET_ENCODED} ({measured})"
+        else:
+            drop[column] = f"high-cardinality text without signal ({measured} < {needed:.3f})"
+    return encode, drop
 
 
 def from_frame(
@@ -242,6 +317,7 @@ def from_frame(
     target: str = TARGET,
     source: str = "<frame>",
     positive_label: str | None = None,
+    identifier: str | None = None,
 ) -> Dataset:
     """Split a table into features and a 0/1 target, refusing data that cannot train a model."""
     if target not in frame.columns:
@@ -254,6 +330,9 @@ def from_frame(
     labelled = labels.notna()
     features = frame.loc[labelled].drop(columns=[target]).reset_index(drop=True)
     y = labels[labelled].astype(int).reset_index(drop=True)
+    times = None
+    if TIME_COLUMN in features.columns:
+        times = pd.to_datetime(features.pop(TIME_COLUMN), utc=True).reset_index(drop=True)
     if len(y) < MIN_TRAINING_ROWS:
         raise DataError(
             f"{source}: only {len(y)} labelled rows; at least {MIN_TRAINING_ROWS} are needed"
@@ -264,6 +343,8 @@ def from_frame(
             "a churn model needs both churned and retained customers"
         )
     dropped = _dropped_columns(features)
+    if identifier is not None and identifier in features.columns:
+        dropped[identifier] = NAMED_IDENTIFIER
     features = features.drop(columns=list(dropped))
     if features.shape[1] == 0:
         raise DataError(
@@ -276,18 +357,29 @@ def from_frame(
         # NB: plain objects with NaN for missing, which the pipeline's imputer understands.
         values = features[column]
         features[column] = values.astype(str).where(values.notna(), np.nan).astype(object)
+    encode, noise = _high_cardinality(features, categorical, y)
+    dropped |= noise
+    features = features.drop(columns=list(noise))
+    if features.shape[1] == 0:
+        raise DataError(
+            f"{source}: no usable feature columns besides the target {target!r} "
+            f"(dropped: {', '.join(dropped)})"
+        )
+    categorical = tuple(c for c in categorical if c not in noise and c not in encode)
     report = DataReport(
         source=source,
         target=target,
         rows_read=len(frame),
         rows_without_label=int((~labelled).sum()),
         rows_kept=len(y),
-        columns={c: "numeric" if c in numeric else "categorical" for c in features.columns},
+        columns={
+            c: "numeric" if c in numeric else encode.get(c, "categorical") for c in features.columns
+        },
         dropped_columns=dropped,
         positive_rate=float(y.mean()),
         missing_values={str(c): int(n) for c, n in features.isna().sum().items() if n},
     )
-    return Dataset(features, y, numeric, categorical, source, report)
+    return Dataset(features, y, numeric, categorical, source, report, tuple(encode), times)
 
 
 # NB: "NA" is not among them: it is a region code (North America) in churn data. A single space
@@ -326,9 +418,15 @@ def load(
 
 def load_table(path: Path, target: str = TARGET, positive_label: str | None = None) -> Dataset:
     """Read a churn table (CSV, or Parquet by its suffix) and validate it for training."""
+    identifier = None
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             frame = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(path).metadata or {}
+            named = metadata.get(ID_COLUMN_METADATA)
+            identifier = None if named is None else named.decode()
         else:
             frame = pd.read_csv(path, keep_default_na=False, na_values=list(MISSING_MARKERS))
     except FileNotFoundError:
@@ -342,5 +440,9 @@ def load_table(path: Path, target: str = TARGET, positive_label: str | None = No
     ) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     return from_frame(
-        _coerce_numeric_text(frame), target=target, source=str(path), positive_label=positive_label
+        _coerce_numeric_text(frame),
+        target=target,
+        source=str(path),
+        positive_label=positive_label,
+        identifier=identifier,
     )

@@ -7,7 +7,7 @@ picks, whether the gate lets a version through) are pure functions beside them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class TrainReport:
     threshold: float
     cv_f1: dict[str, float]
     fit_seconds: float
+    search: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as `churnops train --json` prints it."""
@@ -63,16 +64,31 @@ class TrainReport:
             "cv_f1": self.cv_f1,
             "fit_seconds": self.fit_seconds,
             "data_report": self.data_report.to_dict(),
+            **({"search": self._search_summary()} if self.search is not None else {}),
         }
+
+    def _search_summary(self) -> dict[str, Any]:
+        """The search without its trial list (kept in the run's search/trials.json)."""
+        return {k: v for k, v in (self.search or {}).items() if k != "trials"}
 
     def render(self, model_name: str) -> str:
         """The data, the model chosen, the run and version, the metrics and the gate."""
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in self.metrics.items())
         chosen = "  ".join(f"{k}={v:.4f}" for k, v in self.cv_f1.items())
+        searched = ""
+        if self.search is not None:
+            best = self.search["best"]
+            searched = (
+                f"search: {self.search['completed_trials']} configurations in "
+                f"{self.search['seconds']:.1f} s of a {self.search['budget_seconds']:.0f} s "
+                f"budget; best {best['family']} {best['params'] or '(defaults)'}: cross-validated "
+                f"f1 {best['cv_f1']:.4f} (the default's {self.search['default_cv_f1']:.4f})\n"
+            )
         return (
             f"{self.data_report.render()}\n"
             f"model: {self.model_type} (cross-validated f1 on the training split: {chosen}); "
             f"threshold {self.threshold:.4f}; fitted in {self.fit_seconds:.1f} s\n"
+            f"{searched}"
             f"run {self.run_id}\n"
             f"registered {model_name} version {self.version}\n"
             f"held-out metrics: {metrics}\n"
@@ -166,17 +182,24 @@ def train(
     target: str = data.TARGET,
     positive_label: str | None = None,
     kind: training.ModelKind | None = None,
+    search_budget: float | None = None,
+    extra_params: dict[str, str] | None = None,
 ) -> TrainReport:
     """Train on a table (or the built-in synthetic data) and register the result as a new
     version, with its evidence. ``kind`` defaults to the course's logistic regression on the
-    built-in data and to ``auto`` on a user's table."""
+    built-in data and to ``auto`` on a user's table or with a search (``search_budget``
+    seconds)."""
     from churnops import evidence
 
     connection.ping(settings)
     dataset = data.load(data_file, seed, target=target, positive_label=positive_label)
     if kind is None:
-        kind = "logreg" if data_file is None else "auto"
-    result = training.train(dataset, seed=seed, gate_f1=gate_f1, kind=kind)
+        kind = "logreg" if data_file is None and search_budget is None else "auto"
+    result = training.train(
+        dataset, seed=seed, gate_f1=gate_f1, kind=kind, search_budget=search_budget
+    )
+    if extra_params:
+        result = replace(result, params={**result.params, **extra_params})
     proof = evidence.build(
         result.model,
         result.holdout_features,
@@ -207,6 +230,7 @@ def train(
         result.threshold,
         result.cv_f1,
         result.seconds,
+        result.search.to_dict() if result.search is not None else None,
     )
 
 

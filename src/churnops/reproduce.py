@@ -5,6 +5,7 @@ and the held-out probabilities come out identical, and what differs when they do
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,6 +136,14 @@ def _table_path(settings: Settings, run_id: str, source: str, tmp: Path) -> Path
     )
 
 
+def _searched(params: dict[str, str]) -> tuple[str, dict[str, Any]] | None:
+    """The configuration a `--search` run chose, which re-training refits: a search itself
+    is bounded by wall-clock time, so it would not try the same trials twice."""
+    if "search_best_params" not in params:
+        return None
+    return params["search_best_family"], json.loads(params["search_best_params"])
+
+
 def _library_warnings(tags: dict[str, str]) -> list[str]:
     found = []
     for name, now in runs.library_versions().items():
@@ -162,6 +171,7 @@ def reproduce(settings: Settings, run_id: str) -> Reproduction:
             seed=int(params["seed"]),
             gate_f1=float(params["gate_f1"]),
             kind=kind,  # type: ignore[arg-type]
+            config=_searched(params),
         )
         recorded = _recorded_probabilities(settings, run_id, tmp)
     metrics = [

@@ -21,6 +21,10 @@ ALLOWED_SKOPS_TYPES = frozenset(
     {
         "numpy.dtype",
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        # NB: a random forest's trees (`train --search`), and the folds a target encoder of a
+        # high-cardinality column was cross-fitted with (kept as its parameter, never run).
+        "sklearn.tree._tree.Tree",
+        "sklearn.model_selection._split.StratifiedKFold",
     }
 )
 SKLEARN_FLAVOR = "sklearn"

@@ -8,10 +8,26 @@ from typing import Any
 import click
 
 from churnops.cli import options
-from churnops.cli.command import command, input_file, read_settings
+from churnops.cli.command import command, input_file, moment, read_settings
 from churnops.config import MODEL_KINDS, TARGET, ModelKind
 from churnops.errors import GateRefusedError, TrackingUnavailableError
 from churnops.gate import DEFAULT_GATE_F1
+
+
+class SearchBudget(click.ParamType):
+    """A search's time budget (60s, 5m, 1h) as seconds, or None for auto."""
+
+    name = "budget"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, float):
+            return value
+        from churnops.search import parse_budget
+
+        try:
+            return parse_budget(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.command()
@@ -63,7 +79,31 @@ def status() -> tuple[dict[str, Any], str]:
     default=None,
     help="logreg (the course's logistic regression), hgb (histogram gradient boosting) or auto "
     "(whichever has the better cross-validated F1 on the training split). "
-    "[default: logreg on the built-in data, auto with --data]",
+    "[default: logreg on the built-in data, auto with --data or --search]",
+)
+@click.option(
+    "--search",
+    "search_budget",
+    type=SearchBudget(),
+    default="auto",
+    show_default=True,
+    metavar="BUDGET",
+    help="Time budget such as 60s or 5m: search model families (logistic regression, gradient "
+    "boosting, random forest; only --model's if given) and their hyper-parameters by "
+    "cross-validation on the training split, the defaults first, so the model kept is never "
+    "worse on cross-validation than --model auto's. auto: no search, the fast default.",
+)
+@click.option(
+    "--from-store",
+    is_flag=True,
+    help="Train on what production served instead of --data: the prediction store's production "
+    "rows in --since/--until whose churn outcomes are mature, one per customer per outcome "
+    "(the latest prediction before it), with the serving version's inputs; the newest quarter "
+    "is held out (out of time). Refused, with the date more outcomes mature, below 50 rows.",
+)
+@click.option("--since", default=None, help="With --from-store: start of the range (ISO 8601).")
+@click.option(
+    "--until", default=None, help="With --from-store: end of the range (ISO 8601).  [default: now]"
 )
 @command
 def train(
@@ -74,6 +114,10 @@ def train(
     seed: int,
     gate_f1: float,
     kind: ModelKind | None,
+    search_budget: float | None,
+    from_store: bool,
+    since: str | None,
+    until: str | None,
 ) -> tuple[dict[str, Any], str]:
     """Train a churn model, log the run and register a new version of the model.
 
@@ -84,10 +128,28 @@ def train(
 
     Exits 0 once the version is registered, whether or not it passed the gate.
     """
+    if from_store and data_file is not None:
+        raise click.UsageError("give --data or --from-store, not both")
+    if not from_store and (since or until):
+        raise click.UsageError("--since and --until go with --from-store")
+    settings = read_settings()
+    if from_store:
+        from churnops import from_store as learning
+
+        report = learning.train(
+            settings,
+            since=moment(since, "--since") if since else None,
+            until=moment(until, "--until") if until else None,
+            seed=seed,
+            gate_f1=gate_f1,
+            version_label=version_label,
+            kind=kind,
+            search_budget=search_budget,
+        )
+        return report.to_dict(), report.render(settings.model_name)
     input_file(data_file)
     from churnops import lifecycle
 
-    settings = read_settings()
     report = lifecycle.train(
         settings,
         data_file=data_file,
@@ -97,6 +159,7 @@ def train(
         target=target,
         positive_label=positive_label,
         kind=kind,
+        search_budget=search_budget,
     )
     return report.to_dict(), report.render(settings.model_name)
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from churnops.config import Settings
 from churnops.monitoring import engine as engines
 from churnops.monitoring import labels, store
-from churnops.monitoring.summary import Scope, joined_sql
+from churnops.monitoring.summary import Scope, joined_sql, rows_sql
 
 SCORE_BINS = 1000
 COLUMNS = (
@@ -151,54 +151,51 @@ def from_engine(
     """An engine's SQL over the store."""
     if "role" not in engine.columns():
         return Found(None, None, None, [])
-    where = (
-        f"((alias = {engines.text(scope.alias)} AND COALESCE(role, 'production') = "
-        f"'production') OR (version = {int(version)} AND COALESCE(role, 'production') <> "
-        "'production'))"
+    production = (
+        f"alias = {engines.text(scope.alias)} AND COALESCE(role, 'production') = 'production'"
     )
-    joined = joined_sql(scope, ["role"], where=where)
-    production = "COALESCE(role, 'production') = 'production'"
+    challenger = f"version = {int(version)} AND COALESCE(role, 'production') <> 'production'"
+    # NB: each question reads the joined rows once: a relation used twice is materialised,
+    # which at 100,000,000 rows is what runs out of memory.
     pairs = engine.query(
-        f"""{joined},
-a AS (SELECT * FROM joined WHERE {production}),
-b AS (SELECT prediction_id, probability, label FROM joined WHERE role = 'shadow')
-SELECT CAST(COALESCE(a.outcome, -1) AS BIGINT) AS outcome, CAST(a.label AS BIGINT) AS label_a,
-  CAST(b.label AS BIGINT) AS label_b, {_score("a.probability")} AS score_a,
-  {_score("b.probability")} AS score_b, count(*) AS n
-FROM a JOIN b ON a.prediction_id = b.prediction_id GROUP BY 1, 2, 3, 4, 5"""
+        f"""{joined_sql(scope, where=production)},
+b AS ({rows_sql(scope, ["role"], where=f"{challenger} AND role = 'shadow'")})
+SELECT joined.version, CAST(COALESCE(joined.outcome, -1) AS BIGINT) AS outcome,
+  CAST(joined.label AS BIGINT) AS label_a, CAST(b.label AS BIGINT) AS label_b,
+  {_score("joined.probability")} AS score_a, {_score("b.probability")} AS score_b,
+  count(*) AS n
+FROM joined JOIN b ON joined.prediction_id = b.prediction_id GROUP BY 1, 2, 3, 4, 5, 6"""
     )
     found_pairs = None
-    versions = _versions(engine, joined, production)
+    answer = engine.query(
+        f"WITH p AS ({rows_sql(scope, [], where=production)}) SELECT DISTINCT version FROM p"
+    )
+    versions = sorted(int(v) for v in answer["version"])
     if len(pairs):
-        paired_versions = engine.query(
-            f"""{joined},
-b AS (SELECT prediction_id FROM joined WHERE role = 'shadow')
-SELECT DISTINCT version FROM joined JOIN b USING (prediction_id) WHERE {production}"""
-        )
-        versions = sorted(int(v) for v in paired_versions["version"])
-        found_pairs = Pairs(_typed(pairs), versions, binned=True)
+        versions = sorted(int(v) for v in pairs["version"].unique())
+        keys = ["outcome", "label_a", "label_b", "score_a", "score_b"]
+        counts = pairs.groupby(keys, as_index=False).agg(n=("n", "sum"))
+        found_pairs = Pairs(_typed(counts), versions, binned=True)
+    canaries = f"{challenger} AND role = 'canary'"
     span = engine.query(
-        f"{joined} SELECT min(t_us) AS lo, max(t_us) AS hi FROM joined WHERE role = 'canary'"
+        f"WITH p AS ({rows_sql(scope, [], where=canaries)}) "
+        "SELECT min(t_us) AS lo, max(t_us) AS hi FROM p"
     )
     canary = period = None
     if len(span) and not pd.isna(span["lo"].iloc[0]):
         lo, hi = int(span["lo"].iloc[0]), int(span["hi"].iloc[0])
+        both = f"(({canaries}) OR ({production} AND t_us >= {lo} AND t_us <= {hi}))"
         sides = engine.query(
-            f"""{joined}
-SELECT role = 'canary' AS canary, CAST(COALESCE(outcome, -1) AS BIGINT) AS outcome,
-  CAST(label AS BIGINT) AS label, {_score("probability")} AS score, count(*) AS n
-FROM joined WHERE role = 'canary' OR ({production} AND t_us >= {lo} AND t_us <= {hi})
-GROUP BY 1, 2, 3, 4"""
+            f"""{joined_sql(scope, ["role"], where=both)}
+SELECT COALESCE(role, 'production') = 'canary' AS canary,
+  CAST(COALESCE(outcome, -1) AS BIGINT) AS outcome, CAST(label AS BIGINT) AS label,
+  {_score("probability")} AS score, count(*) AS n
+FROM joined GROUP BY 1, 2, 3, 4"""
         )
         mine = sides["canary"].astype(bool)
         canary = Side(_typed(sides[mine].drop(columns=["canary"])), binned=True)
         period = Side(_typed(sides[~mine].drop(columns=["canary"])), binned=True)
     return Found(found_pairs, canary, period, versions)
-
-
-def _versions(engine: engines.Engine, joined: str, production: str) -> list[int]:
-    answer = engine.query(f"{joined} SELECT DISTINCT version FROM joined WHERE {production}")
-    return sorted(int(v) for v in answer["version"])
 
 
 def _typed(counts: pd.DataFrame) -> pd.DataFrame:

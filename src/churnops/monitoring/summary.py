@@ -208,7 +208,8 @@ def joined_sql(scope: Scope, columns: Iterable[str] = (), where: str | None = No
     # NB: "an outcome within [t, t + horizon]" as two equality joins, not a range join (a
     # correlated EXISTS cost 8.5 us a row at 10M rows): with events bucketed by the horizon, an
     # event in that range is in t's bucket at or after t, or in the next bucket at most a
-    # horizon after t; so the latest event of t's bucket and the earliest of the next decide.
+    # horizon after t; so the latest event of t's bucket and the earliest of the next decide,
+    # both kept on one row per (customer, bucket): one probe a prediction.
     return f"""
 WITH o AS ({latest_outcomes_sql()}),
 byid AS (SELECT key, max(outcome) AS outcome FROM o WHERE key_kind = 'prediction_id'
@@ -221,17 +222,27 @@ ev AS (
     min(CASE WHEN outcome = 0 THEN t_us END) AS stay_first
   FROM o WHERE key_kind = 'customer_id' GROUP BY 1, 2
 ),
+pairs AS (
+  SELECT key, bucket, max(churn_last) AS churn_last, min(churn_next) AS churn_next,
+    max(stay_last) AS stay_last, min(stay_next) AS stay_next
+  FROM (
+    SELECT key, bucket, churn_last, CAST(NULL AS BIGINT) AS churn_next, stay_last,
+      CAST(NULL AS BIGINT) AS stay_next FROM ev
+    UNION ALL
+    SELECT key, bucket - {horizon}, CAST(NULL AS BIGINT), churn_first, CAST(NULL AS BIGINT),
+      stay_first FROM ev
+  ) AS both_buckets GROUP BY 1, 2
+),
 p AS ({rows_sql(scope, columns, where)}),
 j AS (
   SELECT p.*, byid.outcome AS id_outcome,
-    (COALESCE(e0.churn_last >= p.t_us, FALSE)
-     OR COALESCE(e1.churn_first <= p.t_us + {horizon}, FALSE)) AS churned,
-    (COALESCE(e0.stay_last >= p.t_us, FALSE)
-     OR COALESCE(e1.stay_first <= p.t_us + {horizon}, FALSE)) AS retained
+    (COALESCE(e.churn_last >= p.t_us, FALSE)
+     OR COALESCE(e.churn_next <= p.t_us + {horizon}, FALSE)) AS churned,
+    (COALESCE(e.stay_last >= p.t_us, FALSE)
+     OR COALESCE(e.stay_next <= p.t_us + {horizon}, FALSE)) AS retained
   FROM p LEFT JOIN byid ON byid.key = p.prediction_id
-  LEFT JOIN ev AS e0 ON e0.key = p.customer_id AND e0.bucket = p.t_us - (p.t_us % {horizon})
-  LEFT JOIN ev AS e1
-    ON e1.key = p.customer_id AND e1.bucket = p.t_us - (p.t_us % {horizon}) + {horizon}
+  LEFT JOIN pairs AS e
+    ON e.key = p.customer_id AND e.bucket = p.t_us - (p.t_us % {horizon})
 ),
 joined AS (
   SELECT j.*,

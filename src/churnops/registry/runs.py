@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     # NB: type-only, so the API's workers never import scikit-learn's training modules (~80 MiB).
     from churnops.data import Dataset
     from churnops.evidence import Evidence
+    from churnops.search import SearchRecord
     from churnops.training import TrainingResult
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ TRAINING_DATA_DIR = "data"
 # NB: a table up to this size travels with its run, so `churnops reproduce` needs nothing else.
 TRAINING_DATA_MAX_BYTES = 20 * 1024 * 1024
 DATA_DIGEST_PARAM = "data_digest"
+SEARCH_ARTIFACT = "search/trials.json"
+SEARCH_METRIC = "search_cv_f1"
 LIBRARIES = ("churnops", "mlflow", "scikit-learn", "pandas", "numpy", "scipy")
 LIBRARY_TAG_PREFIX = "library."
 
@@ -292,6 +295,8 @@ def log_training(
                 for name, figure in evidence.figures.items():
                     tracking.log_figure(run_id, figure, f"{EVIDENCE_DIR}/{name}")
             tracking.log_batch(run_id, tags=_run_tags(result, version_label))
+            if result.search is not None:
+                _log_search(tracking, run_id, result.search)
             if reference is not None:
                 _log_reference(tracking, run_id, reference)
             _log_exports(tracking, run_id, settings.model_name, result)
@@ -331,6 +336,19 @@ def _run_tags(result: TrainingResult, version_label: str | None) -> list[Any]:
         **({"version_label": version_label} if version_label else {}),
     } | {LIBRARY_TAG_PREFIX + k: v for k, v in library_versions().items()}
     return [RunTag(k, v) for k, v in tags.items()]
+
+
+def _log_search(tracking: MlflowClient, run_id: str, search: SearchRecord) -> None:
+    """A search's trials: each one's cross-validated F1 as a step of one metric (the run page
+    charts the search), and every trial's family, parameters, score and seconds as JSON."""
+    from mlflow.entities import Metric
+
+    now = get_current_time_millis()
+    tracking.log_batch(
+        run_id,
+        metrics=[Metric(SEARCH_METRIC, t.cv_f1, now, t.number) for t in search.trials],
+    )
+    tracking.log_dict(run_id, search.to_dict(), SEARCH_ARTIFACT)
 
 
 def _log_dataset(tracking: MlflowClient, run_id: str, dataset: Dataset, digest: str) -> None:
