@@ -78,6 +78,8 @@ class OnnxEngine:
         import onnxruntime as ort
 
         self.threshold = threshold
+        # NB: kept, so batch scoring on Spark can ship the graph to its workers.
+        self.onnx = onnx
         options = ort.SessionOptions()
         # NB: one thread per call by default: API requests already run in parallel across
         # threads and workers. Batch scoring asks for more.

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,12 @@ from churnops.errors import DataError, NoProductionModelError
 from churnops.inputs import MAX_TEXT_LENGTH, InputField, out_of_range, range_rule
 from churnops.monitoring import store
 from churnops.predict import Engine, Predictions
-from churnops.registry import connection, loading, versions
+
+if TYPE_CHECKING:
+    from churnops.registry import versions
+
+# NB: the registry (and MLflow, ~2 s to import) is imported by the functions that use it, so a
+# Spark worker applying validate() to its batches never loads it.
 
 # NB: DEFAULT_CHUNK_ROWS (config) is large, because a gradient-boosting predict_proba costs ~35 ms
 # per call whatever the rows (100 trees, one parallel region each): 10,000-row chunks scored at
@@ -122,7 +127,7 @@ def _chunks(
     na_values = {c: list(MISSING_MARKERS) for c in columns}
     na_values |= {f.name: list(NUMERIC_MISSING) for f in fields if f.numeric and f.name in columns}
     # NB: per-column missing markers and numbers parsed natively keep clean tables on pandas' C
-    # parser; only a column holding stray text falls back to the slower check in _validate.
+    # parser; only a column holding stray text falls back to the slower check in validate.
     with pd.read_csv(
         source,
         usecols=columns,
@@ -142,7 +147,7 @@ def _chunks(
             size = chunk_rows
 
 
-class _Problems:
+class Problems:
     """Why rows cannot be scored, kept only for the rows that have a problem.
 
     NB: per-row text is built for bad rows alone; building it for every row of every column
@@ -214,7 +219,7 @@ def _read_ahead(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         thread.join(timeout=10)
 
 
-def _numeric(values: pd.Series, field: InputField, problems: _Problems) -> np.ndarray:
+def _numeric(values: pd.Series, field: InputField, problems: Problems) -> np.ndarray:
     """The column as float64, recording values that are not valid numbers for the field."""
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         markers = values.isin(NUMERIC_MISSING).to_numpy()
@@ -233,12 +238,10 @@ def _numeric(values: pd.Series, field: InputField, problems: _Problems) -> np.nd
     return numbers
 
 
-def _validate(
-    chunk: pd.DataFrame, fields: tuple[InputField, ...]
-) -> tuple[pd.DataFrame, _Problems]:
+def validate(chunk: pd.DataFrame, fields: tuple[InputField, ...]) -> tuple[pd.DataFrame, Problems]:
     """Typed model columns, and the problems of every row that cannot be scored."""
     typed: dict[str, Any] = {}
-    problems = _Problems(len(chunk))
+    problems = Problems(len(chunk))
     for field in fields:
         if field.name not in chunk.columns:
             typed[field.name] = np.full(len(chunk), np.nan if field.numeric else None)
@@ -316,23 +319,43 @@ class _CsvOut:
         self.path.unlink(missing_ok=True)
 
 
-def _id_column(
+def resolve_id_column(
     settings: Settings, info: versions.VersionInfo, header: list[str], wanted: str | None
 ) -> str | None:
+    """The column copied to every output row: ``wanted`` (which the input must have), else the
+    identifier column training dropped, if the input has it."""
     if wanted is not None:
         if wanted not in header:
             raise DataError(
                 f"--id-column {wanted!r} is not a column of the input; columns: {', '.join(header)}"
             )
         return wanted
+    from churnops.registry import loading
+
     report = loading.load_data_report(settings, info) or {}
     dropped = report.get("dropped_columns", {})
     found = [c for c, why in dropped.items() if why == IDENTIFIER and c in header]
     return found[0] if found else None
 
 
+def check_columns(
+    source: str, header: list[str], fields: tuple[InputField, ...], version: int
+) -> list[str]:
+    """The model's columns ``header`` has, in the fields' order; DataError naming the required
+    ones it lacks."""
+    absent = [f.name for f in fields if f.required and f.name not in header]
+    if absent:
+        raise DataError(
+            f"{source} lacks columns version {version} needs: {', '.join(absent)}; "
+            f"its columns are: {', '.join(header)}"
+        )
+    return [f.name for f in fields if f.name in header]
+
+
 def resolve_version(settings: Settings, version: int | None) -> int:
     """``version`` itself, or where the alias points; a clear error when it points nowhere."""
+    from churnops.registry import versions
+
     if version is not None:
         return versions.get_version(settings, version).version
     aliased = versions.alias_version(settings)
@@ -362,13 +385,7 @@ def score_engine(
     rejected). Nothing appears under either name unless every row was handled. ``on_scored``
     gets each chunk's prediction ids, predictions, model inputs and customer ids."""
     header = _header(source)
-    absent = [f.name for f in fields if f.required and f.name not in header]
-    if absent:
-        raise DataError(
-            f"{source} lacks columns version {version} needs: {', '.join(absent)}; "
-            f"its columns are: {', '.join(header)}"
-        )
-    used = [f.name for f in fields if f.name in header]
+    used = check_columns(str(source), header, fields, version)
     columns = used + ([id_column] if id_column and id_column not in used else [])
     rejects = rejects_path(output)
     partial_out, partial_rejects = temporary_name(output), temporary_name(rejects)
@@ -380,7 +397,7 @@ def score_engine(
     read = scored = rejected = 0
     try:
         chunks = _chunks(source, fields, columns, chunk_rows)
-        for chunk, features, problems in _read_ahead((c, *_validate(c, fields)) for c in chunks):
+        for chunk, features, problems in _read_ahead((c, *validate(c, fields)) for c in chunks):
             # NB: "row" in the rejects file is the 1-based data row (the header is row 0).
             chunk.index = pd.RangeIndex(read + 1, read + 1 + len(chunk))
             good = problems.good()
@@ -398,7 +415,7 @@ def score_engine(
                 }
                 customers = None
                 if id_column:
-                    customers = _text(chunk.loc[good, id_column])
+                    customers = as_text(chunk.loc[good, id_column])
                     out = {id_column: pa.array(customers, pa.string()), **out}
                 scored_out.write(pa.table(out))
                 on_scored(ids, result, inputs, customers)
@@ -406,10 +423,10 @@ def score_engine(
                 bad = chunk.loc[~good]
                 rows = pd.DataFrame({"row": bad.index.to_numpy()})
                 if id_column:
-                    rows[id_column] = _text(bad[id_column])
+                    rows[id_column] = as_text(bad[id_column])
                 rows["reason"] = problems.reasons()
                 for name in used:
-                    rows[name] = _text(bad[name])
+                    rows[name] = as_text(bad[name])
                 rejected_out.write(rows)
             read += len(chunk)
             scored += int(good.sum())
@@ -513,7 +530,7 @@ class StoreStage:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _text(values: pd.Series) -> np.ndarray:
+def as_text(values: pd.Series) -> np.ndarray:
     """Values as they would be written back, with an empty string for a missing one; text that
     a spreadsheet would run as a formula is prefixed with an apostrophe."""
     if pd.api.types.is_float_dtype(values):
@@ -564,11 +581,13 @@ def score_file(
             f"churnops score writes CSV; name the output e.g. {output.with_suffix('.csv')}"
         )
     writable_destination(output)
+    from churnops.registry import connection, loading, versions
+
     connection.ping(settings)
     number = resolve_version(settings, version)
     info = versions.get_version(settings, number)
     loaded = loading.load_version(settings, number, threads=os.cpu_count() or 1)
-    ident = _id_column(settings, info, _header(source), id_column)
+    ident = resolve_id_column(settings, info, _header(source), id_column)
     started = time.perf_counter()
     stage = StoreStage(temporary_name(output, "store"))
     refuse_overwriting(source, stage.folder)

@@ -13,8 +13,20 @@ from churnops.config import DEFAULT_CHUNK_ROWS
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
+# NB: text, not click.Path(dir_okay=False): with --engine spark both may be folders or URLs
+# (s3a://, hdfs://); the local engine checks its paths itself.
+@click.argument("source")
+@click.argument("output")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: this process scores the file SOURCE into the file OUTPUT. spark: Spark "
+    "(CHURNOPS_SPARK_MASTER, CHURNOPS_SPARK_CONF) scores the Parquet or CSV dataset SOURCE "
+    "(a file or folder, local, hdfs:// or s3a://) into the folder OUTPUT: OUTPUT/predictions "
+    "and OUTPUT/rejects, Parquet datasets; needs pip install 'churnops[spark]' and Java 17.",
+)
 @click.option(
     "--version",
     "version",
@@ -38,7 +50,8 @@ from churnops.config import DEFAULT_CHUNK_ROWS
     type=click.IntRange(min=1),
     default=DEFAULT_CHUNK_ROWS,
     show_default=True,
-    help="Rows read, scored and written at a time (bounds memory).",
+    help="Rows read, scored and written at a time (bounds memory); with --engine spark, the "
+    "rows of each Arrow batch a Spark worker scores.",
 )
 @click.option(
     "--as-of",
@@ -49,8 +62,9 @@ from churnops.config import DEFAULT_CHUNK_ROWS
 )
 @command
 def score(
-    source: Path,
-    output: Path,
+    source: str,
+    output: str,
+    engine: str,
     version: int | None,
     alias: str | None,
     id_column: str | None,
@@ -66,12 +80,16 @@ def score(
     one of the two files. Columns the model does not use, the target included, are ignored.
     Both files appear only once the whole table is scored. Every scored row is also kept in
     the prediction store with its prediction_id, for `churnops labels add` and `monitor`.
+
+    With --engine spark, SOURCE is a Parquet or CSV dataset and OUTPUT a folder that gets two
+    Parquet datasets: OUTPUT/predictions (the columns above) and OUTPUT/rejects (id column,
+    reason, file, row, the model's columns as text). Both appear only once both are complete,
+    and the scored rows go to the prediction store after that.
     """
     if version is not None and alias is not None:
         raise click.UsageError("give --version or --alias, not both")
-    input_file(source)
-    from churnops import scoring
-
+    if engine == "local":
+        _local_paths(Path(source), Path(output))
     event_time = moment(as_of, "--as-of").timestamp() if as_of else None
     if event_time is not None and event_time < 0:
         # NB: the store partitions rows by their date; the API refuses the same times.
@@ -79,14 +97,29 @@ def score(
     settings = read_settings()
     if alias is not None:
         settings = settings.model_copy(update={"alias": alias})
-    total = scoring.count_rows(source) if source.is_file() else None
+    if engine == "spark":
+        from churnops import spark_scoring
+
+        report = spark_scoring.score_dataset(
+            settings,
+            source,
+            output,
+            version=version,
+            id_column=id_column,
+            batch_rows=chunk_rows,
+            event_time=event_time,
+        )
+        return report.to_dict(), report.render(settings.model_name)
+    from churnops import scoring
+
+    total = scoring.count_rows(Path(source)) if Path(source).is_file() else None
     with click.progressbar(
         length=total or 0, label="scoring", file=sys.stderr, show_pos=True
     ) as bar:
         report = scoring.score_file(
             settings,
-            source,
-            output,
+            Path(source),
+            Path(output),
             version=version,
             id_column=id_column,
             chunk_rows=chunk_rows,
@@ -94,3 +127,10 @@ def score(
             event_time=event_time,
         )
     return report.to_dict(), report.render(settings.model_name)
+
+
+def _local_paths(source: Path, output: Path) -> None:
+    """The local engine's paths: an input file that exists, an output that is no folder."""
+    input_file(source)
+    if output.is_dir():
+        raise click.BadParameter(f"{output} is a folder; name the output file", param_hint="OUTPUT")
