@@ -108,3 +108,34 @@ def test_the_f1_line_breaks_across_a_gap_and_never_draws_a_window_with_too_few_r
     ]
     png = report_module.f1_over_time([report], moves)
     assert png.startswith(b"\x89PNG")
+
+
+def test_a_fall_in_quality_with_stable_inputs_is_diagnosed_as_concept_drift(
+    seed_one: tuple,
+) -> None:
+    result, reference, info = seed_one
+    rows = traffic(result, concept_day=0, strength=0.3)
+    report, alerts = monitor.assess(1, rows, info, reference, LATER)
+    assert not report.drift.dataset_drift and not report.drift.drifted
+    found = monitor.diagnose(report, alerts)
+    assert found is not None and found.kind == "concept drift"
+    assert found.command == f"churnops train --from-store --since {report.first[:10]}"
+    assert "rolling back to an older version is unlikely to help" in found.message
+
+
+def test_a_fall_in_quality_with_drifted_inputs_is_diagnosed_as_covariate_shift(
+    seed_one: tuple,
+) -> None:
+    result, reference, info = seed_one
+    rows = traffic(result, concept_day=0, shift_day=0, strength=0.6)
+    report, alerts = monitor.assess(1, rows, info, reference, LATER)
+    assert report.drift.drifted
+    found = monitor.diagnose(report, alerts)
+    assert found is not None and found.kind == "covariate shift"
+    assert all(name in found.evidence for name in report.drift.drifted)
+
+
+def test_healthy_traffic_gets_no_diagnosis(seed_one: tuple) -> None:
+    result, reference, info = seed_one
+    report, alerts = monitor.assess(1, traffic(result), info, reference, LATER)
+    assert monitor.diagnose(report, alerts) is None

@@ -416,3 +416,14 @@ def test_a_train_report_prints_the_json_and_lines_train_prints() -> None:
         "data_report",
     ]
     assert document["gate_passed"] is True and document["data_report"] == table.to_dict()
+
+
+def test_a_diagnosis_is_printed_and_in_the_json_only_when_there_is_one() -> None:
+    diagnosis = findings.Diagnosis(
+        "concept drift", "no input column of 5 drifted", "churnops train --from-store", "why"
+    )
+    document = _report(diagnosis=diagnosis).to_dict()
+    assert document["diagnosis"]["kind"] == "concept drift"
+    assert "diagnosis: why" in _report(diagnosis=diagnosis).render()
+    assert "diagnosis" not in _report().to_dict()
+    assert "diagnosis:" not in _report().render()

@@ -193,6 +193,23 @@ class Advice:
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """What kind of change a fall in the serving version's realised quality looks like:
+    ``concept drift`` when no input column drifted (what predicts churn changed: an older
+    version is unlikely to do better on these customers, one trained on them can), ``covariate
+    shift`` when the inputs drifted too (the customers changed)."""
+
+    kind: str
+    evidence: str
+    command: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Horizon:
     """The churn horizon in force against the one each version was first monitored with;
     ``auto_rollback`` says why an asked-for rollback was not done."""
@@ -274,6 +291,7 @@ class MonitorReport:
     moves: tuple[Move, ...]
     rolled_back: RolledBack | None = None
     run_id: str | None = None
+    diagnosis: Diagnosis | None = None
 
     @property
     def healthy(self) -> bool:
@@ -286,8 +304,9 @@ class MonitorReport:
         return next((v for v in self.versions if v.version == self.serving_version), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as `churnops monitor --json` prints it (``rolled_back`` and ``run_id``
-        only when the run did that)."""
+        """The report as `churnops monitor --json` prints it (``diagnosis`` only when the serving
+        version's realised quality fell; ``rolled_back`` and ``run_id`` only when the run did
+        that)."""
         found: dict[str, Any] = {
             "model": self.model,
             "alias": self.alias,
@@ -306,6 +325,8 @@ class MonitorReport:
             "advice": None if self.advice is None else self.advice.to_dict(),
             "moves": [m.to_dict() for m in self.moves],
         }
+        if self.diagnosis is not None:
+            found["diagnosis"] = self.diagnosis.to_dict()
         if self.rolled_back is not None:
             found["rolled_back"] = self.rolled_back.to_dict()
         if self.run_id is not None:
@@ -331,6 +352,8 @@ class MonitorReport:
         if self.horizon.note:
             lines.append(f"NOTE: {self.horizon.note}")
         lines += [f"ALERT: {a.message}" for a in self.alerts] or ["no alerts"]
+        if self.diagnosis is not None:
+            lines.append(f"diagnosis: {self.diagnosis.message}")
         if self.advice is not None:
             lines.append(f"advice: {self.advice.message}")
         if self.horizon.auto_rollback:

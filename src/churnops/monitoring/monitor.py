@@ -36,6 +36,7 @@ from churnops.monitoring.findings import (
     Advice,
     Alert,
     Band,
+    Diagnosis,
     Drift,
     Horizon,
     MonitorReport,
@@ -451,6 +452,41 @@ def _advice(serving: VersionReport | None, previous: VersionReport | None) -> Ad
     )
 
 
+def diagnose(serving: VersionReport | None, alerts: Sequence[Alert]) -> Diagnosis | None:
+    """Concept drift or covariate shift, when the serving version's realised F1 fell below the
+    gate's: told apart by whether its inputs drifted over the same rows."""
+    fell = serving is not None and any(
+        a.kind == "realised_f1_below_gate" and a.version == serving.version for a in alerts
+    )
+    if serving is None or not fell:
+        return None
+    drift = serving.drift
+    judged = [c for c in drift.columns if c.drifted is not None]
+    since = serving.first[:10]
+    command = f"churnops train --from-store --since {since}"
+    if drift.dataset_drift or drift.drifted:
+        names = ", ".join(drift.drifted)
+        return Diagnosis(
+            kind="covariate shift",
+            evidence=f"{len(drift.drifted)} of {len(judged)} input columns drifted ({names})",
+            command=command,
+            message=f"v{serving.version}'s realised F1 fell while its inputs drifted ({names}): "
+            "the customers changed; an older version may or may not do better on them, a "
+            f"version trained on them will see them: {command}",
+        )
+    if not judged:
+        return None
+    return Diagnosis(
+        kind="concept drift",
+        evidence=f"no input column of {len(judged)} drifted",
+        command=command,
+        message=f"v{serving.version}'s realised F1 fell while none of its {len(judged)} input "
+        "columns drifted: the churn concept changed (what predicts churn), so rolling back to "
+        "an older version is unlikely to help; train one on the customers production served "
+        f"and their outcomes: {command}",
+    )
+
+
 def _challenger_better(settings: Settings, now: datetime) -> Alert | None:
     """An alert when the challenger has been significantly better than production for
     CHURNOPS_CHALLENGER_BETTER_DAYS: better on every row so far, and already better on the rows
@@ -585,6 +621,7 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Mo
     if challenger_alert is not None:
         alerts.append(challenger_alert)
     advice = _advice(serving, previous)
+    diagnosis = diagnose(serving, alerts)
     horizon = _horizon(settings.churn_horizon_days, recorded)
     if horizon.changed and options.auto_rollback and advice is not None:
         # NB: figures under another horizon are other figures (a 7-day horizon turned 0.734
@@ -613,6 +650,7 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Mo
         alerts=tuple(alerts),
         advice=advice,
         moves=moves,
+        diagnosis=diagnosis,
     )
     if advice is not None and options.auto_rollback:
         result = replace(result, rolled_back=_roll_back(settings, advice))
