@@ -29,16 +29,6 @@ from churnops.serving import routing
 # NB: below this many labelled rows per side no verdict is given (the intervals mean little).
 # NB: beyond this many times the labelled rows so far, "rows needed" is no practical advice.
 PRACTICAL = 100
-COLUMNS = (
-    "prediction_id",
-    "time",
-    "version",
-    "alias",
-    "role",
-    "probability",
-    "label",
-    "customer_id",
-)
 
 
 T = TypeVar("T")
