@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from churnops import data, lifecycle, training
-from churnops.monitoring import findings, monitor, simulate
+from churnops.monitoring import findings, monitor, paired, simulate
 from churnops.monitoring import report as report_module
 from churnops.registry import runs, versions
 
@@ -139,3 +139,24 @@ def test_healthy_traffic_gets_no_diagnosis(seed_one: tuple) -> None:
     result, reference, info = seed_one
     report, alerts = monitor.assess(1, traffic(result), info, reference, LATER)
     assert monitor.diagnose(report, alerts) is None
+
+
+def _replayed(low: float, high: float) -> paired.Difference:
+    return paired.Difference(0.50, 0.62, 0.12, low, high, 0.02, None, "paired bootstrap")
+
+
+def test_rollback_is_advised_only_when_the_previous_version_is_better_on_the_same_rows(
+    seed_one: tuple,
+) -> None:
+    result, reference, info = seed_one
+    rows = traffic(result, concept_day=0, strength=0.3)
+    report, alerts = monitor.assess(1, rows, info, reference, LATER)
+    assert monitor._advice(report, 7, None) is None  # NB: no replay, no rollback
+    assert monitor._advice(report, 7, (_replayed(-0.01, 0.20), 3000)) is None
+    advice = monitor._advice(report, 7, (_replayed(0.05, 0.20), 3000))
+    assert advice is not None and advice.rollback_to == 7
+    assert advice.basis == "replayed on the same rows"
+    assert advice.reason.startswith("monitor: v7 replayed on 3000 of v1's labelled rows")
+    # NB: with a better older version the fall is the version's, not the concept's.
+    assert monitor.diagnose(report, alerts, advice) is None
+    assert monitor.diagnose(report, alerts) is not None

@@ -89,15 +89,18 @@ def test_the_loop_from_served_rows_to_outcomes_to_a_monitored_rollback(
             end=now - timedelta(days=15),
             now=now,
         )
-        second = train_version(cli)
-        ok(cli("promote", "--json", "--version", str(second), "--reason", "same recipe"))
+        # NB: a version that is truly worse on the same customers: trained where churn followed
+        # another concept (complaints stop predicting it), then served to ordinary ones.
+        other = tmp_path / "other-concept.csv"
+        data.generate(3000, seed=11, concept_drift=1.0).to_csv(other, index=False)
+        second = train_version(cli, "--data", str(other))
+        ok(cli("promote", "--json", "--version", str(second), "--reason", "another concept"))
         wait_for(lambda: api.client.get("/model").json()["version"] == second, timeout=30)
         simulate.simulate(
             api.url,
             tmp_path / "after.csv",
             days=15,
             rows_per_day=200,
-            concept_day=0,
             horizon_days=HORIZON_DAYS,
             end=now,
             now=now,

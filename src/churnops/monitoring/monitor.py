@@ -27,6 +27,7 @@ from churnops.monitoring import (
     bootstrap,
     drift,
     estimate,
+    paired,
     realised,
     report,
 )
@@ -421,7 +422,9 @@ def _quality(version: VersionReport, realised_first: bool = True) -> tuple[str, 
     return "estimated", Quality(version.version, value, value - half, value + half)
 
 
-def _advice(serving: VersionReport | None, previous: VersionReport | None) -> Advice | None:
+def _period_advice(serving: VersionReport | None, previous: VersionReport | None) -> Advice | None:
+    """The serving version worse than the one before it, each over its own period, beyond both
+    ranges: a reason to look, not yet to roll back (the periods' customers differ)."""
     if serving is None or previous is None:
         return None
     now, before = _quality(serving), _quality(previous)
@@ -452,13 +455,16 @@ def _advice(serving: VersionReport | None, previous: VersionReport | None) -> Ad
     )
 
 
-def diagnose(serving: VersionReport | None, alerts: Sequence[Alert]) -> Diagnosis | None:
+def diagnose(
+    serving: VersionReport | None, alerts: Sequence[Alert], advice: Advice | None = None
+) -> Diagnosis | None:
     """Concept drift or covariate shift, when the serving version's realised F1 fell below the
-    gate's: told apart by whether its inputs drifted over the same rows."""
+    gate's: told apart by whether its inputs drifted over the same rows. None when the previous
+    version replayed on the same rows does better (then the version is the problem: roll back)."""
     fell = serving is not None and any(
         a.kind == "realised_f1_below_gate" and a.version == serving.version for a in alerts
     )
-    if serving is None or not fell:
+    if serving is None or not fell or advice is not None:
         return None
     drift = serving.drift
     judged = [c for c in drift.columns if c.drifted is not None]
@@ -484,6 +490,66 @@ def diagnose(serving: VersionReport | None, alerts: Sequence[Alert]) -> Diagnosi
         "columns drifted: the churn concept changed (what predicts churn), so rolling back to "
         "an older version is unlikely to help; train one on the customers production served "
         f"and their outcomes: {command}",
+    )
+
+
+REPLAY_ROWS = 20_000
+
+
+def _replay(
+    settings: Settings,
+    source: summaries.Source,
+    serving: VersionReport,
+    previous: int,
+    known: dict[int, _Version],
+) -> tuple[paired.Difference, int] | None:
+    """The previous version replayed on (up to REPLAY_ROWS of) the serving version's labelled
+    rows, the inputs as the store kept them: F1 of the previous (b) minus the serving (a) on the
+    same rows, with a paired bootstrap interval."""
+    reference = known[serving.version].reference
+    if reference is None or reference.rows.empty:
+        return None
+    inputs = [str(c) for c in reference.rows.columns]
+    rows = source.labelled_rows(serving.version, inputs, REPLAY_ROWS)
+    if len(rows) < bootstrap.MIN_LABELLED:
+        return None
+    try:
+        engine = loading.load_version(settings, previous).engine
+    except VersionNotFoundError:
+        return None
+    replayed = engine.predict_frame(rows[[c for c in inputs if c in rows.columns]])
+    truth = rows["outcome"].to_numpy(dtype=int)
+    difference = paired.paired_f1(truth, rows["label"].to_numpy(dtype=int), replayed.label)
+    return difference, len(rows)
+
+
+def _advice(
+    serving: VersionReport | None,
+    previous: int | None,
+    replay: tuple[paired.Difference, int] | None,
+) -> Advice | None:
+    """Roll back only where the previous version is measurably better on the same customers:
+    replayed on the serving version's labelled rows, its F1 interval above the serving one's."""
+    if serving is None or previous is None or replay is None:
+        return None
+    found, rows = replay
+    if found.a is None or found.b is None or found.low is None or not found.low > 0:
+        return None
+    a, b = found.a, found.b
+    reason = (
+        f"monitor: v{previous} replayed on {rows} of v{serving.version}'s labelled rows: F1 "
+        f"{b:.4f} vs {a:.4f} (difference {found.difference:+.4f}, 95% interval "
+        f"{found.low:+.4f} to {found.high:+.4f})"
+    )
+    return Advice(
+        rollback_to=previous,
+        basis="replayed on the same rows",
+        serving=Quality(serving.version, a, a, a),
+        previous=Quality(previous, b, b, b),
+        reason=reason,
+        command=f'churnops rollback --reason "{reason}"',
+        message=f"roll back to v{previous}: {reason[len('monitor: ') :]}; run "
+        f'churnops rollback --reason "{reason}"',
     )
 
 
@@ -611,17 +677,24 @@ def run(settings: Settings, options: Options, now: datetime | None = None) -> Mo
             },
         )
         conflicts = source.conflicts()
-    reports = [_version_report(found[v], known[v], options, matured, 0) for v in sorted(found)]
-    by_version = {v.version: v for v in reports}
-    serving = by_version.get(serving_version) if serving_version else None
-    previous_version = stack[-2] if len(stack) >= 2 and stack[-1] == serving_version else None
-    previous = by_version.get(previous_version) if previous_version else None
-    alerts = _alerts(serving)
+        reports = [_version_report(found[v], known[v], options, matured, 0) for v in sorted(found)]
+        by_version = {v.version: v for v in reports}
+        serving = by_version.get(serving_version) if serving_version else None
+        previous_version = stack[-2] if len(stack) >= 2 and stack[-1] == serving_version else None
+        previous = by_version.get(previous_version) if previous_version else None
+        alerts = _alerts(serving)
+        replay = None
+        if serving is not None and previous_version is not None:
+            suspect = _period_advice(serving, previous) is not None or any(
+                a.kind == "realised_f1_below_gate" for a in alerts
+            )
+            if suspect:
+                replay = _replay(settings, source, serving, previous_version, known)
     challenger_alert = _challenger_better(settings, now)
     if challenger_alert is not None:
         alerts.append(challenger_alert)
-    advice = _advice(serving, previous)
-    diagnosis = diagnose(serving, alerts)
+    advice = _advice(serving, previous_version, replay)
+    diagnosis = diagnose(serving, alerts, advice)
     horizon = _horizon(settings.churn_horizon_days, recorded)
     if horizon.changed and options.auto_rollback and advice is not None:
         # NB: figures under another horizon are other figures (a 7-day horizon turned 0.734

@@ -480,6 +480,11 @@ class Source(Protocol):
         """Keys whose outcomes disagree."""
         ...
 
+    def labelled_rows(self, version: int, inputs: Sequence[str], limit: int) -> pd.DataFrame:
+        """Up to ``limit`` of ``version``'s rows with an outcome (the first by prediction id,
+        a sample that is the same on every engine): ``inputs``, ``outcome`` and ``label``."""
+        ...
+
 
 class FrameSource:
     """The pandas path: every row of the scope read into memory and joined there."""
@@ -527,6 +532,17 @@ class FrameSource:
         """Keys whose outcomes disagree."""
         return self._conflicts
 
+    def labelled_rows(self, version: int, inputs: Sequence[str], limit: int) -> pd.DataFrame:
+        """Up to ``limit`` of ``version``'s rows with an outcome, by prediction id."""
+        frame = self._frame
+        rows = frame[(frame["version"] == version) & frame["outcome"].notna()]
+        rows = rows.sort_values("prediction_id", kind="stable").head(limit)
+        stored = {f"{store.INPUT_PREFIX}{c}": c for c in inputs}
+        picked = rows[[c for c in stored if c in rows.columns]].rename(columns=stored)
+        return picked.assign(
+            outcome=rows["outcome"].to_numpy(dtype=int), label=rows["label"].to_numpy(dtype=int)
+        ).reset_index(drop=True)
+
 
 class EngineSource:
     """An engine's SQL over the store."""
@@ -553,6 +569,20 @@ class EngineSource:
     def conflicts(self) -> int:
         """Keys whose outcomes disagree."""
         return conflicts(self._engine)
+
+    def labelled_rows(self, version: int, inputs: Sequence[str], limit: int) -> pd.DataFrame:
+        """Up to ``limit`` of ``version``'s rows with an outcome, by prediction id."""
+        present = set(self._engine.columns())
+        stored = [c for c in inputs if f"{store.INPUT_PREFIX}{c}" in present]
+        picked = ", ".join(f"{quoted(store.INPUT_PREFIX + c)} AS {quoted(c)}" for c in stored)
+        rows = self._engine.query(
+            f"""{joined_sql(self._scope, [store.INPUT_PREFIX + c for c in stored])}
+SELECT {picked}{", " if picked else ""}CAST(outcome AS BIGINT) AS outcome,
+  CAST(label AS BIGINT) AS label
+FROM joined WHERE version = {int(version)} AND outcome IS NOT NULL
+ORDER BY prediction_id LIMIT {int(limit)}"""
+        )
+        return rows.reset_index(drop=True)
 
 
 @contextmanager
