@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops import from_store
+from churnops import data, from_store, training
 from churnops.config import Settings
 from churnops.errors import DataError
 from churnops.monitoring import engine as engines
@@ -110,3 +110,15 @@ def test_too_few_mature_outcomes_is_refused_with_the_count_and_when_more_mature(
     assert "at least 50" in message
     assert f"will be mature by {table.immature_until[-1].isoformat()}" in message
     from_store._refuse(table, None, NOW)  # NB: enough rows: no refusal
+
+
+def test_a_table_with_event_times_holds_out_its_newest_quarter() -> None:
+    frame = data.generate(400, seed=3)
+    frame[data.TIME_COLUMN] = pd.date_range("2026-01-01", periods=400, freq="h", tz="UTC")[
+        ::-1
+    ]  # NB: newest first in the file: the split must sort, not slice
+    dataset = data.from_frame(frame.drop(columns=["customer_id"]))
+    assert dataset.times is not None and data.TIME_COLUMN not in dataset.features
+    _, held_out, _, _ = training.split(dataset, seed=0)
+    newest = dataset.times.sort_values().iloc[-100:].index
+    assert sorted(held_out.index) == sorted(newest)
