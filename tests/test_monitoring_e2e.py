@@ -406,14 +406,21 @@ def test_a_table_sent_through_the_api_shows_no_drift_against_its_own_training(
 def _stored_days(
     settings: Settings, version: int, first_day: int, days: int, right: float, now: datetime
 ) -> list[tuple[str, datetime, str]]:
-    """``days`` days of 200 stored predictions by ``version`` (a share ``right`` of labels
-    correct), written straight into the store; the outcomes a horizon of 30 days would bring."""
+    """``days`` days of 200 stored predictions of built-in customers by ``version`` (a share
+    ``right`` of labels correct), written straight into the store with their inputs; the
+    outcomes a horizon of 30 days would bring."""
     rng = np.random.default_rng(version)
     target = store.settings_store(settings)
     outcomes = []
     for day in range(first_day, first_day + days):
         moment = now - timedelta(days=60 - day)
-        truth = rng.random(200) < 0.25
+        customers_frame = data.generate(200, seed=version * 1000 + day)
+        truth = customers_frame[data.TARGET].to_numpy() == 1
+        inputs = {
+            c: pa.array(customers_frame[c].to_numpy())
+            for c in customers_frame.columns
+            if c not in ("customer_id", data.TARGET)
+        }
         label = np.where(rng.random(200) < right, truth, rng.random(200) < 0.25)
         customers = [f"v{version}-{day}-{i}" for i in range(200)]
         meta = store.RowsMeta(
@@ -426,7 +433,7 @@ def _stored_days(
             np.where(label, 0.8, 0.2) + rng.uniform(-0.1, 0.1, 200),
             label.astype(int),
             pa.array(customers),
-            {},
+            inputs,
         )
         store.write_predictions(target, table)
         for customer, churned in zip(customers, truth, strict=True):

@@ -511,13 +511,15 @@ def _replay(
         return None
     inputs = [str(c) for c in reference.rows.columns]
     rows = source.labelled_rows(serving.version, inputs, REPLAY_ROWS)
-    if len(rows) < bootstrap.MIN_LABELLED:
+    # NB: rows stored without the inputs (written by hand, or before inputs were kept) cannot
+    # be replayed: no evidence, no advice.
+    if len(rows) < bootstrap.MIN_LABELLED or any(c not in rows.columns for c in inputs):
         return None
     try:
         engine = loading.load_version(settings, previous).engine
     except VersionNotFoundError:
         return None
-    replayed = engine.predict_frame(rows[[c for c in inputs if c in rows.columns]])
+    replayed = engine.predict_frame(rows[inputs])
     truth = rows["outcome"].to_numpy(dtype=int)
     difference = paired.paired_f1(truth, rows["label"].to_numpy(dtype=int), replayed.label)
     return difference, len(rows)
