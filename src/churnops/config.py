@@ -409,3 +409,7 @@ def apply_mlflow_client_limits(settings: Settings) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.http_retries)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(settings.http_timeout))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    # NB: MLflow draws a tqdm progress bar for every artifact download once tqdm is installed
+    # (Optuna brings it): on stderr that breaks the API's JSON log lines and every command's
+    # one-line errors. A user who wants the bars sets the variable to true.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
