@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -423,12 +422,11 @@ def _publish(target: store.Store, staged: str, day: int) -> int:
     folder = store.day_folder(target, day)
     if isinstance(target.fs, pafs.LocalFileSystem):
         target.fs.create_dir(folder, recursive=True)
-    now, host = int(time.time() * 1000), socket.gethostname().replace("/", "_")[:40]
-    for n, path in enumerate(files):
-        # NB: the store's own naming (<ms>-<host>-<pid>-<n>-<random>), so its readers and
-        # compaction treat these files like any other.
-        name = f"{now}-{host}-{os.getpid()}-{n}-{uuid.uuid4().hex[:8]}.parquet"
-        target.fs.move(path, f"{folder}/{name}")
+    now = time.time()
+    for path in files:
+        # NB: the store's own naming, so its readers and compaction treat these files like any
+        # other.
+        target.fs.move(path, f"{folder}/{store.file_name(now)}")
     return len(files)
 
 

@@ -174,7 +174,7 @@ def place_file(store: Store, day: int, local: Path) -> str:
     """Move a file ``write_local`` wrote into its day's partition (days since 1970) under a new
     name; its path in the store. A rename on the store's disk; else a copy, then the local file
     goes."""
-    path = "/".join([day_folder(store, day), _file_name(time.time())])
+    path = "/".join([day_folder(store, day), file_name(time.time())])
     if isinstance(store.fs, pafs.LocalFileSystem):
         store.fs.create_dir(path.rpartition("/")[0], recursive=True)
         try:
@@ -490,7 +490,9 @@ def _day(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d")
 
 
-def _file_name(now: float) -> str:
+def file_name(now: float) -> str:
+    """A new prediction file's name (<ms>-<host>-<pid>-<sequence>-<random>.parquet): unique
+    across processes and hosts, ordered by time, what readers and compaction expect."""
     with _SEQUENCE_LOCK:
         n = next(_SEQUENCE)
     host = socket.gethostname().replace("/", "_")[:40]
@@ -522,7 +524,7 @@ def day_folder(store: Store, day: int) -> str:
 def write_day(store: Store, day: int, table: pa.Table, now: float, name: str | None = None) -> str:
     """Write rows of one day (days since 1970) as a file in its partition (a new name unless
     ``name`` is given); its path."""
-    path = "/".join([day_folder(store, day), name or _file_name(now)])
+    path = "/".join([day_folder(store, day), name or file_name(now)])
     _write_table(store, path, table)
     return path
 
